@@ -1,0 +1,36 @@
+//! Qwen2.5-VL on libtorch (tch): the vision tower with window attention and 2-D rotary
+//! embeddings, the patch merger, and the Qwen2 decoder with GQA and multimodal RoPE.
+//! Loads official safetensors checkpoints (single file or shards, hub or transformers-5 names).
+//! f32 on CPU, bf16 on CUDA by default.
+
+mod config;
+mod layers;
+mod model;
+mod rope;
+mod text;
+mod vision;
+mod weights;
+
+pub use config::{Qwen25VlConfig, TextConfig, VisionConfig};
+pub use model::{default_kind_for, KvCache, Qwen25Vl};
+pub use rope::{rope_index, RopeIndex};
+pub use weights::WeightLayout;
+
+use std::path::PathBuf;
+
+/// Errors of loading or running the model.
+#[derive(Debug, thiserror::Error)]
+pub enum ModelError {
+    #[error("cannot read {path}: {source}")]
+    Io { path: PathBuf, source: std::io::Error },
+    #[error("bad model config {path}: {msg}")]
+    Config { path: PathBuf, msg: String },
+    #[error("bad checkpoint {path}: {msg}")]
+    Checkpoint { path: PathBuf, msg: String },
+    #[error("checkpoint {dir} does not match the model built from its config.json:\n{report}")]
+    WeightMismatch { dir: PathBuf, report: String },
+    #[error("bad model input: {0}")]
+    Input(String),
+    #[error(transparent)]
+    Torch(#[from] tch::TchError),
+}
