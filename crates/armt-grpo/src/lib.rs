@@ -104,25 +104,25 @@ impl GrpoConfig {
         if !(0.0..1.0).contains(&self.clip_ratio_low) {
             return err(format!("clip_ratio_low = {} must be in [0, 1)", self.clip_ratio_low));
         }
-        if !(self.clip_ratio_high >= 0.0) {
+        if self.clip_ratio_high.is_nan() || self.clip_ratio_high < 0.0 {
             return err(format!("clip_ratio_high = {} must be >= 0", self.clip_ratio_high));
         }
         if let Some(c) = self.clip_ratio_c {
-            if !(c > 1.0) {
+            if c.is_nan() || c <= 1.0 {
                 return err(format!("clip_ratio_c = {c} must be > 1 (dual clip)"));
             }
         }
-        if !(self.kl_coef >= 0.0) || !self.kl_coef.is_finite() {
+        if !self.kl_coef.is_finite() || self.kl_coef < 0.0 {
             return err(format!("kl_coef = {} must be finite and >= 0", self.kl_coef));
         }
         if !self.entropy_coeff.is_finite() {
             return err(format!("entropy_coeff = {} must be finite", self.entropy_coeff));
         }
-        if !(self.epsilon >= 0.0) {
+        if self.epsilon.is_nan() || self.epsilon < 0.0 {
             return err(format!("epsilon = {} must be >= 0", self.epsilon));
         }
         if let Some(l) = self.loss_scale_factor {
-            if !(l > 0.0) {
+            if l.is_nan() || l <= 0.0 {
                 return err(format!("loss_scale_factor = {l} must be > 0"));
             }
         }

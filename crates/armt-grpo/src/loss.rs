@@ -246,6 +246,9 @@ pub struct PolicyLossMetrics {
 
 /// L = agg(ℓ_clip) − entropy_coeff·agg(H) + kl_coef·agg(KL(π_θ‖π_ref)), every term aggregated
 /// with `cfg.loss_agg_mode` over the loss mask only.
+// `loss -= …` on a Tensor runs in place and would also overwrite `pg_loss`, whose storage
+// `loss` shares; hence the spelled-out assignments.
+#[allow(clippy::assign_op_pattern)]
 pub fn policy_loss(
     batch: &PolicyBatch,
     cfg: &GrpoConfig,

@@ -32,7 +32,7 @@ impl Default for LrSchedule {
 
 impl LrSchedule {
     pub fn validate(&self) -> Result<(), GrpoError> {
-        if !(self.lr > 0.0) || !self.lr.is_finite() {
+        if !self.lr.is_finite() || self.lr <= 0.0 {
             return Err(GrpoError::Config(format!("lr = {} must be finite and > 0", self.lr)));
         }
         if !(0.0..=1.0).contains(&self.min_lr_ratio) {

@@ -566,7 +566,8 @@ mod tests {
         }
     }
 
-    const SAYS_2: &str = "<think>Answer 2 names the colour.</think><answer>Overall Judgment: Answer 2 is better (X must be either 1 or 2). </answer>";
+    const SAYS_2: &str = "<think>Answer 2 names the colour.</think>\
+        <answer>Overall Judgment: Answer 2 is better (X must be either 1 or 2). </answer>";
     const SAYS_1: &str = "<think>hm</think>\n<answer>Overall Judgment: Answer 1 is better</answer>\n";
 
     #[test]

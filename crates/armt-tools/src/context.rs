@@ -9,10 +9,23 @@ use image::DynamicImage;
 
 /// An image known by key; files are decoded on first use (a trajectory that never zooms
 /// never pays for decoding), at most once even when tools run on several threads.
-#[derive(Debug)]
 struct ImageSlot {
     path: Option<PathBuf>,
     cell: OnceLock<Result<Arc<DynamicImage>, String>>,
+}
+
+// By hand: the derived Debug would print every pixel.
+impl std::fmt::Debug for ImageSlot {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let loaded = self
+            .cell
+            .get()
+            .map(|r| r.as_ref().map(|i| (i.width(), i.height())));
+        f.debug_struct("ImageSlot")
+            .field("path", &self.path)
+            .field("loaded", &loaded)
+            .finish()
+    }
 }
 
 impl ImageSlot {
@@ -23,13 +36,19 @@ impl ImageSlot {
     }
 
     fn from_path(path: PathBuf) -> Self {
-        Self { path: Some(path), cell: OnceLock::new() }
+        Self {
+            path: Some(path),
+            cell: OnceLock::new(),
+        }
     }
 
     fn get(&self) -> Result<Arc<DynamicImage>, String> {
         self.cell
             .get_or_init(|| {
-                let path = self.path.as_ref().expect("a slot without an image has a path");
+                let path = self
+                    .path
+                    .as_ref()
+                    .expect("a slot without an image has a path");
                 image::open(path)
                     .map(Arc::new)
                     .map_err(|e| format!("cannot load image {}: {e}", path.display()))
@@ -121,7 +140,10 @@ impl ToolContext {
     /// The image under `key`: `None` if the key is unknown, `Some(Err)` if its file cannot be
     /// decoded.
     pub fn image(&self, key: &str) -> Option<Result<Arc<DynamicImage>, String>> {
-        self.images.iter().find(|(k, _)| k == key).map(|(_, s)| s.get())
+        self.images
+            .iter()
+            .find(|(k, _)| k == key)
+            .map(|(_, s)| s.get())
     }
 
     /// Registers (or replaces) a named text (`text_0`, …).
@@ -135,7 +157,10 @@ impl ToolContext {
 
     /// The named text, if any.
     pub fn text(&self, key: &str) -> Option<&str> {
-        self.texts.iter().find(|(k, _)| k == key).map(|(_, t)| t.as_str())
+        self.texts
+            .iter()
+            .find(|(k, _)| k == key)
+            .map(|(_, t)| t.as_str())
     }
 
     /// Text keys in insertion order.
@@ -145,7 +170,11 @@ impl ToolContext {
 
     /// Sets the document page retrieval works on (its page images are decoded lazily).
     pub fn set_document(&mut self, doc: Document) {
-        self.pages = doc.pages.iter().map(|p| ImageSlot::from_path(p.image.clone())).collect();
+        self.pages = doc
+            .pages
+            .iter()
+            .map(|p| ImageSlot::from_path(p.image.clone()))
+            .collect();
         self.document = Some(doc);
     }
 
@@ -193,7 +222,10 @@ mod tests {
             images: vec!["/nonexistent/a.png".into(), "/nonexistent/b.png".into()],
             document: Some(Document {
                 name: "doc".into(),
-                pages: vec![DocumentPage { image: "/nonexistent/p1.png".into(), text: "x".into() }],
+                pages: vec![DocumentPage {
+                    image: "/nonexistent/p1.png".into(),
+                    text: "x".into(),
+                }],
             }),
             response: Some("Hello.".into()),
             judgment: Judgment::Single,
@@ -205,7 +237,10 @@ mod tests {
         assert_eq!(ctx.document().unwrap().name, "doc");
         // Lazy: the missing file only fails when asked for.
         let err = ctx.image("original_image").unwrap().unwrap_err();
-        assert!(err.starts_with("cannot load image /nonexistent/a.png"), "{err}");
+        assert!(
+            err.starts_with("cannot load image /nonexistent/a.png"),
+            "{err}"
+        );
         assert!(ctx.image("observation_1").is_none());
         assert!(ctx.page_image(0).is_err());
         assert_eq!(ctx.page_image(1).unwrap_err(), "page 2 does not exist");

@@ -69,7 +69,8 @@ impl PageScorer for Bm25Scorer {
                 if let Some(&tf) = m.get(term.as_str()) {
                     let tf = tf as f64;
                     let len = pages[i].len() as f64;
-                    scores[i] += idf * tf * (self.k1 + 1.0) / (tf + self.k1 * (1.0 - self.b + self.b * len / avg_len));
+                    scores[i] += idf * tf * (self.k1 + 1.0)
+                        / (tf + self.k1 * (1.0 - self.b + self.b * len / avg_len));
                 }
             }
         }
@@ -186,7 +187,9 @@ impl DocConfig {
     pub fn validate(&self) -> Result<(), String> {
         if let Some(k) = &self.kind {
             if k != "native" {
-                return Err(format!("config.type `{k}` is not supported (only `native`)"));
+                return Err(format!(
+                    "config.type `{k}` is not supported (only `native`)"
+                ));
             }
         }
         if self.scorer != "bm25" {
@@ -201,13 +204,13 @@ impl DocConfig {
 
 const NO_DOCUMENT: &str = "Error: there is no document in this task to retrieve pages from.";
 
-/// Checks the `filename` argument against the context's document.
-fn document_for<'a>(args: &Value, ctx: &'a ToolContext) -> Result<(&'a Document, String), ToolOutput> {
+/// The `filename` argument and the context's document (an error text if either is missing).
+fn document_for<'a>(args: &Value, ctx: &'a ToolContext) -> Result<(&'a Document, String), String> {
     let filename = match args.get("filename") {
         Some(Value::String(s)) if !s.trim().is_empty() => s.trim().to_string(),
-        _ => return Err(ToolOutput::error("Error: missing required parameter 'filename'.")),
+        _ => return Err("Error: missing required parameter 'filename'.".into()),
     };
-    let doc = ctx.document().ok_or_else(|| ToolOutput::error(NO_DOCUMENT))?;
+    let doc = ctx.document().ok_or(NO_DOCUMENT)?;
     Ok((doc, filename))
 }
 
@@ -264,7 +267,10 @@ fn pages_repr(pages: &[usize]) -> String {
 
 fn default_schema(name: &str, description: &str, second: (&str, Value)) -> Value {
     let mut props = serde_json::Map::new();
-    props.insert("filename".into(), json!({"type": "string", "description": "Document identifier used for retrieval."}));
+    props.insert(
+        "filename".into(),
+        json!({"type": "string", "description": "Document identifier used for retrieval."}),
+    );
     props.insert(second.0.into(), second.1);
     json!({"type": "function", "function": {"name": name, "description": description,
         "parameters": {"type": "object", "properties": props, "required": ["filename", second.0]}}})
@@ -281,10 +287,21 @@ pub struct DocPageSearchTool {
 impl DocPageSearchTool {
     /// With the scorer `config.scorer` names (BM25).
     pub fn new(config: DocConfig, schema: Option<Value>) -> Self {
-        let scorer = Arc::new(Bm25Scorer { k1: config.bm25_k1, b: config.bm25_b });
+        let scorer = Arc::new(Bm25Scorer {
+            k1: config.bm25_k1,
+            b: config.bm25_b,
+        });
         let schema = schema.unwrap_or_else(Self::default_schema);
-        let name = schema["function"]["name"].as_str().unwrap_or("doc_page_retrieval_by_query").to_string();
-        Self { schema, name, config, scorer }
+        let name = schema["function"]["name"]
+            .as_str()
+            .unwrap_or("doc_page_retrieval_by_query")
+            .to_string();
+        Self {
+            schema,
+            name,
+            config,
+            scorer,
+        }
     }
 
     /// Replaces the scorer (e.g. an embedding retriever).
@@ -304,7 +321,9 @@ impl DocPageSearchTool {
     /// Indices (0-based) of the best pages, best first, ties in page order.
     fn rank(&self, query: &str, doc: &Document) -> Vec<usize> {
         let scores = self.scorer.score(query, doc);
-        let mut idx: Vec<usize> = (0..doc.pages.len()).filter(|&i| scores.get(i).is_some_and(|s| *s > 0.0)).collect();
+        let mut idx: Vec<usize> = (0..doc.pages.len())
+            .filter(|&i| scores.get(i).is_some_and(|s| *s > 0.0))
+            .collect();
         idx.sort_by(|&a, &b| scores[b].total_cmp(&scores[a]).then(a.cmp(&b)));
         idx.truncate(self.config.retrieve_k);
         idx
@@ -323,7 +342,7 @@ impl Tool for DocPageSearchTool {
     fn execute(&self, _instance: InstanceId, args: &Value, ctx: &ToolContext) -> ToolOutput {
         let (doc, filename) = match document_for(args, ctx) {
             Ok(v) => v,
-            Err(o) => return o,
+            Err(e) => return ToolOutput::error(e),
         };
         let query = match args.get("query") {
             Some(Value::String(s)) if !s.trim().is_empty() => s.trim().to_string(),
@@ -351,7 +370,10 @@ impl Tool for DocPageSearchTool {
                 pages_repr(&pages)
             )),
             DocOutputMode::Image | DocOutputMode::Both => {
-                let imgs: Result<Vec<_>, _> = ranked.iter().map(|&i| fitted_page(ctx, i, self.config.max_side)).collect();
+                let imgs: Result<Vec<_>, _> = ranked
+                    .iter()
+                    .map(|&i| fitted_page(ctx, i, self.config.max_side))
+                    .collect();
                 let imgs = match imgs {
                     Ok(v) => v,
                     Err(e) => return ToolOutput::error(format!("Retrieval error: {e}")),
@@ -366,7 +388,11 @@ impl Tool for DocPageSearchTool {
         };
         if self.config.output != DocOutputMode::Image {
             for &i in &ranked {
-                o.text.push_str(&format!("\n\n[Page {}]\n{}", i + 1, page_text(doc, i, self.config.page_text_max_chars)));
+                o.text.push_str(&format!(
+                    "\n\n[Page {}]\n{}",
+                    i + 1,
+                    page_text(doc, i, self.config.page_text_max_chars)
+                ));
             }
         }
         o.metrics.insert("pages".into(), json!(pages));
@@ -384,15 +410,25 @@ pub struct DocPageByIndexTool {
 impl DocPageByIndexTool {
     pub fn new(config: DocConfig, schema: Option<Value>) -> Self {
         let schema = schema.unwrap_or_else(Self::default_schema);
-        let name = schema["function"]["name"].as_str().unwrap_or("doc_page_retrieval_by_index").to_string();
-        Self { schema, name, config }
+        let name = schema["function"]["name"]
+            .as_str()
+            .unwrap_or("doc_page_retrieval_by_index")
+            .to_string();
+        Self {
+            schema,
+            name,
+            config,
+        }
     }
 
     pub fn default_schema() -> Value {
         default_schema(
             "doc_page_retrieval_by_index",
             "Return a single page image by 1-based page index for a given document.",
-            ("image_idx", json!({"type": "integer", "minimum": 1, "description": "1-based page index to fetch (e.g., 1 = first page image)."})),
+            (
+                "image_idx",
+                json!({"type": "integer", "minimum": 1, "description": "1-based page index to fetch (e.g., 1 = first page image)."}),
+            ),
         )
     }
 }
@@ -401,7 +437,11 @@ impl DocPageByIndexTool {
 /// quote numbers).
 fn as_integer(v: &Value) -> Option<i64> {
     match v {
-        Value::Number(n) => n.as_i64().or_else(|| n.as_f64().filter(|f| f.fract() == 0.0 && f.abs() < 1e15).map(|f| f as i64)),
+        Value::Number(n) => n.as_i64().or_else(|| {
+            n.as_f64()
+                .filter(|f| f.fract() == 0.0 && f.abs() < 1e15)
+                .map(|f| f as i64)
+        }),
         Value::String(s) => s.trim().parse().ok(),
         _ => None,
     }
@@ -419,7 +459,7 @@ impl Tool for DocPageByIndexTool {
     fn execute(&self, _instance: InstanceId, args: &Value, ctx: &ToolContext) -> ToolOutput {
         let (doc, filename) = match document_for(args, ctx) {
             Ok(v) => v,
-            Err(o) => return o,
+            Err(e) => return ToolOutput::error(e),
         };
         let Some(idx) = args.get("image_idx").and_then(as_integer) else {
             return ToolOutput::error("Error: 'image_idx' must be an integer (1-based).");
@@ -435,14 +475,24 @@ impl Tool for DocPageByIndexTool {
         }
         let i = idx as usize - 1;
         let mut o = match self.config.output {
-            DocOutputMode::Text => ToolOutput::ok(format!("Here is the text of page #{idx} for document '{filename}'.")),
-            DocOutputMode::Image | DocOutputMode::Both => match fitted_page(ctx, i, self.config.max_side) {
-                Ok(img) => ToolOutput::ok(format!("Here is page image #{idx} for document '{filename}'.")).with_image(Arc::new(img)),
-                Err(e) => return ToolOutput::error(format!("Retrieval error: {e}")),
-            },
+            DocOutputMode::Text => ToolOutput::ok(format!(
+                "Here is the text of page #{idx} for document '{filename}'."
+            )),
+            DocOutputMode::Image | DocOutputMode::Both => {
+                match fitted_page(ctx, i, self.config.max_side) {
+                    Ok(img) => ToolOutput::ok(format!(
+                        "Here is page image #{idx} for document '{filename}'."
+                    ))
+                    .with_image(Arc::new(img)),
+                    Err(e) => return ToolOutput::error(format!("Retrieval error: {e}")),
+                }
+            }
         };
         if self.config.output != DocOutputMode::Image {
-            o.text.push_str(&format!("\n\n[Page {idx}]\n{}", page_text(doc, i, self.config.page_text_max_chars)));
+            o.text.push_str(&format!(
+                "\n\n[Page {idx}]\n{}",
+                page_text(doc, i, self.config.page_text_max_chars)
+            ));
         }
         o.metrics.insert("pages".into(), json!([idx]));
         o
@@ -463,11 +513,23 @@ mod tests {
         ];
         let doc = Document {
             name: "report.pdf".into(),
-            pages: texts.iter().map(|t| DocumentPage { image: "/nonexistent".into(), text: t.to_string() }).collect(),
+            pages: texts
+                .iter()
+                .map(|t| DocumentPage {
+                    image: "/nonexistent".into(),
+                    text: t.to_string(),
+                })
+                .collect(),
         };
         // Page i is (i+1)*10 px wide and 20 px high, coloured by index.
         let imgs = (0..4)
-            .map(|i| Arc::new(DynamicImage::ImageRgb8(RgbImage::from_pixel((i + 1) * 10, 20, Rgb([i as u8 * 50, 0, 0])))))
+            .map(|i| {
+                Arc::new(DynamicImage::ImageRgb8(RgbImage::from_pixel(
+                    (i + 1) * 10,
+                    20,
+                    Rgb([i as u8 * 50, 0, 0]),
+                )))
+            })
             .collect();
         let mut c = ToolContext::new();
         c.set_document_with_images(doc, imgs);
@@ -475,22 +537,36 @@ mod tests {
     }
 
     fn cfg(output: DocOutputMode) -> DocConfig {
-        DocConfig { output, retrieve_k: 2, ..DocConfig::default() }
+        DocConfig {
+            output,
+            retrieve_k: 2,
+            ..DocConfig::default()
+        }
     }
 
     #[test]
     fn bm25_ranks_by_term_frequency() {
         let c = ctx();
         let s = Bm25Scorer::default().score("Revenue", c.document().unwrap());
-        assert!(s[1] > s[0] && s[0] > 0.0 && s[2] == 0.0 && s[3] == 0.0, "{s:?}");
-        assert_eq!(tokenize("Hello, World! 2023年报"), vec!["hello", "world", "2023", "年", "报"]);
+        assert!(
+            s[1] > s[0] && s[0] > 0.0 && s[2] == 0.0 && s[3] == 0.0,
+            "{s:?}"
+        );
+        assert_eq!(
+            tokenize("Hello, World! 2023年报"),
+            vec!["hello", "world", "2023", "年", "报"]
+        );
     }
 
     #[test]
     fn query_returns_stitched_top_k() {
         let c = ctx();
         let t = DocPageSearchTool::new(cfg(DocOutputMode::Image), None);
-        let o = t.execute(InstanceId::fresh(), &json!({"filename": "report.pdf", "query": "revenue governance"}), &c);
+        let o = t.execute(
+            InstanceId::fresh(),
+            &json!({"filename": "report.pdf", "query": "revenue governance"}),
+            &c,
+        );
         assert!(o.success);
         // "governance" is rarer (one page), so page 3 can outrank the revenue pages; all three match.
         let pages = o.metrics["pages"].as_array().unwrap().clone();
@@ -512,7 +588,11 @@ mod tests {
     fn query_text_mode_and_limits() {
         let c = ctx();
         let t = DocPageSearchTool::new(cfg(DocOutputMode::Text), None);
-        let o = t.execute(InstanceId::fresh(), &json!({"filename": "report.pdf", "query": "glossary"}), &c);
+        let o = t.execute(
+            InstanceId::fresh(),
+            &json!({"filename": "report.pdf", "query": "glossary"}),
+            &c,
+        );
         assert!(o.success && o.images.is_empty());
         assert_eq!(o.text, "Page texts for query 'glossary' in 'report.pdf': pages [4]. If the retrieved pages don't seem relevant, you can try using a different or more specific query string to improve the results.\n\n[Page 4]\nAppendix: glossary of terms.");
         // Size limits: longest side and total pixels.
@@ -520,7 +600,11 @@ mod tests {
         conf.max_side = 10;
         conf.max_concat_pixels = 100;
         let t = DocPageSearchTool::new(conf, None);
-        let o = t.execute(InstanceId::fresh(), &json!({"filename": "report.pdf", "query": "glossary"}), &c);
+        let o = t.execute(
+            InstanceId::fresh(),
+            &json!({"filename": "report.pdf", "query": "glossary"}),
+            &c,
+        );
         assert!(o.text.ends_with("[Page 4]\nAppendix: glossary of terms."));
         assert!(o.images[0].width() as u64 * o.images[0].height() as u64 <= 100);
     }
@@ -531,22 +615,54 @@ mod tests {
         let t = DocPageSearchTool::new(cfg(DocOutputMode::Image), None);
         let run = |a: Value| t.execute(InstanceId::fresh(), &a, &c);
         let o = run(json!({"query": "x"}));
-        assert_eq!((o.text.as_str(), o.success, o.reward), ("Error: missing required parameter 'filename'.", false, -0.05));
-        assert_eq!(run(json!({"filename": "report.pdf"})).text, "Error: missing required parameter 'query'.");
-        assert_eq!(run(json!({"filename": "report.pdf", "query": 3})).text, "Error: missing required parameter 'query'.");
+        assert_eq!(
+            (o.text.as_str(), o.success, o.reward),
+            (
+                "Error: missing required parameter 'filename'.",
+                false,
+                -0.05
+            )
+        );
+        assert_eq!(
+            run(json!({"filename": "report.pdf"})).text,
+            "Error: missing required parameter 'query'."
+        );
+        assert_eq!(
+            run(json!({"filename": "report.pdf", "query": 3})).text,
+            "Error: missing required parameter 'query'."
+        );
         let o = run(json!({"filename": "../../etc/passwd", "query": "revenue"}));
         assert_eq!(o.text, "No relevant content found for 'revenue' in document '../../etc/passwd'. Maybe you should check your provided filename in your tool calling.");
         assert_eq!((o.success, o.reward), (false, -0.05));
         let o = run(json!({"filename": "report.pdf", "query": "zebra"}));
         assert_eq!(o.text, "No relevant content found for 'zebra' in document 'report.pdf'. Maybe you should check your provided filename in your tool calling.");
         assert_eq!((o.success, o.reward), (false, 0.0));
-        let o = t.execute(InstanceId::fresh(), &json!({"filename": "a", "query": "b"}), &ToolContext::new());
+        let o = t.execute(
+            InstanceId::fresh(),
+            &json!({"filename": "a", "query": "b"}),
+            &ToolContext::new(),
+        );
         assert_eq!(o.text, NO_DOCUMENT);
         // A page image that cannot be loaded.
         let mut c2 = ToolContext::new();
-        c2.set_document(Document { name: "d".into(), pages: vec![DocumentPage { image: "/nonexistent/p.png".into(), text: "cat".into() }] });
-        let o = t.execute(InstanceId::fresh(), &json!({"filename": "d", "query": "cat"}), &c2);
-        assert!(o.text.starts_with("Retrieval error: cannot load image /nonexistent/p.png"), "{}", o.text);
+        c2.set_document(Document {
+            name: "d".into(),
+            pages: vec![DocumentPage {
+                image: "/nonexistent/p.png".into(),
+                text: "cat".into(),
+            }],
+        });
+        let o = t.execute(
+            InstanceId::fresh(),
+            &json!({"filename": "d", "query": "cat"}),
+            &c2,
+        );
+        assert!(
+            o.text
+                .starts_with("Retrieval error: cannot load image /nonexistent/p.png"),
+            "{}",
+            o.text
+        );
     }
 
     #[test]
@@ -558,16 +674,32 @@ mod tests {
         assert!(o.success);
         assert_eq!(o.text, "Here is page image #2 for document 'report.pdf'.");
         assert_eq!((o.images[0].width(), o.images[0].height()), (20, 20));
-        assert_eq!(run(json!({"filename": "report.pdf", "image_idx": "3"})).text, "Here is page image #3 for document 'report.pdf'.");
-        assert_eq!(run(json!({"filename": "report.pdf", "image_idx": 1.5})).text, "Error: 'image_idx' must be an integer (1-based).");
-        assert_eq!(run(json!({"filename": "report.pdf"})).text, "Error: 'image_idx' must be an integer (1-based).");
-        assert_eq!(run(json!({"filename": "report.pdf", "image_idx": 0})).text, "Error: 'image_idx' must be >= 1 (1-based index).");
+        assert_eq!(
+            run(json!({"filename": "report.pdf", "image_idx": "3"})).text,
+            "Here is page image #3 for document 'report.pdf'."
+        );
+        assert_eq!(
+            run(json!({"filename": "report.pdf", "image_idx": 1.5})).text,
+            "Error: 'image_idx' must be an integer (1-based)."
+        );
+        assert_eq!(
+            run(json!({"filename": "report.pdf"})).text,
+            "Error: 'image_idx' must be an integer (1-based)."
+        );
+        assert_eq!(
+            run(json!({"filename": "report.pdf", "image_idx": 0})).text,
+            "Error: 'image_idx' must be >= 1 (1-based index)."
+        );
         let o = run(json!({"filename": "report.pdf", "image_idx": 5}));
         assert_eq!(o.text, "Error: Image not found for page 5 in report.pdf. Maybe you input the wrong filename or image index out of range. Please check your input and try again.");
         assert_eq!((o.success, o.reward), (false, -0.05));
         assert_eq!(run(json!({"filename": "/etc/hosts", "image_idx": 1})).text, "Error: Image not found for page 1 in /etc/hosts. Maybe you input the wrong filename or image index out of range. Please check your input and try again.");
         let t = DocPageByIndexTool::new(cfg(DocOutputMode::Text), None);
-        let o = t.execute(InstanceId::fresh(), &json!({"filename": "report.pdf", "image_idx": 3}), &c);
+        let o = t.execute(
+            InstanceId::fresh(),
+            &json!({"filename": "report.pdf", "image_idx": 3}),
+            &c,
+        );
         assert_eq!(o.text, "Here is the text of page #3 for document 'report.pdf'.\n\n[Page 3]\nBoard of directors and governance.");
         assert!(o.images.is_empty());
     }
@@ -575,7 +707,13 @@ mod tests {
     #[test]
     fn config_validation() {
         assert!(DocConfig::default().validate().is_ok());
-        let c = DocConfig { scorer: "clip".into(), ..DocConfig::default() };
-        assert_eq!(c.validate().unwrap_err(), "unknown scorer `clip` (built in: bm25)");
+        let c = DocConfig {
+            scorer: "clip".into(),
+            ..DocConfig::default()
+        };
+        assert_eq!(
+            c.validate().unwrap_err(),
+            "unknown scorer `clip` (built in: bm25)"
+        );
     }
 }

@@ -5,11 +5,19 @@ use std::path::PathBuf;
 #[derive(Debug, thiserror::Error)]
 pub enum ToolError {
     #[error("cannot read tool config {path}: {source}")]
-    Io { path: PathBuf, source: std::io::Error },
+    Io {
+        path: PathBuf,
+        source: std::io::Error,
+    },
     #[error("tool config {path}: {msg}")]
     Yaml { path: PathBuf, msg: String },
     #[error("tool config {path}: tools[{index}] ({entry}): {msg}")]
-    Entry { path: PathBuf, index: usize, entry: String, msg: String },
+    Entry {
+        path: PathBuf,
+        index: usize,
+        entry: String,
+        msg: String,
+    },
     #[error("invalid tool schema for `{name}`: {msg}")]
     Schema { name: String, msg: String },
     #[error("{0}")]

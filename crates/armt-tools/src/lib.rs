@@ -17,6 +17,29 @@
 //!
 //! Tools are `Send + Sync` and keep no per-call state outside the context, so one registry
 //! can serve many trajectories from rayon threads at once (each with its own context).
+//!
+//! Tool configs (`configs/tools/*.yaml`) have verl's shape: `tools: [{class_name, config,
+//! tool_schema}]`, class names either the paper's dotted Python paths
+//! (`verl.tools.image_zoom_in_tool.ImageZoomInTool`) or bare (`ImageZoomInTool`).
+//!
+//! ```
+//! use std::sync::Arc;
+//! use armt_tools::{parse_tool_call, system_prompt, ToolContext, ToolRegistry};
+//!
+//! let yaml = "tools:\n  - class_name: verl.tools.image_zoom_in_tool.ImageZoomInTool\n";
+//! let tools = ToolRegistry::from_yaml_str(yaml, "inline.yaml".as_ref()).unwrap();
+//! assert!(system_prompt(&tools.schemas()).contains("\"name\": \"image_zoom_in_tool\""));
+//!
+//! let mut ctx = ToolContext::new(); // or ToolContext::from_sample(&sample)
+//! ctx.add_image("original_image", Arc::new(image::DynamicImage::new_rgb8(640, 480)));
+//! let turn = "<think>Look closer.</think>\n<tool_call>\n{\"name\": \"image_zoom_in_tool\", \
+//!             \"arguments\": {\"image\": \"original_image\", \"bbox_2d\": [0, 0, 500, 500]}}\n</tool_call>";
+//! let call = parse_tool_call(turn).unwrap().unwrap();
+//! let out = tools.call(&call, &mut ctx);
+//! assert!(out.success);
+//! assert_eq!(out.image_keys, ["observation_1"]);
+//! assert_eq!((out.images[0].width(), out.images[0].height()), (320, 240));
+//! ```
 
 mod context;
 mod document;
@@ -37,16 +60,19 @@ pub use document::{
     Bm25Scorer, DocConfig, DocOutputMode, DocPageByIndexTool, DocPageSearchTool, PageScorer,
 };
 pub use error::ToolError;
-pub use instruction::{split_sentences, InstructionCheck, InstructionTool, INSTRUCTION_CHECKS};
-pub use parse::{parse_tool_call, py_repr, system_prompt, truncate_tool_text, ParsedToolCall};
+pub use instruction::{InstructionCheck, InstructionTool, INSTRUCTION_CHECKS};
+pub use parse::{
+    parse_tool_call, py_repr, system_prompt, truncate_tool_text, ParsedToolCall, TRUNCATION_MARKER,
+};
 pub use registry::{ToolRegistry, ToolSpec};
+pub use text::split_sentences;
 pub use zoom::{ImageZoomInTool, ZoomConfig};
 
 /// Step reward for a failed call (validation or execution), the ARM tools' convention.
 pub const FAILURE_REWARD: f32 = -0.05;
 
 /// What one tool call produced.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct ToolOutput {
     /// The text the model reads (not yet truncated; see [`truncate_tool_text`]).
     pub text: String,
@@ -63,6 +89,25 @@ pub struct ToolOutput {
     pub metrics: Map<String, Value>,
 }
 
+// By hand: the derived Debug would print every pixel of the images.
+impl std::fmt::Debug for ToolOutput {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let sizes: Vec<(u32, u32)> = self
+            .images
+            .iter()
+            .map(|i| (i.width(), i.height()))
+            .collect();
+        f.debug_struct("ToolOutput")
+            .field("text", &self.text)
+            .field("images", &sizes)
+            .field("image_keys", &self.image_keys)
+            .field("reward", &self.reward)
+            .field("success", &self.success)
+            .field("metrics", &self.metrics)
+            .finish()
+    }
+}
+
 impl ToolOutput {
     /// A successful, text-only output.
     pub fn ok(text: impl Into<String>) -> Self {
@@ -77,7 +122,14 @@ impl ToolOutput {
     fn with_success(text: String, success: bool, reward: f32) -> Self {
         let mut metrics = Map::new();
         metrics.insert("success".into(), Value::Bool(success));
-        Self { text, images: Vec::new(), image_keys: Vec::new(), reward, success, metrics }
+        Self {
+            text,
+            images: Vec::new(),
+            image_keys: Vec::new(),
+            reward,
+            success,
+            metrics,
+        }
     }
 
     /// Adds an image (builder style).

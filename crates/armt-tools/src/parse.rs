@@ -26,7 +26,9 @@ pub fn parse_tool_call(assistant_text: &str) -> Option<Result<ParsedToolCall, St
     let start = assistant_text.find(OPEN)? + OPEN.len();
     let rest = &assistant_text[start..];
     let Some(end) = rest.find(CLOSE) else {
-        return Some(Err(format!("Error: the tool call has no closing </tool_call> tag. {FORMAT_HINT}")));
+        return Some(Err(format!(
+            "Error: the tool call has no closing </tool_call> tag. {FORMAT_HINT}"
+        )));
     };
     let body = rest[..end].trim();
     Some(parse_body(body))
@@ -36,11 +38,17 @@ fn parse_body(body: &str) -> Result<ParsedToolCall, String> {
     let v: Value = serde_json::from_str(body)
         .map_err(|e| format!("Error: the tool call is not valid JSON ({e}). {FORMAT_HINT}"))?;
     let Value::Object(mut obj) = v else {
-        return Err(format!("Error: the tool call must be a JSON object, got {body}. {FORMAT_HINT}"));
+        return Err(format!(
+            "Error: the tool call must be a JSON object, got {body}. {FORMAT_HINT}"
+        ));
     };
     let name = match obj.remove("name") {
         Some(Value::String(s)) if !s.trim().is_empty() => s.trim().to_string(),
-        _ => return Err(format!("Error: the tool call needs a string \"name\". {FORMAT_HINT}")),
+        _ => {
+            return Err(format!(
+                "Error: the tool call needs a string \"name\". {FORMAT_HINT}"
+            ))
+        }
     };
     let arguments = match obj.remove("arguments") {
         Some(a @ Value::Object(_)) => a,
@@ -48,10 +56,22 @@ fn parse_body(body: &str) -> Result<ParsedToolCall, String> {
         // when it holds an object.
         Some(Value::String(s)) => match serde_json::from_str::<Value>(&s) {
             Ok(a @ Value::Object(_)) => a,
-            _ => return Err(format!("Error: the tool call's \"arguments\" must be a JSON object. {FORMAT_HINT}")),
+            _ => {
+                return Err(format!(
+                    "Error: the tool call's \"arguments\" must be a JSON object. {FORMAT_HINT}"
+                ))
+            }
         },
-        Some(_) => return Err(format!("Error: the tool call's \"arguments\" must be a JSON object. {FORMAT_HINT}")),
-        None => return Err(format!("Error: the tool call needs \"arguments\" (a JSON object). {FORMAT_HINT}")),
+        Some(_) => {
+            return Err(format!(
+                "Error: the tool call's \"arguments\" must be a JSON object. {FORMAT_HINT}"
+            ))
+        }
+        None => {
+            return Err(format!(
+                "Error: the tool call needs \"arguments\" (a JSON object). {FORMAT_HINT}"
+            ))
+        }
     };
     Ok(ParsedToolCall { name, arguments })
 }
@@ -70,8 +90,15 @@ pub fn truncate_tool_text(text: &str, max_chars: usize) -> String {
     let head = max_chars / 2;
     let tail = max_chars - head;
     let head_end = text.char_indices().nth(head).map_or(text.len(), |(i, _)| i);
-    let tail_start = text.char_indices().nth(n - tail).map_or(text.len(), |(i, _)| i);
-    format!("{}{TRUNCATION_MARKER}{}", &text[..head_end], &text[tail_start..])
+    let tail_start = text
+        .char_indices()
+        .nth(n - tail)
+        .map_or(text.len(), |(i, _)| i);
+    format!(
+        "{}{TRUNCATION_MARKER}{}",
+        &text[..head_end],
+        &text[tail_start..]
+    )
 }
 
 /// ARM-Thinker's `CommonSystemTemplate` with the tools' schemas, one per line, printed like
@@ -140,7 +167,11 @@ fn write_py_repr(out: &mut String, v: &Value) {
 
 /// Python's str repr: single quotes unless the text has a `'` and no `"`.
 fn write_py_str(out: &mut String, s: &str) {
-    let q = if s.contains('\'') && !s.contains('"') { '"' } else { '\'' };
+    let q = if s.contains('\'') && !s.contains('"') {
+        '"'
+    } else {
+        '\''
+    };
     out.push(q);
     for c in s.chars() {
         match c {
@@ -152,7 +183,9 @@ fn write_py_str(out: &mut String, s: &str) {
                 out.push('\\');
                 out.push(c);
             }
-            c if (c as u32) < 0x20 || c as u32 == 0x7f => out.push_str(&format!("\\x{:02x}", c as u32)),
+            c if (c as u32) < 0x20 || c as u32 == 0x7f => {
+                out.push_str(&format!("\\x{:02x}", c as u32))
+            }
             c => out.push(c),
         }
     }
@@ -161,7 +194,9 @@ fn write_py_str(out: &mut String, s: &str) {
 
 /// Python's repr of a list of strings (`['original_image', 'observation_1']`).
 pub(crate) fn py_str_list(items: &[String]) -> String {
-    py_repr(&Value::Array(items.iter().map(|s| Value::String(s.clone())).collect()))
+    py_repr(&Value::Array(
+        items.iter().map(|s| Value::String(s.clone())).collect(),
+    ))
 }
 
 #[cfg(test)]
@@ -174,7 +209,10 @@ mod tests {
         let t = "<think>hm</think>\n<tool_call>\n{\"name\": \"image_zoom_in_tool\", \"arguments\": {\"image\": \"original_image\", \"bbox_2d\": [1, 2, 3, 4]}}\n</tool_call><tool_call>{\"name\": \"other\", \"arguments\": {}}</tool_call>";
         let c = parse_tool_call(t).unwrap().unwrap();
         assert_eq!(c.name, "image_zoom_in_tool");
-        assert_eq!(c.arguments, json!({"image": "original_image", "bbox_2d": [1, 2, 3, 4]}));
+        assert_eq!(
+            c.arguments,
+            json!({"image": "original_image", "bbox_2d": [1, 2, 3, 4]})
+        );
         // Argument key order survives (preserve_order), so re-rendering matches the model's text.
         let keys: Vec<_> = c.arguments.as_object().unwrap().keys().cloned().collect();
         assert_eq!(keys, vec!["image", "bbox_2d"]);
@@ -188,26 +226,55 @@ mod tests {
 
     #[test]
     fn string_arguments_accepted() {
-        let c = parse_tool_call("<tool_call>{\"name\": \"t\", \"arguments\": \"{\\\"a\\\": 1}\"}</tool_call>")
-            .unwrap()
-            .unwrap();
+        let c = parse_tool_call(
+            "<tool_call>{\"name\": \"t\", \"arguments\": \"{\\\"a\\\": 1}\"}</tool_call>",
+        )
+        .unwrap()
+        .unwrap();
         assert_eq!(c.arguments, json!({"a": 1}));
     }
 
     #[test]
     fn malformed_calls_are_error_texts() {
-        let e = parse_tool_call("<tool_call>{\"name\": \"t\", \"arguments\": {}}").unwrap().unwrap_err();
+        let e = parse_tool_call("<tool_call>{\"name\": \"t\", \"arguments\": {}}")
+            .unwrap()
+            .unwrap_err();
         assert!(e.starts_with("Error: the tool call has no closing </tool_call> tag. Write exactly one call as <tool_call>\n"), "{e}");
-        let e = parse_tool_call("<tool_call>{\"name\": \"t\", \"arguments\": {</tool_call>").unwrap().unwrap_err();
-        assert!(e.starts_with("Error: the tool call is not valid JSON ("), "{e}");
-        let e = parse_tool_call("<tool_call>[1]</tool_call>").unwrap().unwrap_err();
-        assert!(e.starts_with("Error: the tool call must be a JSON object, got [1]."), "{e}");
-        let e = parse_tool_call("<tool_call>{\"arguments\": {}}</tool_call>").unwrap().unwrap_err();
-        assert!(e.starts_with("Error: the tool call needs a string \"name\"."), "{e}");
-        let e = parse_tool_call("<tool_call>{\"name\": \"t\"}</tool_call>").unwrap().unwrap_err();
-        assert!(e.starts_with("Error: the tool call needs \"arguments\" (a JSON object)."), "{e}");
-        let e = parse_tool_call("<tool_call>{\"name\": \"t\", \"arguments\": [1]}</tool_call>").unwrap().unwrap_err();
-        assert!(e.starts_with("Error: the tool call's \"arguments\" must be a JSON object."), "{e}");
+        let e = parse_tool_call("<tool_call>{\"name\": \"t\", \"arguments\": {</tool_call>")
+            .unwrap()
+            .unwrap_err();
+        assert!(
+            e.starts_with("Error: the tool call is not valid JSON ("),
+            "{e}"
+        );
+        let e = parse_tool_call("<tool_call>[1]</tool_call>")
+            .unwrap()
+            .unwrap_err();
+        assert!(
+            e.starts_with("Error: the tool call must be a JSON object, got [1]."),
+            "{e}"
+        );
+        let e = parse_tool_call("<tool_call>{\"arguments\": {}}</tool_call>")
+            .unwrap()
+            .unwrap_err();
+        assert!(
+            e.starts_with("Error: the tool call needs a string \"name\"."),
+            "{e}"
+        );
+        let e = parse_tool_call("<tool_call>{\"name\": \"t\"}</tool_call>")
+            .unwrap()
+            .unwrap_err();
+        assert!(
+            e.starts_with("Error: the tool call needs \"arguments\" (a JSON object)."),
+            "{e}"
+        );
+        let e = parse_tool_call("<tool_call>{\"name\": \"t\", \"arguments\": [1]}</tool_call>")
+            .unwrap()
+            .unwrap_err();
+        assert!(
+            e.starts_with("Error: the tool call's \"arguments\" must be a JSON object."),
+            "{e}"
+        );
     }
 
     #[test]
@@ -218,22 +285,33 @@ mod tests {
         assert_eq!(truncate_tool_text("abcdefgh", 5), "ab...(truncated)...fgh");
         // Multi-byte characters are counted, never split.
         assert_eq!(truncate_tool_text("ééééé", 2), "é...(truncated)...é");
-        assert_eq!(truncate_tool_text("日本語テキスト", 3), "日...(truncated)...スト");
+        assert_eq!(
+            truncate_tool_text("日本語テキスト", 3),
+            "日...(truncated)...スト"
+        );
         assert_eq!(truncate_tool_text("abc", 0), "...(truncated)...");
     }
 
     #[test]
     fn python_repr() {
-        assert_eq!(py_repr(&json!([1, 2.5, "a", true, null, 100.0])), "[1, 2.5, 'a', True, None, 100.0]");
+        assert_eq!(
+            py_repr(&json!([1, 2.5, "a", true, null, 100.0])),
+            "[1, 2.5, 'a', True, None, 100.0]"
+        );
         assert_eq!(py_repr(&json!("it's")), "\"it's\"");
         assert_eq!(py_repr(&json!({"a": [1]})), "{'a': [1]}");
-        assert_eq!(py_str_list(&["original_image".into(), "observation_1".into()]), "['original_image', 'observation_1']");
+        assert_eq!(
+            py_str_list(&["original_image".into(), "observation_1".into()]),
+            "['original_image', 'observation_1']"
+        );
     }
 
     #[test]
     fn system_prompt_texts() {
         assert_eq!(system_prompt(&[]), "You are a helpful assistant.");
-        let s = system_prompt(&[json!({"type": "function", "function": {"name": "f", "description": "é", "parameters": {"type": "object", "properties": {"x": {"type": "number", "minimum": 0.5}}}}})]);
+        let s = system_prompt(&[
+            json!({"type": "function", "function": {"name": "f", "description": "é", "parameters": {"type": "object", "properties": {"x": {"type": "number", "minimum": 0.5}}}}}),
+        ]);
         assert_eq!(
             s,
             "You are a helpful assistant.\n\n# Tools\n\nYou may call one or more functions to assist with the user query.\n\nYou are provided with function signatures within <tools></tools> XML tags:\n<tools>\n{\"type\": \"function\", \"function\": {\"name\": \"f\", \"description\": \"é\", \"parameters\": {\"type\": \"object\", \"properties\": {\"x\": {\"type\": \"number\", \"minimum\": 0.5}}}}}\n</tools>\n\nFor each function call, return a json object with function name and arguments within <tool_call></tool_call> XML tags:\n<tool_call>\n{\"name\": <function-name>, \"arguments\": <args-json-object>}\n</tool_call>"

@@ -6,14 +6,23 @@ use regex::Regex;
 
 /// Strips every line and the whole text (the paper's `_clean_text`).
 pub(crate) fn clean_text(text: &str) -> String {
-    text.lines().map(str::trim).collect::<Vec<_>>().join("\n").trim().to_string()
+    text.lines()
+        .map(str::trim)
+        .collect::<Vec<_>>()
+        .join("\n")
+        .trim()
+        .to_string()
 }
 
 /// Non-empty blocks separated by a blank line (`\n\s*\n`), trimmed.
 pub(crate) fn paragraphs(text: &str) -> Vec<String> {
     static RE: OnceLock<Regex> = OnceLock::new();
     let re = RE.get_or_init(|| Regex::new(r"\n\s*\n").expect("valid regex"));
-    re.split(text).map(str::trim).filter(|p| !p.is_empty()).map(String::from).collect()
+    re.split(text)
+        .map(str::trim)
+        .filter(|p| !p.is_empty())
+        .map(String::from)
+        .collect()
 }
 
 /// Whitespace-separated words.
@@ -25,17 +34,21 @@ pub(crate) fn word_count(text: &str) -> usize {
 /// `normalize_text_for_matching`), for begin/end checks.
 pub(crate) fn normalize_for_matching(text: &str) -> String {
     let t = text.trim().to_lowercase();
-    t.trim_start_matches(['.', '…']).trim_end_matches(['.', '…']).trim().to_string()
+    t.trim_start_matches(['.', '…'])
+        .trim_end_matches(['.', '…'])
+        .trim()
+        .to_string()
 }
 
 /// Abbreviations after which a period does not end a sentence (lowercase, without the final
 /// period). Covers titles, Latin abbreviations and common short forms; single letters
 /// (initials such as "J. Smith", "U.S.") are handled separately.
 const ABBREVIATIONS: &[&str] = &[
-    "mr", "mrs", "ms", "dr", "prof", "sr", "jr", "st", "mt", "vs", "etc", "e.g", "i.e", "cf", "al", "approx", "fig",
-    "figs", "eq", "eqs", "no", "nos", "vol", "vols", "pp", "p", "ch", "sec", "inc", "ltd", "co", "corp", "dept", "est",
-    "jan", "feb", "mar", "apr", "jun", "jul", "aug", "sep", "sept", "oct", "nov", "dec", "u.s", "u.k", "a.m", "p.m",
-    "ph.d", "gen", "gov", "rev", "capt", "lt", "col", "sgt",
+    "mr", "mrs", "ms", "dr", "prof", "sr", "jr", "st", "mt", "vs", "etc", "e.g", "i.e", "cf", "al",
+    "approx", "fig", "figs", "eq", "eqs", "no", "nos", "vol", "vols", "pp", "p", "ch", "sec",
+    "inc", "ltd", "co", "corp", "dept", "est", "jan", "feb", "mar", "apr", "jun", "jul", "aug",
+    "sep", "sept", "oct", "nov", "dec", "u.s", "u.k", "a.m", "p.m", "ph.d", "gen", "gov", "rev",
+    "capt", "lt", "col", "sgt",
 ];
 
 /// Splits text into sentences without nltk's punkt model (the paper uses
@@ -87,7 +100,8 @@ fn split_paragraph(p: &str, out: &mut Vec<String>) {
             if at_end || chars[j].1.is_whitespace() {
                 let end = chars.get(j).map_or(p.len(), |x| x.0);
                 let next = chars[j..].iter().map(|x| x.1).find(|c| !c.is_whitespace());
-                let only_period = chars[i..j].iter().all(|x| x.1 == '.' || is_closer(x.1)) && c == '.';
+                let only_period =
+                    chars[i..j].iter().all(|x| x.1 == '.' || is_closer(x.1)) && c == '.';
                 let keep_going = !at_end
                     && (next.is_some_and(|n| n.is_lowercase() || n.is_ascii_digit())
                         || (only_period && is_abbreviation(&p[start..chars[i].0])));
@@ -111,7 +125,10 @@ fn is_closer(c: char) -> bool {
 /// Whether the word just before a period (`before` ends right before it) is an abbreviation
 /// or an initial.
 fn is_abbreviation(before: &str) -> bool {
-    let word = before.rsplit(|c: char| c.is_whitespace() || c == '(' || c == '"').next().unwrap_or("");
+    let word = before
+        .rsplit(|c: char| c.is_whitespace() || c == '(' || c == '"')
+        .next()
+        .unwrap_or("");
     let w = word.to_lowercase();
     if w.is_empty() {
         return false;
@@ -133,14 +150,38 @@ mod tests {
 
     #[test]
     fn sentences() {
-        assert_eq!(split_sentences("Hello world. How are you? Fine!"), vec!["Hello world.", "How are you?", "Fine!"]);
-        assert_eq!(split_sentences("Dr. Smith paid $3.50 at example.com. Then he left."), vec!["Dr. Smith paid $3.50 at example.com.", "Then he left."]);
-        assert_eq!(split_sentences("J. R. R. Tolkien wrote it. Yes."), vec!["J. R. R. Tolkien wrote it.", "Yes."]);
-        assert_eq!(split_sentences("Use tools, e.g. a hammer. Done."), vec!["Use tools, e.g. a hammer.", "Done."]);
-        assert_eq!(split_sentences("He said \"Stop.\" Then silence..."), vec!["He said \"Stop.\"", "Then silence..."]);
-        assert_eq!(split_sentences("Title\n\nBody text here. More"), vec!["Title", "Body text here.", "More"]);
-        assert_eq!(split_sentences("第一句。第二句！第三句"), vec!["第一句。", "第二句！", "第三句"]);
-        assert_eq!(split_sentences("Wait... what? Ok."), vec!["Wait... what?", "Ok."]);
+        assert_eq!(
+            split_sentences("Hello world. How are you? Fine!"),
+            vec!["Hello world.", "How are you?", "Fine!"]
+        );
+        assert_eq!(
+            split_sentences("Dr. Smith paid $3.50 at example.com. Then he left."),
+            vec!["Dr. Smith paid $3.50 at example.com.", "Then he left."]
+        );
+        assert_eq!(
+            split_sentences("J. R. R. Tolkien wrote it. Yes."),
+            vec!["J. R. R. Tolkien wrote it.", "Yes."]
+        );
+        assert_eq!(
+            split_sentences("Use tools, e.g. a hammer. Done."),
+            vec!["Use tools, e.g. a hammer.", "Done."]
+        );
+        assert_eq!(
+            split_sentences("He said \"Stop.\" Then silence..."),
+            vec!["He said \"Stop.\"", "Then silence..."]
+        );
+        assert_eq!(
+            split_sentences("Title\n\nBody text here. More"),
+            vec!["Title", "Body text here.", "More"]
+        );
+        assert_eq!(
+            split_sentences("第一句。第二句！第三句"),
+            vec!["第一句。", "第二句！", "第三句"]
+        );
+        assert_eq!(
+            split_sentences("Wait... what? Ok."),
+            vec!["Wait... what?", "Ok."]
+        );
         assert!(split_sentences("  \n ").is_empty());
     }
 

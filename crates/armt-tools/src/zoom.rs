@@ -4,7 +4,6 @@
 use std::sync::Arc;
 
 use image::imageops::FilterType;
-use image::DynamicImage;
 use serde::Deserialize;
 use serde_json::{json, Value};
 
@@ -37,7 +36,10 @@ fn default_max_pixels() -> u64 {
 
 impl Default for ZoomConfig {
     fn default() -> Self {
-        Self { kind: None, max_pixels: default_max_pixels() }
+        Self {
+            kind: None,
+            max_pixels: default_max_pixels(),
+        }
     }
 }
 
@@ -52,8 +54,15 @@ impl ImageZoomInTool {
     /// With `schema` from the YAML (or [`ImageZoomInTool::default_schema`]).
     pub fn new(config: ZoomConfig, schema: Option<Value>) -> Self {
         let schema = schema.unwrap_or_else(Self::default_schema);
-        let name = schema["function"]["name"].as_str().unwrap_or("image_zoom_in_tool").to_string();
-        Self { schema, name, config }
+        let name = schema["function"]["name"]
+            .as_str()
+            .unwrap_or("image_zoom_in_tool")
+            .to_string();
+        Self {
+            schema,
+            name,
+            config,
+        }
     }
 
     /// The paper's schema, with the `items`/`minItems`/`maxItems` its pydantic model dropped.
@@ -86,10 +95,17 @@ You can call this tool like this: <tool_call>\n{{\"name\": \"{}\", \"arguments\"
             Some(Err(e)) => return ToolOutput::error(format!("Error processing image zoom-in: {e}")),
             Some(Ok(img)) => img,
         };
+        // Cropped from the image at full resolution (the paper crops Qwen's smart-resized copy);
+        // the coordinates are relative, so the region is the same and the detail finer.
         let (w, h) = (img.width() as f64, img.height() as f64);
         // rel·W/1000 (not rel/1000·W): exact for integer coordinates, so box edges do not drift
         // by an ulp across a floor/ceil.
-        let abs = [rel[0] * w / 1000.0, rel[1] * h / 1000.0, rel[2] * w / 1000.0, rel[3] * h / 1000.0];
+        let abs = [
+            rel[0] * w / 1000.0,
+            rel[1] * h / 1000.0,
+            rel[2] * w / 1000.0,
+            rel[3] * h / 1000.0,
+        ];
         let Some([l, t, r, b]) = adjust_bbox(abs, img.width(), img.height()) else {
             return ToolOutput::error(format!(
                 "Error: crop failed after adjustment, original bbox={}. The specified region is invalid or results in a crop smaller than 28x28 pixels. Please provide a larger valid region.",
@@ -141,11 +157,17 @@ fn validate_args(args: &Value) -> Result<(String, [f64; 4]), String> {
     let repr = py_repr(raw);
     let items = match raw {
         Value::Array(a) if a.len() == 4 => a,
-        _ => return Err(format!("Error: bbox_2d must be a list of 4 numbers, got {repr}.")),
+        _ => {
+            return Err(format!(
+                "Error: bbox_2d must be a list of 4 numbers, got {repr}."
+            ))
+        }
     };
     let mut bbox = [0.0; 4];
     for (i, v) in items.iter().enumerate() {
-        bbox[i] = v.as_f64().ok_or_else(|| format!("Error: bbox_2d contains non-numeric values: {repr}."))?;
+        bbox[i] = v
+            .as_f64()
+            .ok_or_else(|| format!("Error: bbox_2d contains non-numeric values: {repr}."))?;
     }
     for (i, v) in bbox.iter().enumerate() {
         if !(0.0..=1000.0).contains(v) {
@@ -156,7 +178,9 @@ fn validate_args(args: &Value) -> Result<(String, [f64; 4]), String> {
         }
     }
     if !(bbox[0] < bbox[2] && bbox[1] < bbox[3]) {
-        return Err(format!("Error: bbox_2d must satisfy x1<x2 and y1<y2, got {repr}."));
+        return Err(format!(
+            "Error: bbox_2d must satisfy x1<x2 and y1<y2, got {repr}."
+        ));
     }
     Ok((key, bbox))
 }
@@ -229,7 +253,7 @@ fn target_size(w: u32, h: u32, max_pixels: u64) -> (u32, u32) {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use image::{Rgb, RgbImage};
+    use image::{DynamicImage, Rgb, RgbImage};
 
     fn ctx_with(w: u32, h: u32) -> ToolContext {
         // A gradient so crops are distinguishable.
@@ -249,7 +273,10 @@ mod tests {
     #[test]
     fn zooms_relative_box() {
         let ctx = ctx_with(1000, 500);
-        let o = run(&ctx, json!({"image": "original_image", "bbox_2d": [250, 250, 750, 750]}));
+        let o = run(
+            &ctx,
+            json!({"image": "original_image", "bbox_2d": [250, 250, 750, 750]}),
+        );
         assert!(o.success);
         assert_eq!(o.reward, 0.0);
         assert_eq!(o.text, format!("This is the zoom-in image `observation_1`(zoomed in on the image original_image) {SUCCESS_TAIL}"));
@@ -263,23 +290,42 @@ mod tests {
     fn small_crops_upscaled_and_tiny_boxes_enlarged() {
         let ctx = ctx_with(1000, 1000);
         // 100×100 px crop → ×2.
-        let o = run(&ctx, json!({"image": "original_image", "bbox_2d": [100, 100, 200, 200]}));
+        let o = run(
+            &ctx,
+            json!({"image": "original_image", "bbox_2d": [100, 100, 200, 200]}),
+        );
         assert_eq!((o.images[0].width(), o.images[0].height()), (200, 200));
         // 10×10 px box at the corner → enlarged to 28×28, shifted inside, then ×2.
-        let o = run(&ctx, json!({"image": "original_image", "bbox_2d": [0, 0, 10, 10.0]}));
+        let o = run(
+            &ctx,
+            json!({"image": "original_image", "bbox_2d": [0, 0, 10, 10.0]}),
+        );
         assert!(o.success, "{}", o.text);
         assert_eq!(o.metrics["crop_box"], json!([0, 0, 28, 28]));
         assert_eq!((o.images[0].width(), o.images[0].height()), (56, 56));
         // 10×40 box in the middle: scaled by 2.8 around its centre.
-        let o = run(&ctx, json!({"image": "original_image", "bbox_2d": [495, 480, 505, 520]}));
+        let o = run(
+            &ctx,
+            json!({"image": "original_image", "bbox_2d": [495, 480, 505, 520]}),
+        );
         assert_eq!(o.metrics["crop_box"], json!([486, 444, 514, 556]));
     }
 
     #[test]
     fn max_pixels_respected() {
         let ctx = ctx_with(1000, 1000);
-        let t = ImageZoomInTool::new(ZoomConfig { kind: None, max_pixels: 10_000 }, None);
-        let o = t.execute(InstanceId::fresh(), &json!({"image": "original_image", "bbox_2d": [0, 0, 1000, 1000]}), &ctx);
+        let t = ImageZoomInTool::new(
+            ZoomConfig {
+                kind: None,
+                max_pixels: 10_000,
+            },
+            None,
+        );
+        let o = t.execute(
+            InstanceId::fresh(),
+            &json!({"image": "original_image", "bbox_2d": [0, 0, 1000, 1000]}),
+            &ctx,
+        );
         assert!(o.success);
         assert_eq!((o.images[0].width(), o.images[0].height()), (100, 100));
     }
@@ -288,15 +334,42 @@ mod tests {
     fn bad_arguments_exact_texts() {
         let ctx = ctx_with(100, 100);
         let cases = [
-            (json!({"bbox_2d": [1, 2, 3, 4]}), "Error: image parameter is missing."),
-            (json!({"image": "original_image"}), "Error: bbox_2d must be a list of 4 numbers, got None."),
-            (json!({"image": "original_image", "bbox_2d": [1, 2, 3]}), "Error: bbox_2d must be a list of 4 numbers, got [1, 2, 3]."),
-            (json!({"image": "original_image", "bbox_2d": "1,2,3,4"}), "Error: bbox_2d must be a list of 4 numbers, got '1,2,3,4'."),
-            (json!({"image": "original_image", "bbox_2d": [1, "a", 3, 4]}), "Error: bbox_2d contains non-numeric values: [1, 'a', 3, 4]."),
-            (json!({"image": "original_image", "bbox_2d": [1, 2, 1300, 4.5]}), "Error: bbox_2d[2]=1300 out of range [0,1000], full bbox=[1, 2, 1300, 4.5]."),
-            (json!({"image": "original_image", "bbox_2d": [-1.5, 2, 3, 4]}), "Error: bbox_2d[0]=-1.5 out of range [0,1000], full bbox=[-1.5, 2, 3, 4]."),
-            (json!({"image": "original_image", "bbox_2d": [5, 2, 3, 4]}), "Error: bbox_2d must satisfy x1<x2 and y1<y2, got [5, 2, 3, 4]."),
-            (json!({"image": "original_image", "bbox_2d": [1, 4, 3, 4]}), "Error: bbox_2d must satisfy x1<x2 and y1<y2, got [1, 4, 3, 4]."),
+            (
+                json!({"bbox_2d": [1, 2, 3, 4]}),
+                "Error: image parameter is missing.",
+            ),
+            (
+                json!({"image": "original_image"}),
+                "Error: bbox_2d must be a list of 4 numbers, got None.",
+            ),
+            (
+                json!({"image": "original_image", "bbox_2d": [1, 2, 3]}),
+                "Error: bbox_2d must be a list of 4 numbers, got [1, 2, 3].",
+            ),
+            (
+                json!({"image": "original_image", "bbox_2d": "1,2,3,4"}),
+                "Error: bbox_2d must be a list of 4 numbers, got '1,2,3,4'.",
+            ),
+            (
+                json!({"image": "original_image", "bbox_2d": [1, "a", 3, 4]}),
+                "Error: bbox_2d contains non-numeric values: [1, 'a', 3, 4].",
+            ),
+            (
+                json!({"image": "original_image", "bbox_2d": [1, 2, 1300, 4.5]}),
+                "Error: bbox_2d[2]=1300 out of range [0,1000], full bbox=[1, 2, 1300, 4.5].",
+            ),
+            (
+                json!({"image": "original_image", "bbox_2d": [-1.5, 2, 3, 4]}),
+                "Error: bbox_2d[0]=-1.5 out of range [0,1000], full bbox=[-1.5, 2, 3, 4].",
+            ),
+            (
+                json!({"image": "original_image", "bbox_2d": [5, 2, 3, 4]}),
+                "Error: bbox_2d must satisfy x1<x2 and y1<y2, got [5, 2, 3, 4].",
+            ),
+            (
+                json!({"image": "original_image", "bbox_2d": [1, 4, 3, 4]}),
+                "Error: bbox_2d must satisfy x1<x2 and y1<y2, got [1, 4, 3, 4].",
+            ),
         ];
         for (args, want) in cases {
             let o = run(&ctx, args);
@@ -311,32 +384,65 @@ mod tests {
     #[test]
     fn unknown_image_and_failed_crops() {
         let ctx = ctx_with(100, 100);
-        let o = run(&ctx, json!({"image": "observation_3", "bbox_2d": [0, 0, 500, 500]}));
+        let o = run(
+            &ctx,
+            json!({"image": "observation_3", "bbox_2d": [0, 0, 500, 500]}),
+        );
         assert_eq!(
             o.text,
             "Error processing image zoom-in: Cannot resolve image key 'observation_3'. Current images you have are: ['original_image']. You can call this tool like this: <tool_call>\n{\"name\": \"image_zoom_in_tool\", \"arguments\": {\"image\": \"original_image\", \"bbox_2d\": [100, 100, 900, 900]}}\n</tool_call>"
         );
         assert!(!o.success);
         // Aspect ratio 1000/1 > 100 → rejected.
-        let o = run(&ctx, json!({"image": "original_image", "bbox_2d": [0, 0, 1000, 1]}));
+        let o = run(
+            &ctx,
+            json!({"image": "original_image", "bbox_2d": [0, 0, 1000, 1]}),
+        );
         assert_eq!(o.text, "Error: crop failed after adjustment, original bbox=[0, 0, 1000, 1]. The specified region is invalid or results in a crop smaller than 28x28 pixels. Please provide a larger valid region.");
         // An image smaller than 28 px cannot give a 28×28 crop.
         let ctx = ctx_with(20, 200);
-        let o = run(&ctx, json!({"image": "original_image", "bbox_2d": [0, 0, 1000, 500]}));
-        assert!(o.text.starts_with("Error: crop failed after adjustment, original bbox=[0, 0, 1000, 500]."), "{}", o.text);
+        let o = run(
+            &ctx,
+            json!({"image": "original_image", "bbox_2d": [0, 0, 1000, 500]}),
+        );
+        assert!(
+            o.text.starts_with(
+                "Error: crop failed after adjustment, original bbox=[0, 0, 1000, 500]."
+            ),
+            "{}",
+            o.text
+        );
         // A file that fails to decode.
         let mut ctx = ToolContext::new();
         ctx.add_image_path("original_image", "/nonexistent/x.png".into());
-        let o = run(&ctx, json!({"image": "original_image", "bbox_2d": [0, 0, 500, 500]}));
-        assert!(o.text.starts_with("Error processing image zoom-in: cannot load image /nonexistent/x.png"), "{}", o.text);
+        let o = run(
+            &ctx,
+            json!({"image": "original_image", "bbox_2d": [0, 0, 500, 500]}),
+        );
+        assert!(
+            o.text.starts_with(
+                "Error processing image zoom-in: cannot load image /nonexistent/x.png"
+            ),
+            "{}",
+            o.text
+        );
     }
 
     #[test]
     fn adjust_bbox_edges() {
-        assert_eq!(adjust_bbox([0.0, 0.0, 100.0, 100.0], 100, 100), Some([0, 0, 100, 100]));
-        assert_eq!(adjust_bbox([10.2, 10.7, 50.5, 50.1], 100, 100), Some([10, 10, 51, 51]));
+        assert_eq!(
+            adjust_bbox([0.0, 0.0, 100.0, 100.0], 100, 100),
+            Some([0, 0, 100, 100])
+        );
+        assert_eq!(
+            adjust_bbox([10.2, 10.7, 50.5, 50.1], 100, 100),
+            Some([10, 10, 51, 51])
+        );
         // A 1×1 box in a 28×28 image fills it.
-        assert_eq!(adjust_bbox([27.0, 27.0, 28.0, 28.0], 28, 28), Some([0, 0, 28, 28]));
+        assert_eq!(
+            adjust_bbox([27.0, 27.0, 28.0, 28.0], 28, 28),
+            Some([0, 0, 28, 28])
+        );
         assert_eq!(adjust_bbox([5.0, 5.0, 5.0, 6.0], 100, 100), None);
     }
 }

@@ -1,0 +1,81 @@
+//! Multi-turn rollouts for GRPO: batched sampling with a KV cache on Qwen2.5-VL, Hermes tool
+//! calls parsed as they appear and run in parallel, tool output (text and images) appended as
+//! the chat template renders it, and a loss mask that keeps everything but the policy's own
+//! tokens out of the loss.
+
+mod engine;
+mod generator;
+
+pub use engine::{Rollout, RolloutEnv, TemplateIds, DEFAULT_COT_PROMPT, LAST_TURN_MESSAGE};
+pub use generator::{sample, Chunk, Generator, ModelGenerator, Sampled, ScriptedGenerator, SplitMix64};
+
+use serde::{Deserialize, Serialize};
+
+#[derive(Debug, thiserror::Error)]
+pub enum RolloutError {
+    #[error(transparent)]
+    Model(#[from] armt_model::ModelError),
+    #[error(transparent)]
+    Processing(#[from] armt_processing::ProcessingError),
+    #[error(transparent)]
+    Torch(#[from] tch::TchError),
+    #[error("bad rollout input: {0}")]
+    Data(String),
+    #[error("rollout: {0}")]
+    State(String),
+}
+
+/// How tokens are drawn. Same seed, same trajectories (on CPU).
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct SamplingConfig {
+    /// 0 means greedy.
+    pub temperature: f64,
+    pub top_p: f64,
+    /// 0 disables top-k.
+    pub top_k: usize,
+    pub seed: u64,
+}
+
+impl Default for SamplingConfig {
+    fn default() -> Self {
+        // ARM-Thinker's GRPO rollouts: temperature 1.0, no top-p/top-k filtering.
+        Self { temperature: 1.0, top_p: 1.0, top_k: 0, seed: 0 }
+    }
+}
+
+/// Limits of one rollout (ARM-Thinker's training values as defaults).
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct RolloutConfig {
+    /// Assistant turns; a tool call in the last one is not run, the model is told to answer.
+    pub max_turns: usize,
+    /// Tokens of the whole response (policy and tool tokens), like verl's response_length.
+    pub max_response_tokens: usize,
+    /// Tokens of one assistant turn.
+    pub max_turn_tokens: usize,
+    /// Prompt plus response.
+    pub max_context: usize,
+    /// Characters of tool text kept (head and tail).
+    pub max_tool_text_chars: usize,
+    /// Images per trajectory, the prompt's included.
+    pub max_images: usize,
+    /// Appended to the user prompt.
+    pub cot_prompt: String,
+    pub sampling: SamplingConfig,
+}
+
+impl Default for RolloutConfig {
+    fn default() -> Self {
+        Self {
+            max_turns: 5,
+            max_response_tokens: 4096,
+            max_turn_tokens: 2048,
+            max_context: 16384,
+            max_tool_text_chars: 4096,
+            max_images: 8,
+            cot_prompt: DEFAULT_COT_PROMPT.to_string(),
+            sampling: SamplingConfig::default(),
+        }
+    }
+}
