@@ -184,6 +184,9 @@ pub struct Trajectory {
     /// The last assistant turn's text.
     pub final_text: String,
     pub stop_reason: StopReason,
+    /// The reward it got, when written by the trainer (absent from plain rollouts).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reward: Option<f32>,
 }
 
 impl Trajectory {

@@ -563,6 +563,7 @@ mod tests {
             images: vec![],
             final_text: final_text.into(),
             stop_reason: StopReason::Answered,
+            reward: None,
         }
     }
 

@@ -375,6 +375,7 @@ impl<'a> RolloutEnv<'a> {
                         images: r.image_keys,
                         final_text,
                         stop_reason: r.stop.unwrap_or(StopReason::MaxTokens),
+                        reward: None,
                     },
                     images: r.images,
                 }
