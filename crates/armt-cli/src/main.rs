@@ -1,6 +1,9 @@
 //! `armt`: train Qwen2.5-VL as an agentic multimodal reward model.
 
 mod forward;
+mod rollout;
+mod train;
+mod view;
 
 use anyhow::Result;
 use clap::{Parser, Subcommand};
@@ -16,11 +19,26 @@ struct Cli {
 enum Command {
     /// One forward pass of a checkpoint over a chat: writes input ids, pixels and logits.
     Forward(forward::ForwardArgs),
+    /// Multi-turn tool-using rollouts of a dataset, written as trajectory JSONL.
+    Rollout(rollout::RolloutArgs),
+    /// GRPO training, stage 1 (tool selection) or 2 (accuracy + tool efficiency).
+    Train(train::TrainArgs),
+    /// Cold-start supervised fine-tuning on trajectory JSONL.
+    Sft(train::SftArgs),
+    /// Draw a run's metrics (reward curves) as PNG.
+    Plot(train::PlotArgs),
+    /// Render trajectory JSONL as a self-contained HTML page.
+    View(view::ViewArgs),
 }
 
 fn main() -> Result<()> {
     let cli = Cli::parse();
     match cli.command {
         Command::Forward(args) => forward::run(args),
+        Command::Rollout(args) => rollout::run(args),
+        Command::Train(args) => train::run(args),
+        Command::Sft(args) => train::run_sft(args),
+        Command::Plot(args) => train::run_plot(args),
+        Command::View(args) => view::run(args),
     }
 }

@@ -78,6 +78,78 @@ impl Qwen25Vl {
         Ok(model)
     }
 
+    /// Random weights as transformers initialises them (normal(0, std) for matrices and
+    /// embeddings, ones for norms, zeros for biases), from `seed` alone.
+    pub fn init_random(&mut self, std: f64, seed: i64) {
+        let _g = tch::no_grad_guard();
+        tch::manual_seed(seed);
+        let mut vars: Vec<(String, Tensor)> = self.vs.variables().into_iter().collect();
+        vars.sort_by(|a, b| a.0.cmp(&b.0)); // a fixed order, so the seed alone decides
+        for (name, mut v) in vars {
+            if name.ends_with(".bias") {
+                let _ = v.zero_();
+            } else if v.dim() == 1 {
+                let _ = v.fill_(1.0);
+            } else {
+                let _ = v.copy_(&(Tensor::randn(v.size(), (Kind::Float, v.device())) * std).to_kind(v.kind()));
+            }
+        }
+    }
+
+    /// Full forward of right-padded rows (`rows[b]` real tokens each), with the images of all
+    /// rows in order: logits `[B, max_len, vocab]` (padding positions are garbage). Gradients flow.
+    pub fn forward_rows(
+        &self,
+        rows: &[&[i64]],
+        pixel_values: Option<&Tensor>,
+        grid_thw: &[[i64; 3]],
+        pad_id: i64,
+    ) -> Result<Tensor, ModelError> {
+        let b = rows.len() as i64;
+        let t = rows.iter().map(|r| r.len()).max().unwrap_or(0) as i64;
+        let merge = self.config.vision.spatial_merge_size as i64;
+        let mut ids = Vec::with_capacity((b * t) as usize);
+        let mut pos = vec![0i64; (3 * b * t) as usize];
+        let mut valid = Vec::with_capacity((b * t) as usize);
+        let mut next_grid = 0usize;
+        for (r, row) in rows.iter().enumerate() {
+            let pads = row.iter().filter(|&&x| x == self.config.image_token_id).count() as i64;
+            let (start, mut taken) = (next_grid, 0i64);
+            while taken < pads && next_grid < grid_thw.len() {
+                let g = grid_thw[next_grid];
+                taken += g[0] * g[1] * g[2] / (merge * merge);
+                next_grid += 1;
+            }
+            let index = rope_index(row, &grid_thw[start..next_grid], self.config.image_token_id, merge)?;
+            for j in 0..t as usize {
+                ids.push(row.get(j).copied().unwrap_or(pad_id));
+                valid.push(j < row.len());
+                if let Some(p) = index.positions.get(j) {
+                    for a in 0..3 {
+                        pos[(a * b as usize + r) * t as usize + j] = p[a];
+                    }
+                }
+            }
+        }
+        if next_grid != grid_thw.len() {
+            return Err(ModelError::Input(format!("{} image grids for {next_grid} images in the rows", grid_thw.len())));
+        }
+        let device = self.device();
+        let ids = Tensor::from_slice(&ids).view([b, t]).to_device(device);
+        let positions = Tensor::from_slice(&pos).view([3, b, t]).to_device(device);
+        let valid = Tensor::from_slice(&valid).view([b, t]).to_device(device);
+        let image_embeds = match pixel_values {
+            Some(pv) if !grid_thw.is_empty() => Some(self.encode_images(pv, grid_thw)?),
+            _ => None,
+        };
+        let embeds = self.embed(&ids, image_embeds.as_ref())?;
+        let q = Tensor::arange(t, (Kind::Int64, device)).view([t, 1]);
+        let k = Tensor::arange(t, (Kind::Int64, device)).view([1, t]);
+        let mask = k.le_tensor(&q).view([1, 1, t, t]).logical_and(&valid.view([b, 1, 1, t]));
+        let hidden = self.text.forward_embeds(&embeds, &positions, Some(&mask), None);
+        Ok(self.logits(&hidden))
+    }
+
     pub fn var_store(&self) -> &nn::VarStore {
         &self.vs
     }

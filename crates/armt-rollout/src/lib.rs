@@ -48,6 +48,8 @@ impl Default for SamplingConfig {
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields, default)]
 pub struct RolloutConfig {
+    /// Rollouts per prompt (the GRPO group size).
+    pub n: usize,
     /// Assistant turns; a tool call in the last one is not run, the model is told to answer.
     pub max_turns: usize,
     /// Tokens of the whole response (policy and tool tokens), like verl's response_length.
@@ -68,6 +70,7 @@ pub struct RolloutConfig {
 impl Default for RolloutConfig {
     fn default() -> Self {
         Self {
+            n: 16,
             max_turns: 5,
             max_response_tokens: 4096,
             max_turn_tokens: 2048,

@@ -64,18 +64,50 @@ fn write_py_json(out: &mut String, v: &Value) {
     }
 }
 
+/// Tool arguments in the order they are written (the schema's order).
+pub type ToolArgs = Vec<(&'static str, Value)>;
+
+/// Renders `{"name": …, "arguments": {…}}` with `json.dumps` spacing, arguments in order.
+pub fn render_tool_call(name: &str, arguments: &[(&str, Value)]) -> String {
+    let mut out = format!(
+        "{{\"name\": {}, \"arguments\": {{",
+        Value::String(name.to_string())
+    );
+    for (i, (k, v)) in arguments.iter().enumerate() {
+        if i > 0 {
+            out.push_str(", ");
+        }
+        out.push_str(&Value::String(k.to_string()).to_string());
+        out.push_str(": ");
+        write_py_json(&mut out, v);
+    }
+    out.push_str("}}");
+    out
+}
+
 /// `<think>…</think>\n<tool_call>\n{"name": …, "arguments": …}\n</tool_call>`
-pub fn tool_call_turn(think: &str, name: &str, arguments: Value) -> ExpertTurn {
-    let call = json!({"name": name, "arguments": arguments.clone()});
+pub fn tool_call_turn(think: &str, name: &str, arguments: &[(&str, Value)]) -> ExpertTurn {
+    let value = Value::Object(
+        arguments
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.clone()))
+            .collect(),
+    );
     ExpertTurn {
-        text: format!("<think>{think}</think>\n<tool_call>\n{}\n</tool_call>", py_json(&call)),
-        tool_call: Some((name.to_string(), arguments)),
+        text: format!(
+            "<think>{think}</think>\n<tool_call>\n{}\n</tool_call>",
+            render_tool_call(name, arguments)
+        ),
+        tool_call: Some((name.to_string(), value)),
     }
 }
 
 /// `<think>…</think><answer>Overall Judgment: …</answer>`
 pub fn answer_turn(think: &str, verdict: &str) -> ExpertTurn {
-    ExpertTurn { text: format!("<think>{think}</think><answer>Overall Judgment: {verdict}</answer>"), tool_call: None }
+    ExpertTurn {
+        text: format!("<think>{think}</think><answer>Overall Judgment: {verdict}</answer>"),
+        tool_call: None,
+    }
 }
 
 /// The verdict text for a ground truth: `Answer X is better` or `True`/`False`.
@@ -90,75 +122,123 @@ pub fn verdict(sample: &Sample) -> String {
 
 /// The texts of [`expert_script`] with [`ExpertStyle::Direct`].
 pub fn expert_turns(sample: &Sample) -> Vec<String> {
-    expert_script(sample, ExpertStyle::Direct, 0).into_iter().map(|t| t.text).collect()
+    expert_script(sample, ExpertStyle::Direct, 0)
+        .into_iter()
+        .map(|t| t.text)
+        .collect()
 }
 
 /// The scripted turns for `sample` (empty if the sample was not made by this crate).
 /// `seed` only picks the wrong first call of [`ExpertStyle::Retry`].
 /// The final turn's verdict is always the sample's ground truth.
 pub fn expert_script(sample: &Sample, style: ExpertStyle, seed: u64) -> Vec<ExpertTurn> {
-    let Some(spec) = task_spec(sample) else { return Vec::new() };
+    let Some(spec) = task_spec(sample) else {
+        return Vec::new();
+    };
     let mut rng = ChaCha8Rng::seed_from_u64(seed ^ fxhash(&sample.id));
-    let gt_idx = sample.ground_truth.trim().parse::<usize>().unwrap_or(1).clamp(1, 2) - 1;
+    let gt_idx = sample
+        .ground_truth
+        .trim()
+        .parse::<usize>()
+        .unwrap_or(1)
+        .clamp(1, 2)
+        - 1;
     let v = verdict(sample);
     let mut turns = Vec::new();
     match spec {
-        TaskSpec::Zoom { quadrant, candidates } => {
+        TaskSpec::Zoom {
+            quadrant,
+            candidates,
+        } => {
             let place = QUADRANTS[quadrant];
-            let zoom = |q: usize| json!({"image": "original_image", "bbox_2d": QUADRANT_BBOXES[q]});
+            let zoom = |q: usize| -> ToolArgs {
+                vec![
+                    ("image", json!("original_image")),
+                    ("bbox_2d", json!(QUADRANT_BBOXES[q])),
+                ]
+            };
             if style == ExpertStyle::Retry {
                 let wrong_q = (quadrant + rng.gen_range(1..4)) % 4;
                 turns.push(tool_call_turn(
                     &format!("The dot in the {place} is too small to see. I will zoom in on it."),
                     "image_zoom_in_tool",
-                    zoom(wrong_q),
+                    &zoom(wrong_q),
                 ));
                 turns.push(tool_call_turn(
-                    &format!("That region is the {}, not the {place}. I will zoom in on the {place}.", QUADRANTS[wrong_q]),
+                    &format!(
+                        "That region is the {}, not the {place}. I will zoom in on the {place}.",
+                        QUADRANTS[wrong_q]
+                    ),
                     "image_zoom_in_tool",
-                    zoom(quadrant),
+                    &zoom(quadrant),
                 ));
             } else {
                 turns.push(tool_call_turn(
                     &format!("The dot in the {place} is too small to see. I will zoom in on the {place}."),
                     "image_zoom_in_tool",
-                    zoom(quadrant),
+                    &zoom(quadrant),
                 ));
             }
             let right = &candidates[gt_idx];
             debug_assert!(COLOURS.iter().any(|c| c.0 == right));
             turns.push(answer_turn(
-                &format!("The zoomed image shows a {right} dot in the {place}. Answer {} says {right}, so it is correct.", gt_idx + 1),
+                &format!(
+                    "The zoomed image shows a {right} dot in the {place}. Answer {} says {right}, so it is correct.",
+                    gt_idx + 1
+                ),
                 &v,
             ));
         }
-        TaskSpec::Document { name, subject, candidates, .. } => {
-            let doc = sample.document.as_ref().expect("document task has a document");
-            let by_query = json!({"filename": name, "query": subject});
+        TaskSpec::Document {
+            name,
+            subject,
+            candidates,
+            ..
+        } => {
+            let doc = sample
+                .document
+                .as_ref()
+                .expect("document task has a document");
+            let by_query: ToolArgs = vec![("filename", json!(name)), ("query", json!(subject))];
             if style == ExpertStyle::Retry {
-                let fact_page = doc.pages.iter().position(|p| p.text.to_lowercase().contains(&subject)).unwrap_or(0);
+                let fact_page = doc
+                    .pages
+                    .iter()
+                    .position(|p| p.text.to_lowercase().contains(&subject))
+                    .unwrap_or(0);
                 let n = doc.pages.len();
                 let wrong = (fact_page + rng.gen_range(1..n)) % n;
                 turns.push(tool_call_turn(
-                    &format!("I need the page about the {subject}. I will look at page {}.", wrong + 1),
+                    &format!(
+                        "I need the page about the {subject}. I will look at page {}.",
+                        wrong + 1
+                    ),
                     "doc_page_retrieval_by_index",
-                    json!({"filename": name, "image_idx": wrong + 1}),
+                    &[("filename", json!(name)), ("image_idx", json!(wrong + 1))],
                 ));
                 turns.push(tool_call_turn(
-                    &format!("Page {} is not about the {subject}. I will search the document for the {subject}.", wrong + 1),
+                    &format!(
+                        "Page {} is not about the {subject}. I will search the document for the {subject}.",
+                        wrong + 1
+                    ),
                     "doc_page_retrieval_by_query",
-                    by_query,
+                    &by_query,
                 ));
             } else {
                 turns.push(tool_call_turn(
-                    &format!("I need the page about the {subject}. I will search the document for it."),
+                    &format!(
+                        "I need the page about the {subject}. I will search the document for it."
+                    ),
                     "doc_page_retrieval_by_query",
-                    by_query,
+                    &by_query,
                 ));
             }
             let right = &candidates[gt_idx];
             turns.push(answer_turn(
-                &format!("The page about the {subject} gives {right}. Answer {} says {right}, so it is correct.", gt_idx + 1),
+                &format!(
+                    "The page about the {subject} gives {right}. Answer {} says {right}, so it is correct.",
+                    gt_idx + 1
+                ),
                 &v,
             ));
         }
@@ -167,11 +247,23 @@ pub fn expert_script(sample: &Sample, style: ExpertStyle, seed: u64) -> Vec<Expe
             if style == ExpertStyle::Retry {
                 // A call with the wrong text key: the tool answers with an error, the expert fixes it.
                 let mut bad = args.clone();
-                bad["response"] = json!("text_1");
-                turns.push(tool_call_turn(&format!("I will check {} of the response.", constraint.what()), name, bad));
-                turns.push(tool_call_turn("The response is named text_0, not text_1. I will check text_0.", name, args));
+                bad[0].1 = json!("text_1");
+                turns.push(tool_call_turn(
+                    &format!("I will check {} of the response.", constraint.what()),
+                    name,
+                    &bad,
+                ));
+                turns.push(tool_call_turn(
+                    "The response is named text_0, not text_1. I will check text_0.",
+                    name,
+                    &args,
+                ));
             } else {
-                turns.push(tool_call_turn(&format!("I will check {} of text_0.", constraint.what()), name, args));
+                turns.push(tool_call_turn(
+                    &format!("I will check {} of text_0.", constraint.what()),
+                    name,
+                    &args,
+                ));
             }
             let ok = v == "True";
             turns.push(answer_turn(
@@ -188,5 +280,7 @@ pub fn expert_script(sample: &Sample, style: ExpertStyle, seed: u64) -> Vec<Expe
 
 fn fxhash(s: &str) -> u64 {
     // FNV-1a: stable across runs and platforms (unlike std's RandomState).
-    s.bytes().fold(0xcbf2_9ce4_8422_2325u64, |h, b| (h ^ b as u64).wrapping_mul(0x0100_0000_01b3))
+    s.bytes().fold(0xcbf2_9ce4_8422_2325u64, |h, b| {
+        (h ^ b as u64).wrapping_mul(0x0100_0000_01b3)
+    })
 }

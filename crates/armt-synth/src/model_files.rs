@@ -65,17 +65,29 @@ pub fn padded_vocab_size(tok: &Tokenizer) -> usize {
 /// `config.json` (flat transformers-4.x Qwen2.5-VL layout) for `tok` and `spec`.
 pub fn tiny_config(tok: &Tokenizer, spec: &TinyModelSpec) -> Result<Value> {
     let ids = special_token_ids(tok)?;
-    if spec.hidden_size % spec.num_attention_heads != 0 {
-        bail!("hidden_size {} is not a multiple of num_attention_heads {}", spec.hidden_size, spec.num_attention_heads);
+    if spec.hidden_size / spec.num_attention_heads * spec.num_attention_heads != spec.hidden_size {
+        bail!(
+            "hidden_size {} is not a multiple of num_attention_heads {}",
+            spec.hidden_size,
+            spec.num_attention_heads
+        );
     }
     let head_dim = spec.hidden_size / spec.num_attention_heads;
     if spec.mrope_section.iter().sum::<usize>() * 2 != head_dim {
-        bail!("mrope_section {:?} must sum to head_dim/2 = {}", spec.mrope_section, head_dim / 2);
+        bail!(
+            "mrope_section {:?} must sum to head_dim/2 = {}",
+            spec.mrope_section,
+            head_dim / 2
+        );
     }
-    if spec.num_attention_heads % spec.num_key_value_heads != 0 {
+    if spec.num_attention_heads / spec.num_key_value_heads * spec.num_key_value_heads
+        != spec.num_attention_heads
+    {
         bail!("num_attention_heads must be a multiple of num_key_value_heads");
     }
-    if spec.vision_hidden_size % spec.vision_num_heads != 0 {
+    if spec.vision_hidden_size / spec.vision_num_heads * spec.vision_num_heads
+        != spec.vision_hidden_size
+    {
         bail!("vision hidden_size must be a multiple of vision num_heads");
     }
     let text = json!({
@@ -162,12 +174,17 @@ pub fn tiny_model_files(dir: &Path, tokenizer: &Tokenizer) -> Result<()> {
 
 /// Writes `config.json`, `preprocessor_config.json`, `tokenizer.json`,
 /// `tokenizer_config.json` and `generation_config.json` into `dir` (created if needed).
-pub fn tiny_model_files_with(dir: &Path, tokenizer: &Tokenizer, spec: &TinyModelSpec) -> Result<()> {
+pub fn tiny_model_files_with(
+    dir: &Path,
+    tokenizer: &Tokenizer,
+    spec: &TinyModelSpec,
+) -> Result<()> {
     std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
     let ids = special_token_ids(tokenizer)?;
     let write = |name: &str, v: &Value| -> Result<()> {
         let p = dir.join(name);
-        std::fs::write(&p, serde_json::to_string_pretty(v)? + "\n").with_context(|| format!("writing {}", p.display()))
+        std::fs::write(&p, serde_json::to_string_pretty(v)? + "\n")
+            .with_context(|| format!("writing {}", p.display()))
     };
     write("config.json", &tiny_config(tokenizer, spec)?)?;
     write("preprocessor_config.json", &tiny_preprocessor_config(spec))?;
@@ -180,7 +197,9 @@ pub fn tiny_model_files_with(dir: &Path, tokenizer: &Tokenizer, spec: &TinyModel
         &json!({"tokenizer_class": "Qwen2Tokenizer", "bos_token": null, "eos_token": "<|im_end|>", "pad_token": "<|endoftext|>",
                 "model_max_length": spec.max_position_embeddings, "split_special_tokens": false, "clean_up_tokenization_spaces": false}),
     )?;
-    let json = tokenizer.to_string(true).map_err(|e| anyhow!("serialising tokenizer: {e}"))?;
+    let json = tokenizer
+        .to_string(true)
+        .map_err(|e| anyhow!("serialising tokenizer: {e}"))?;
     let p = dir.join("tokenizer.json");
     std::fs::write(&p, json).with_context(|| format!("writing {}", p.display()))?;
     Ok(())

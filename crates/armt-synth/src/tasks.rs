@@ -55,26 +55,117 @@ impl Default for SynthConfig {
 /// The four quadrants the zoom question names, in the order of [`QUADRANT_BBOXES`].
 pub const QUADRANTS: [&str; 4] = ["top left", "top right", "bottom left", "bottom right"];
 /// The expert's `bbox_2d` (0..1000 relative coordinates) for each quadrant.
-pub const QUADRANT_BBOXES: [[u32; 4]; 4] = [[0, 0, 500, 500], [500, 0, 1000, 500], [0, 500, 500, 1000], [500, 500, 1000, 1000]];
+pub const QUADRANT_BBOXES: [[u32; 4]; 4] = [
+    [0, 0, 500, 500],
+    [500, 0, 1000, 500],
+    [0, 500, 500, 1000],
+    [500, 500, 1000, 1000],
+];
 
 /// Dot colours: name and RGB.
-pub const COLOURS: [(&str, [u8; 3]); 4] = [("red", [220, 30, 30]), ("green", [30, 170, 40]), ("blue", [30, 60, 220]), ("yellow", [235, 200, 20])];
+pub const COLOURS: [(&str, [u8; 3]); 4] = [
+    ("red", [220, 30, 30]),
+    ("green", [30, 170, 40]),
+    ("blue", [30, 60, 220]),
+    ("yellow", [235, 200, 20]),
+];
 
-/// Document facts: (subject = the retrieval query, statement with `{}` for the value, question,
-/// answer with `{}`, value range).
-pub const DOC_FACTS: [(&str, &str, &str, &str, (u32, u32)); 12] = [
-    ("tower", "The tower is {} meters tall.", "How tall is the tower?", "{} meters", (20, 99)),
-    ("bridge", "The bridge is {} meters long.", "How long is the bridge?", "{} meters", (20, 99)),
-    ("lake", "The lake is {} meters deep.", "How deep is the lake?", "{} meters", (5, 60)),
-    ("train", "The train leaves at {} o'clock.", "When does the train leave?", "at {} o'clock", (1, 12)),
-    ("bag", "The bag weighs {} kilograms.", "How heavy is the bag?", "{} kilograms", (2, 40)),
-    ("school", "The school has {} students.", "How many students does the school have?", "{} students", (100, 900)),
-    ("farm", "The farm has {} cows.", "How many cows does the farm have?", "{} cows", (3, 80)),
-    ("road", "The road is {} kilometers long.", "How long is the road?", "{} kilometers", (10, 99)),
-    ("museum", "The museum opens at {} o'clock.", "When does the museum open?", "at {} o'clock", (7, 11)),
-    ("ship", "The ship carries {} sailors.", "How many sailors does the ship carry?", "{} sailors", (10, 90)),
-    ("garden", "The garden has {} trees.", "How many trees does the garden have?", "{} trees", (4, 60)),
-    ("library", "The library has {} books.", "How many books does the library have?", "{} books", (200, 999)),
+/// One kind of document fact: (subject = the retrieval query, statement with `{}` for the
+/// value, question, answer with `{}`, value range).
+pub type DocFact = (
+    &'static str,
+    &'static str,
+    &'static str,
+    &'static str,
+    (u32, u32),
+);
+
+/// The document facts; each page of a document states a different one.
+pub const DOC_FACTS: [DocFact; 12] = [
+    (
+        "tower",
+        "The tower is {} meters tall.",
+        "How tall is the tower?",
+        "{} meters",
+        (20, 99),
+    ),
+    (
+        "bridge",
+        "The bridge is {} meters long.",
+        "How long is the bridge?",
+        "{} meters",
+        (20, 99),
+    ),
+    (
+        "lake",
+        "The lake is {} meters deep.",
+        "How deep is the lake?",
+        "{} meters",
+        (5, 60),
+    ),
+    (
+        "train",
+        "The train leaves at {} o'clock.",
+        "When does the train leave?",
+        "at {} o'clock",
+        (1, 12),
+    ),
+    (
+        "bag",
+        "The bag weighs {} kilograms.",
+        "How heavy is the bag?",
+        "{} kilograms",
+        (2, 40),
+    ),
+    (
+        "school",
+        "The school has {} students.",
+        "How many students does the school have?",
+        "{} students",
+        (100, 900),
+    ),
+    (
+        "farm",
+        "The farm has {} cows.",
+        "How many cows does the farm have?",
+        "{} cows",
+        (3, 80),
+    ),
+    (
+        "road",
+        "The road is {} kilometers long.",
+        "How long is the road?",
+        "{} kilometers",
+        (10, 99),
+    ),
+    (
+        "museum",
+        "The museum opens at {} o'clock.",
+        "When does the museum open?",
+        "at {} o'clock",
+        (7, 11),
+    ),
+    (
+        "ship",
+        "The ship carries {} sailors.",
+        "How many sailors does the ship carry?",
+        "{} sailors",
+        (10, 90),
+    ),
+    (
+        "garden",
+        "The garden has {} trees.",
+        "How many trees does the garden have?",
+        "{} trees",
+        (4, 60),
+    ),
+    (
+        "library",
+        "The library has {} books.",
+        "How many books does the library have?",
+        "{} books",
+        (200, 999),
+    ),
 ];
 
 /// The instruction constraints and the validator each maps to.
@@ -107,42 +198,56 @@ impl Constraint {
     /// Parses [`Constraint::instruction`]'s output back.
     pub fn parse(s: &str) -> Option<Constraint> {
         let s = s.trim();
-        if let Some(r) = s.strip_prefix("Reply in at most ").and_then(|r| r.strip_suffix(" words.")) {
+        if let Some(r) = s
+            .strip_prefix("Reply in at most ")
+            .and_then(|r| r.strip_suffix(" words."))
+        {
             return r.parse().ok().map(Constraint::MaxWords);
         }
-        if let Some(r) = s.strip_prefix("Do not use the word ").and_then(|r| r.strip_suffix('.')) {
+        if let Some(r) = s
+            .strip_prefix("Do not use the word ")
+            .and_then(|r| r.strip_suffix('.'))
+        {
             return Some(Constraint::AvoidWord(r.to_string()));
         }
-        if let Some(r) = s.strip_prefix("Start your reply with the word ").and_then(|r| r.strip_suffix('.')) {
+        if let Some(r) = s
+            .strip_prefix("Start your reply with the word ")
+            .and_then(|r| r.strip_suffix('.'))
+        {
             return Some(Constraint::BeginWith(r.to_string()));
         }
-        if let Some(r) = s.strip_prefix("End your reply with the word ").and_then(|r| r.strip_suffix('.')) {
+        if let Some(r) = s
+            .strip_prefix("End your reply with the word ")
+            .and_then(|r| r.strip_suffix('.'))
+        {
             return Some(Constraint::EndWith(r.to_string()));
         }
         (s == "Do not use any digits.").then_some(Constraint::NoDigits)
     }
 
-    /// The validator (tool name) and its arguments, `response` being `text_0`.
-    pub fn validator(&self) -> (&'static str, serde_json::Value) {
+    /// The validator (tool name) and its arguments in schema order, `response` first and
+    /// always `text_0`.
+    pub fn validator(&self) -> (&'static str, crate::expert::ToolArgs) {
         use serde_json::json;
+        let r = ("response", json!("text_0"));
         match self {
             Constraint::MaxWords(n) => (
                 "check_whether_response_word_count_in_range",
-                json!({"response": "text_0", "lower_bound": 1, "upper_bound": n}),
+                vec![r, ("lower_bound", json!(1)), ("upper_bound", json!(n))],
             ),
             Constraint::AvoidWord(w) => (
                 "check_whether_whole_response_not_contain_certain_substring",
-                json!({"response": "text_0", "substring": w}),
+                vec![r, ("substring", json!(w))],
             ),
             Constraint::BeginWith(w) => (
                 "check_whether_whole_response_begin_with_certain_substring",
-                json!({"response": "text_0", "substring": w}),
+                vec![r, ("substring", json!(w))],
             ),
             Constraint::EndWith(w) => (
                 "check_whether_whole_response_end_with_certain_substring",
-                json!({"response": "text_0", "substring": w}),
+                vec![r, ("substring", json!(w))],
             ),
-            Constraint::NoDigits => ("check_whether_has_no_arabic_number_in_response", json!({"response": "text_0"})),
+            Constraint::NoDigits => ("check_whether_has_no_arabic_number_in_response", vec![r]),
         }
     }
 
@@ -161,7 +266,13 @@ impl Constraint {
     /// (whitespace words; case-insensitive substrings; begin/end after lower-casing, trimming
     /// and removing leading/trailing dots; `\b\d+\b` for digits).
     pub fn holds(&self, response: &str) -> bool {
-        let norm = |s: &str| s.trim().to_lowercase().trim_matches(|c| c == '.' || c == '…').trim().to_string();
+        let norm = |s: &str| {
+            s.trim()
+                .to_lowercase()
+                .trim_matches(|c| c == '.' || c == '…')
+                .trim()
+                .to_string()
+        };
         match self {
             Constraint::MaxWords(n) => {
                 let k = response.split_whitespace().count() as u32;
@@ -186,22 +297,65 @@ pub const INSTRUCTION_VALIDATORS: [&str; 5] = [
 
 /// Every tool name the synthetic tasks' experts call.
 pub fn tools_used() -> Vec<&'static str> {
-    let mut v = vec!["image_zoom_in_tool", "doc_page_retrieval_by_query", "doc_page_retrieval_by_index"];
+    let mut v = vec![
+        "image_zoom_in_tool",
+        "doc_page_retrieval_by_query",
+        "doc_page_retrieval_by_index",
+    ];
     v.extend(INSTRUCTION_VALIDATORS);
     v
 }
 
-const SUBJECTS: [&str; 10] = ["The dog", "My cat", "A bird", "The boy", "Our team", "The girl", "A farmer", "The cook", "His friend", "The teacher"];
-const VERBS: [&str; 10] = ["sees", "likes", "finds", "paints", "carries", "holds", "wants", "draws", "cleans", "brings"];
-const OBJECTS: [&str; 10] = ["a red ball", "the old chair", "a small boat", "the green cup", "a long rope", "the blue kite", "a warm coat", "the big map", "a new lamp", "the wooden box"];
-const TAILS: [&str; 10] = ["near the river", "every morning", "after lunch", "at the park", "with great care", "in the garden", "before dinner", "on the hill", "all day long", "in the rain"];
+const SUBJECTS: [&str; 10] = [
+    "The dog",
+    "My cat",
+    "A bird",
+    "The boy",
+    "Our team",
+    "The girl",
+    "A farmer",
+    "The cook",
+    "His friend",
+    "The teacher",
+];
+const VERBS: [&str; 10] = [
+    "sees", "likes", "finds", "paints", "carries", "holds", "wants", "draws", "cleans", "brings",
+];
+const OBJECTS: [&str; 10] = [
+    "a red ball",
+    "the old chair",
+    "a small boat",
+    "the green cup",
+    "a long rope",
+    "the blue kite",
+    "a warm coat",
+    "the big map",
+    "a new lamp",
+    "the wooden box",
+];
+const TAILS: [&str; 10] = [
+    "near the river",
+    "every morning",
+    "after lunch",
+    "at the park",
+    "with great care",
+    "in the garden",
+    "before dinner",
+    "on the hill",
+    "all day long",
+    "in the rain",
+];
 /// Words a "do not use" instruction forbids (none is a substring of another pool word).
-const FORBIDDEN: [&str; 8] = ["happy", "quickly", "sun", "music", "yellow", "window", "garden", "friend"];
+const FORBIDDEN: [&str; 8] = [
+    "happy", "quickly", "sun", "music", "yellow", "window", "garden", "friend",
+];
 /// Words a "start with" instruction asks for (none a prefix of another).
 const STARTERS: [&str; 6] = ["Yes", "Today", "Sure", "Well", "Indeed", "Sadly"];
 /// Words an "end with" instruction asks for.
 const ENDERS: [&str; 6] = ["home", "again", "now", "there", "together", "slowly"];
-const NUMBER_WORDS: [&str; 8] = ["two", "three", "four", "five", "six", "seven", "eight", "nine"];
+const NUMBER_WORDS: [&str; 8] = [
+    "two", "three", "four", "five", "six", "seven", "eight", "nine",
+];
 
 fn sentence(rng: &mut ChaCha8Rng) -> String {
     let s = SUBJECTS.choose(rng).unwrap();
@@ -234,7 +388,11 @@ fn instruction_case(rng: &mut ChaCha8Rng, want: bool) -> (Constraint, String) {
         let (c, resp) = match rng.gen_range(0..5) {
             0 => {
                 let n = rng.gen_range(4..=8u32);
-                let k = if want { rng.gen_range(2..=n) } else { rng.gen_range(n + 1..=n + 5) } as usize;
+                let k = if want {
+                    rng.gen_range(2..=n)
+                } else {
+                    rng.gen_range(n + 1..=n + 5)
+                } as usize;
                 (Constraint::MaxWords(n), words_response(rng, k))
             }
             1 => {
@@ -252,7 +410,11 @@ fn instruction_case(rng: &mut ChaCha8Rng, want: bool) -> (Constraint, String) {
             }
             2 => {
                 let w = STARTERS.choose(rng).unwrap().to_string();
-                let first = if want { w.clone() } else { STARTERS.choose(rng).unwrap().to_string() };
+                let first = if want {
+                    w.clone()
+                } else {
+                    STARTERS.choose(rng).unwrap().to_string()
+                };
                 let base = sentence(rng);
                 let mut lower = base.clone();
                 lower.replace_range(0..1, &base[0..1].to_lowercase());
@@ -260,16 +422,36 @@ fn instruction_case(rng: &mut ChaCha8Rng, want: bool) -> (Constraint, String) {
             }
             3 => {
                 let w = ENDERS.choose(rng).unwrap().to_string();
-                let last = if want { w.clone() } else { ENDERS.choose(rng).unwrap().to_string() };
+                let last = if want {
+                    w.clone()
+                } else {
+                    ENDERS.choose(rng).unwrap().to_string()
+                };
                 let base = sentence(rng);
-                (Constraint::EndWith(w), format!("{} {last}.", base.trim_end_matches('.')))
+                (
+                    Constraint::EndWith(w),
+                    format!("{} {last}.", base.trim_end_matches('.')),
+                )
             }
             _ => {
                 let n = rng.gen_range(2..=9usize);
-                let num = if want { NUMBER_WORDS[n - 2].to_string() } else { n.to_string() };
-                let noun = ["apples", "birds", "books", "cars", "stars"].choose(rng).unwrap();
+                let num = if want {
+                    NUMBER_WORDS[n - 2].to_string()
+                } else {
+                    n.to_string()
+                };
+                let noun = ["apples", "birds", "books", "cars", "stars"]
+                    .choose(rng)
+                    .unwrap();
                 let s = SUBJECTS.choose(rng).unwrap();
-                (Constraint::NoDigits, format!("{s} {} {num} {noun} {}.", VERBS.choose(rng).unwrap(), TAILS.choose(rng).unwrap()))
+                (
+                    Constraint::NoDigits,
+                    format!(
+                        "{s} {} {num} {noun} {}.",
+                        VERBS.choose(rng).unwrap(),
+                        TAILS.choose(rng).unwrap()
+                    ),
+                )
             }
         };
         if c.holds(&resp) == want {
@@ -280,7 +462,12 @@ fn instruction_case(rng: &mut ChaCha8Rng, want: bool) -> (Constraint, String) {
 }
 
 fn per_sample_rng(seed: u64, i: usize) -> ChaCha8Rng {
-    ChaCha8Rng::seed_from_u64(seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) ^ (i as u64).wrapping_add(1).wrapping_mul(0xBF58_476D_1CE4_E5B9))
+    ChaCha8Rng::seed_from_u64(
+        seed.wrapping_mul(0x9E37_79B9_7F4A_7C15)
+            ^ (i as u64)
+                .wrapping_add(1)
+                .wrapping_mul(0xBF58_476D_1CE4_E5B9),
+    )
 }
 
 fn pair_prompt(head: &str, question: &str, a1: &str, a2: &str) -> String {
@@ -289,7 +476,11 @@ fn pair_prompt(head: &str, question: &str, a1: &str, a2: &str) -> String {
 
 /// Zoom image: light noisy background, a few faint grey blobs, and one coloured dot per
 /// quadrant (four different colours), each well inside its quadrant.
-fn zoom_image(rng: &mut ChaCha8Rng, cfg: &SynthConfig, colours: &[usize; 4]) -> (RgbImage, [[u32; 4]; 4]) {
+fn zoom_image(
+    rng: &mut ChaCha8Rng,
+    cfg: &SynthConfig,
+    colours: &[usize; 4],
+) -> (RgbImage, [[u32; 4]; 4]) {
     let s = cfg.zoom_image_size;
     let mut img = RgbImage::new(s, s);
     for p in img.pixels_mut() {
@@ -331,7 +522,14 @@ fn page_image(cfg: &SynthConfig, page_no: usize, text: &str) -> RgbImage {
     let sc = cfg.page_font_scale;
     let margin = 4;
     let cols = ((w - 2 * margin) / font::advance(sc)) as usize;
-    font::draw_text(&mut img, margin, margin, &format!("PAGE {page_no}"), sc, Rgb([90, 90, 90]));
+    font::draw_text(
+        &mut img,
+        margin,
+        margin,
+        &format!("PAGE {page_no}"),
+        sc,
+        Rgb([90, 90, 90]),
+    );
     let mut y = margin + font::line_height(sc) * 2;
     for line in font::wrap(text, cols) {
         font::draw_text(&mut img, margin, y, &line, sc, Rgb([0, 0, 0]));
@@ -353,14 +551,24 @@ pub fn generate_tasks(dir: &Path, n: usize, seed: u64) -> Result<Vec<Sample>> {
 /// `dir/images/` and `dir/docs/`, rows in `dir/tasks.jsonl`. Returns the samples as
 /// `armt_data::read_samples` reads them back (paths resolved against `dir`).
 /// Sample `i` depends only on `(seed, i)`, so a larger `n` extends a smaller set.
-pub fn generate_tasks_with(dir: &Path, n: usize, seed: u64, cfg: &SynthConfig) -> Result<Vec<Sample>> {
+pub fn generate_tasks_with(
+    dir: &Path,
+    n: usize,
+    seed: u64,
+    cfg: &SynthConfig,
+) -> Result<Vec<Sample>> {
     if cfg.min_pages < 2 || cfg.max_pages < cfg.min_pages || cfg.max_pages > DOC_FACTS.len() {
         bail!("bad page range {}..={}", cfg.min_pages, cfg.max_pages);
     }
     if cfg.zoom_image_size < 56 || cfg.dot_size == 0 || cfg.dot_size * 4 > cfg.zoom_image_size {
-        bail!("bad zoom image size {} / dot size {}", cfg.zoom_image_size, cfg.dot_size);
+        bail!(
+            "bad zoom image size {} / dot size {}",
+            cfg.zoom_image_size,
+            cfg.dot_size
+        );
     }
-    std::fs::create_dir_all(dir.join("images")).with_context(|| format!("creating {}", dir.display()))?;
+    std::fs::create_dir_all(dir.join("images"))
+        .with_context(|| format!("creating {}", dir.display()))?;
     std::fs::create_dir_all(dir.join("docs"))?;
     let mut rows = Vec::with_capacity(n);
     for i in 0..n {
@@ -373,7 +581,9 @@ pub fn generate_tasks_with(dir: &Path, n: usize, seed: u64, cfg: &SynthConfig) -
         rows.push(sample);
     }
     let path = dir.join("tasks.jsonl");
-    let mut f = std::io::BufWriter::new(std::fs::File::create(&path).with_context(|| format!("creating {}", path.display()))?);
+    let mut f = std::io::BufWriter::new(
+        std::fs::File::create(&path).with_context(|| format!("creating {}", path.display()))?,
+    );
     for s in &rows {
         serde_json::to_writer(&mut f, s)?;
         f.write_all(b"\n")?;
@@ -388,7 +598,8 @@ fn zoom_sample(dir: &Path, i: usize, rng: &mut ChaCha8Rng, cfg: &SynthConfig) ->
     colours.shuffle(rng);
     let (img, _) = zoom_image(rng, cfg, &colours);
     let rel = PathBuf::from(format!("images/zoom_{i:05}.png"));
-    img.save(dir.join(&rel)).with_context(|| format!("writing {}", rel.display()))?;
+    img.save(dir.join(&rel))
+        .with_context(|| format!("writing {}", rel.display()))?;
     let q = rng.gen_range(0..4);
     let right = COLOURS[colours[q]].0;
     // Half of the wrong answers are a colour seen elsewhere in the image (hard negatives).
@@ -399,7 +610,11 @@ fn zoom_sample(dir: &Path, i: usize, rng: &mut ChaCha8Rng, cfg: &SynthConfig) ->
         }
     };
     let gt_first = rng.gen_bool(0.5);
-    let (a1, a2) = if gt_first { (right, wrong) } else { (wrong, right) };
+    let (a1, a2) = if gt_first {
+        (right, wrong)
+    } else {
+        (wrong, right)
+    };
     let prompt = pair_prompt(
         "The given image is `original_image`.\n",
         &format!("What colour is the dot in the {}?", QUADRANTS[q]),
@@ -418,7 +633,12 @@ fn zoom_sample(dir: &Path, i: usize, rng: &mut ChaCha8Rng, cfg: &SynthConfig) ->
     })
 }
 
-fn document_sample(dir: &Path, i: usize, rng: &mut ChaCha8Rng, cfg: &SynthConfig) -> Result<Sample> {
+fn document_sample(
+    dir: &Path,
+    i: usize,
+    rng: &mut ChaCha8Rng,
+    cfg: &SynthConfig,
+) -> Result<Sample> {
     let n_pages = rng.gen_range(cfg.min_pages..=cfg.max_pages);
     let mut facts: Vec<usize> = (0..DOC_FACTS.len()).collect();
     facts.shuffle(rng);
@@ -435,7 +655,9 @@ fn document_sample(dir: &Path, i: usize, rng: &mut ChaCha8Rng, cfg: &SynthConfig
         }
         let text = fill(statement, v);
         let rel = PathBuf::from(format!("docs/{name}_{}.png", p + 1));
-        page_image(cfg, p + 1, &text).save(dir.join(&rel)).with_context(|| format!("writing {}", rel.display()))?;
+        page_image(cfg, p + 1, &text)
+            .save(dir.join(&rel))
+            .with_context(|| format!("writing {}", rel.display()))?;
         pages.push(DocumentPage { image: rel, text });
     }
     let (_, _, question, answer, (lo, hi)) = DOC_FACTS[facts[fact_page]];
@@ -447,8 +669,17 @@ fn document_sample(dir: &Path, i: usize, rng: &mut ChaCha8Rng, cfg: &SynthConfig
     };
     let (right, wrong) = (fill(answer, right_value), fill(answer, wrong_value));
     let gt_first = rng.gen_bool(0.5);
-    let (a1, a2) = if gt_first { (&right, &wrong) } else { (&wrong, &right) };
-    let prompt = pair_prompt(&format!("The given document is `{name}` with {n_pages} pages.\n"), question, a1, a2);
+    let (a1, a2) = if gt_first {
+        (&right, &wrong)
+    } else {
+        (&wrong, &right)
+    };
+    let prompt = pair_prompt(
+        &format!("The given document is `{name}` with {n_pages} pages.\n"),
+        question,
+        a1,
+        a2,
+    );
     Ok(Sample {
         id: format!("synth-document-{i:05}"),
         task: TaskKind::Document,
@@ -483,13 +714,27 @@ fn instruction_sample(i: usize, rng: &mut ChaCha8Rng) -> Sample {
 /// What a synthetic sample asks, recovered from its prompt (the expert needs no side data).
 #[derive(Debug, Clone, PartialEq)]
 pub enum TaskSpec {
-    Zoom { quadrant: usize, candidates: [String; 2] },
-    Document { name: String, subject: String, question: String, candidates: [String; 2] },
-    Instruction { constraint: Constraint, response: String },
+    Zoom {
+        quadrant: usize,
+        candidates: [String; 2],
+    },
+    Document {
+        name: String,
+        subject: String,
+        question: String,
+        candidates: [String; 2],
+    },
+    Instruction {
+        constraint: Constraint,
+        response: String,
+    },
 }
 
 fn field<'a>(prompt: &'a str, key: &str) -> Option<&'a str> {
-    prompt.lines().find_map(|l| l.strip_prefix(key)).map(str::trim)
+    prompt
+        .lines()
+        .find_map(|l| l.strip_prefix(key))
+        .map(str::trim)
 }
 
 /// Parses a synthetic sample's prompt; `None` for prompts this crate did not write.
@@ -498,8 +743,16 @@ pub fn task_spec(sample: &Sample) -> Option<TaskSpec> {
     match sample.task {
         TaskKind::Zoom => {
             let q = field(p, "Question: ")?;
-            let quadrant = QUADRANTS.iter().position(|name| q.ends_with(&format!("the {name}?")))?;
-            Some(TaskSpec::Zoom { quadrant, candidates: [field(p, "Answer 1: ")?.into(), field(p, "Answer 2: ")?.into()] })
+            let quadrant = QUADRANTS
+                .iter()
+                .position(|name| q.ends_with(&format!("the {name}?")))?;
+            Some(TaskSpec::Zoom {
+                quadrant,
+                candidates: [
+                    field(p, "Answer 1: ")?.into(),
+                    field(p, "Answer 2: ")?.into(),
+                ],
+            })
         }
         TaskKind::Document => {
             let q = field(p, "Question: ")?;
@@ -508,7 +761,10 @@ pub fn task_spec(sample: &Sample) -> Option<TaskSpec> {
                 name: sample.document.as_ref()?.name.clone(),
                 subject: subject.to_string(),
                 question: q.to_string(),
-                candidates: [field(p, "Answer 1: ")?.into(), field(p, "Answer 2: ")?.into()],
+                candidates: [
+                    field(p, "Answer 1: ")?.into(),
+                    field(p, "Answer 2: ")?.into(),
+                ],
             })
         }
         TaskKind::Instruction => Some(TaskSpec::Instruction {

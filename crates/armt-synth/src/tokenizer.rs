@@ -4,7 +4,10 @@ use anyhow::{anyhow, Result};
 use armt_data::Sample;
 use tokenizers::models::bpe::{BpeTrainerBuilder, BPE};
 use tokenizers::pre_tokenizers::byte_level::ByteLevel;
-use tokenizers::{AddedToken, DecoderWrapper, NormalizerWrapper, PostProcessorWrapper, PreTokenizerWrapper, Tokenizer, TokenizerBuilder};
+use tokenizers::{
+    AddedToken, DecoderWrapper, NormalizerWrapper, PostProcessorWrapper, PreTokenizerWrapper,
+    Tokenizer, TokenizerBuilder,
+};
 
 use crate::expert::{expert_script, ExpertStyle};
 use crate::tasks::{tools_used, FIXED_COT_PROMPT, SHORT_COT_PROMPT};
@@ -23,8 +26,16 @@ pub const SPECIAL_TOKENS: [&str; 8] = [
 
 /// Added tokens that are single ids but not special (they survive `skip_special_tokens`,
 /// as `<tool_call>` does in Qwen2.5), in id order after [`SPECIAL_TOKENS`].
-pub const ADDED_TOKENS: [&str; 8] =
-    ["<tool_call>", "</tool_call>", "<tool_response>", "</tool_response>", "<think>", "</think>", "<answer>", "</answer>"];
+pub const ADDED_TOKENS: [&str; 8] = [
+    "<tool_call>",
+    "</tool_call>",
+    "<tool_response>",
+    "</tool_response>",
+    "<think>",
+    "</think>",
+    "<answer>",
+    "</answer>",
+];
 
 /// Default BPE vocabulary size (byte alphabet + merges, before the added tokens).
 pub const DEFAULT_VOCAB: usize = 2048;
@@ -65,7 +76,10 @@ impl SpecialTokenIds {
 
 /// Looks up every token of [`SPECIAL_TOKENS`] and [`ADDED_TOKENS`] (error if one is missing).
 pub fn special_token_ids(tok: &Tokenizer) -> Result<SpecialTokenIds> {
-    let id = |s: &str| tok.token_to_id(s).ok_or_else(|| anyhow!("tokenizer has no token {s}"));
+    let id = |s: &str| {
+        tok.token_to_id(s)
+            .ok_or_else(|| anyhow!("tokenizer has no token {s}"))
+    };
     Ok(SpecialTokenIds {
         endoftext: id("<|endoftext|>")?,
         im_start: id("<|im_start|>")?,
@@ -151,20 +165,37 @@ pub fn build_tiny_tokenizer_with(corpus: &[String], vocab_size: usize) -> Result
         .show_progress(false)
         .initial_alphabet(alphabet)
         .build();
-    let mut impl_ = TokenizerBuilder::<BPE, NormalizerWrapper, PreTokenizerWrapper, PostProcessorWrapper, DecoderWrapper>::new()
-        .with_model(BPE::default())
-        .with_normalizer(None)
-        .with_pre_tokenizer(Some(ByteLevel::new(false, true, true).into()))
-        .with_post_processor(None)
-        .with_decoder(Some(ByteLevel::new(false, true, true).into()))
-        .build()
-        .map_err(|e| anyhow!("building tokenizer: {e}"))?;
-    let pieces: Vec<String> = corpus.iter().flat_map(|line| split_out_specials(line)).collect();
-    impl_.train(&mut trainer, pieces.iter()).map_err(|e| anyhow!("training BPE: {e}"))?;
+    let mut impl_ = TokenizerBuilder::<
+        BPE,
+        NormalizerWrapper,
+        PreTokenizerWrapper,
+        PostProcessorWrapper,
+        DecoderWrapper,
+    >::new()
+    .with_model(BPE::default())
+    .with_normalizer(None)
+    .with_pre_tokenizer(Some(ByteLevel::new(false, true, true).into()))
+    .with_post_processor(None)
+    .with_decoder(Some(ByteLevel::new(false, true, true).into()))
+    .build()
+    .map_err(|e| anyhow!("building tokenizer: {e}"))?;
+    let pieces: Vec<String> = corpus
+        .iter()
+        .flat_map(|line| split_out_specials(line))
+        .collect();
+    impl_
+        .train(&mut trainer, pieces.iter())
+        .map_err(|e| anyhow!("training BPE: {e}"))?;
     let mut tok = Tokenizer::from(impl_);
-    let special: Vec<AddedToken> = SPECIAL_TOKENS.iter().map(|s| AddedToken::from(*s, true).normalized(false)).collect();
+    let special: Vec<AddedToken> = SPECIAL_TOKENS
+        .iter()
+        .map(|s| AddedToken::from(*s, true).normalized(false))
+        .collect();
     tok.add_special_tokens(&special);
-    let added: Vec<AddedToken> = ADDED_TOKENS.iter().map(|s| AddedToken::from(*s, false).normalized(false)).collect();
+    let added: Vec<AddedToken> = ADDED_TOKENS
+        .iter()
+        .map(|s| AddedToken::from(*s, false).normalized(false))
+        .collect();
     tok.add_tokens(&added);
     Ok(tok)
 }
@@ -173,7 +204,10 @@ pub fn build_tiny_tokenizer_with(corpus: &[String], vocab_size: usize) -> Result
 fn split_out_specials(line: &str) -> Vec<String> {
     let mut parts = vec![line.to_string()];
     for sp in SPECIAL_TOKENS.iter().chain(ADDED_TOKENS.iter()) {
-        parts = parts.iter().flat_map(|p| p.split(sp).map(str::to_string).collect::<Vec<_>>()).collect();
+        parts = parts
+            .iter()
+            .flat_map(|p| p.split(sp).map(str::to_string).collect::<Vec<_>>())
+            .collect();
     }
     parts.retain(|p| !p.is_empty());
     parts

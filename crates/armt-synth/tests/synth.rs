@@ -19,7 +19,10 @@ fn files(dir: &Path) -> Vec<(PathBuf, Vec<u8>)> {
             if p.is_dir() {
                 stack.push(p);
             } else {
-                out.push((p.strip_prefix(dir).unwrap().to_path_buf(), std::fs::read(&p).unwrap()));
+                out.push((
+                    p.strip_prefix(dir).unwrap().to_path_buf(),
+                    std::fs::read(&p).unwrap(),
+                ));
             }
         }
     }
@@ -34,14 +37,23 @@ fn generation_is_deterministic_and_readable() {
     let sb = generate_tasks(&b, 30, 7).unwrap();
     generate_tasks(&c, 30, 8).unwrap();
     assert_eq!(files(&a), files(&b));
-    assert_ne!(std::fs::read(a.join("tasks.jsonl")).unwrap(), std::fs::read(c.join("tasks.jsonl")).unwrap());
+    assert_ne!(
+        std::fs::read(a.join("tasks.jsonl")).unwrap(),
+        std::fs::read(c.join("tasks.jsonl")).unwrap()
+    );
     // Read back independently; same rows as returned.
     let read = armt_data::read_samples(&a.join("tasks.jsonl")).unwrap();
     assert_eq!(read, sa);
     assert_eq!(sa.len(), 30);
     // Rows are identical apart from the folder the paths resolve against.
     let strip = |s: &[Sample], d: &Path| -> Vec<String> {
-        s.iter().map(|x| serde_json::to_string(x).unwrap().replace(d.to_str().unwrap(), "")).collect()
+        s.iter()
+            .map(|x| {
+                serde_json::to_string(x)
+                    .unwrap()
+                    .replace(d.to_str().unwrap(), "")
+            })
+            .collect()
     };
     assert_eq!(strip(&sa, &a), strip(&sb, &b));
     // A prefix is stable when n grows.
@@ -52,7 +64,11 @@ fn generation_is_deterministic_and_readable() {
         assert_eq!(sa.iter().filter(|s| s.task == k).count(), 10);
     }
     for s in &sa {
-        for p in s.images.iter().chain(s.document.iter().flat_map(|d| d.pages.iter().map(|p| &p.image))) {
+        for p in s.images.iter().chain(
+            s.document
+                .iter()
+                .flat_map(|d| d.pages.iter().map(|p| &p.image)),
+        ) {
             assert!(p.is_file(), "{} missing", p.display());
             image::open(p).unwrap();
         }
@@ -63,8 +79,16 @@ fn generation_is_deterministic_and_readable() {
 fn labels_are_balanced() {
     let d = tmp("balance");
     let s = generate_tasks(&d, 300, 1).unwrap();
-    let count = |k: TaskKind, gt: &str| s.iter().filter(|x| x.task == k && x.ground_truth == gt).count();
-    for (k, a, b) in [(TaskKind::Zoom, "1", "2"), (TaskKind::Document, "1", "2"), (TaskKind::Instruction, "true", "false")] {
+    let count = |k: TaskKind, gt: &str| {
+        s.iter()
+            .filter(|x| x.task == k && x.ground_truth == gt)
+            .count()
+    };
+    for (k, a, b) in [
+        (TaskKind::Zoom, "1", "2"),
+        (TaskKind::Document, "1", "2"),
+        (TaskKind::Instruction, "true", "false"),
+    ] {
         let (na, nb) = (count(k, a), count(k, b));
         assert!(na > 30 && nb > 30, "{k:?}: {na} vs {nb}");
     }
@@ -98,11 +122,19 @@ fn final_verdict(text: &str) -> Option<String> {
 
 fn tool_call_of(text: &str) -> (String, Value) {
     assert!(text.starts_with("<think>"), "{text}");
-    let (_, rest) = text.split_once("</think>\n<tool_call>\n").expect("call after think");
-    let body = rest.strip_suffix("\n</tool_call>").expect("ends with </tool_call>");
+    let (_, rest) = text
+        .split_once("</think>\n<tool_call>\n")
+        .expect("call after think");
+    let body = rest
+        .strip_suffix("\n</tool_call>")
+        .expect("ends with </tool_call>");
     let v: Value = serde_json::from_str(body).unwrap();
     assert_eq!(v.as_object().unwrap().len(), 2);
-    (v["name"].as_str().unwrap().to_string(), v["arguments"].clone())
+    assert!(body.starts_with("{\"name\": \""), "{body}");
+    (
+        v["name"].as_str().unwrap().to_string(),
+        v["arguments"].clone(),
+    )
 }
 
 #[test]
@@ -123,9 +155,20 @@ fn expert_answers_match_ground_truth_and_calls_are_well_formed() {
             }
             let last = turns.last().unwrap();
             assert!(last.tool_call.is_none());
-            assert_eq!(final_verdict(&last.text).as_deref(), Some(s.ground_truth.as_str()), "{}", last.text);
+            assert_eq!(
+                final_verdict(&last.text).as_deref(),
+                Some(s.ground_truth.as_str()),
+                "{}",
+                last.text
+            );
         }
-        assert_eq!(expert_turns(s), expert_script(s, ExpertStyle::Direct, 0).into_iter().map(|t| t.text).collect::<Vec<_>>());
+        assert_eq!(
+            expert_turns(s),
+            expert_script(s, ExpertStyle::Direct, 0)
+                .into_iter()
+                .map(|t| t.text)
+                .collect::<Vec<_>>()
+        );
         match s.judgment {
             Judgment::Pair { candidates } => assert_eq!(candidates, 2),
             Judgment::Single => assert_eq!(s.task, TaskKind::Instruction),
@@ -140,7 +183,11 @@ fn zoom_detail_lies_inside_expert_bbox() {
     for s in samples.iter().filter(|s| s.task == TaskKind::Zoom) {
         let img = image::open(&s.images[0]).unwrap().to_rgb8();
         let gt = s.ground_truth.parse::<usize>().unwrap();
-        let line = s.prompt.lines().find(|l| l.starts_with(&format!("Answer {gt}: "))).unwrap();
+        let line = s
+            .prompt
+            .lines()
+            .find(|l| l.starts_with(&format!("Answer {gt}: ")))
+            .unwrap();
         let colour = line.split_once(": ").unwrap().1;
         let rgb = COLOURS.iter().find(|c| c.0 == colour).unwrap().1;
         let (mut x0, mut y0, mut x1, mut y1) = (u32::MAX, u32::MAX, 0, 0);
@@ -159,15 +206,33 @@ fn zoom_detail_lies_inside_expert_bbox() {
         let (name, args) = turns[0].tool_call.clone().unwrap();
         assert_eq!(name, "image_zoom_in_tool");
         assert_eq!(args["image"], "original_image");
-        let b: Vec<f64> = args["bbox_2d"].as_array().unwrap().iter().map(|v| v.as_f64().unwrap()).collect();
+        let b: Vec<f64> = args["bbox_2d"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|v| v.as_f64().unwrap())
+            .collect();
         let (w, h) = (img.width() as f64, img.height() as f64);
-        let bx = [b[0] / 1000.0 * w, b[1] / 1000.0 * h, b[2] / 1000.0 * w, b[3] / 1000.0 * h];
-        assert!(bx[0] <= x0 as f64 && bx[1] <= y0 as f64 && x1 as f64 <= bx[2] && y1 as f64 <= bx[3], "{}: dot {:?} not in {bx:?}", s.id, (x0, y0, x1, y1));
+        let bx = [
+            b[0] / 1000.0 * w,
+            b[1] / 1000.0 * h,
+            b[2] / 1000.0 * w,
+            b[3] / 1000.0 * h,
+        ];
+        assert!(
+            bx[0] <= x0 as f64 && bx[1] <= y0 as f64 && x1 as f64 <= bx[2] && y1 as f64 <= bx[3],
+            "{}: dot {:?} not in {bx:?}",
+            s.id,
+            (x0, y0, x1, y1)
+        );
         // The other quadrants' dots are outside the box (only the asked-about one is zoomed).
         for c in COLOURS.iter().filter(|c| c.0 != colour) {
             for (x, y, p) in img.enumerate_pixels() {
                 if p.0 == c.1 {
-                    let inside = bx[0] <= x as f64 && (x as f64) < bx[2] && bx[1] <= y as f64 && (y as f64) < bx[3];
+                    let inside = bx[0] <= x as f64
+                        && (x as f64) < bx[2]
+                        && bx[1] <= y as f64
+                        && (y as f64) < bx[3];
                     assert!(!inside, "{}: a {} dot is inside the box", s.id, c.0);
                 }
             }
@@ -180,7 +245,10 @@ fn zoom_detail_lies_inside_expert_bbox() {
 }
 
 fn words(s: &str) -> Vec<String> {
-    s.split(|c: char| !c.is_alphanumeric()).filter(|w| !w.is_empty()).map(|w| w.to_lowercase()).collect()
+    s.split(|c: char| !c.is_alphanumeric())
+        .filter(|w| !w.is_empty())
+        .map(|w| w.to_lowercase())
+        .collect()
 }
 
 #[test]
@@ -196,17 +264,32 @@ fn document_fact_is_on_exactly_one_page_and_the_expert_finds_it() {
         assert_eq!(args["filename"], doc.name.as_str());
         let query = words(args["query"].as_str().unwrap());
         // Pages sharing a query word: exactly one (so BM25 or any lexical retriever ranks it first).
-        let hits: Vec<usize> =
-            (0..doc.pages.len()).filter(|&i| words(&doc.pages[i].text).iter().any(|w| query.contains(w))).collect();
+        let hits: Vec<usize> = (0..doc.pages.len())
+            .filter(|&i| words(&doc.pages[i].text).iter().any(|w| query.contains(w)))
+            .collect();
         assert_eq!(hits.len(), 1, "{}: {:?}", s.id, doc.pages);
         let page = &doc.pages[hits[0]].text;
         // The right candidate's number is on that page; the wrong one's is not.
         let gt = s.ground_truth.parse::<usize>().unwrap();
         let num = |k: usize| -> String {
-            let l = s.prompt.lines().find(|l| l.starts_with(&format!("Answer {k}: "))).unwrap();
-            l.chars().filter(|c| c.is_ascii_digit()).collect()
+            let l = s
+                .prompt
+                .lines()
+                .find(|l| l.starts_with(&format!("Answer {k}: ")))
+                .unwrap();
+            l.split_once(": ")
+                .unwrap()
+                .1
+                .chars()
+                .filter(|c| c.is_ascii_digit())
+                .collect()
         };
-        assert!(words(page).contains(&num(gt)), "{}: {page} lacks {}", s.id, num(gt));
+        assert!(
+            words(page).contains(&num(gt)),
+            "{}: {page} lacks {}",
+            s.id,
+            num(gt)
+        );
         assert!(!words(page).contains(&num(3 - gt)), "{}", s.id);
         // The question's subject occurs on no other page.
         let retry = expert_script(s, ExpertStyle::Retry, 2);
@@ -233,13 +316,19 @@ fn independent_check(name: &str, args: &Value, text: &str) -> bool {
             let n = text.split(' ').filter(|w| !w.trim().is_empty()).count() as u64;
             args["lower_bound"].as_u64().unwrap() <= n && n <= args["upper_bound"].as_u64().unwrap()
         }
-        "check_whether_whole_response_not_contain_certain_substring" => text.to_lowercase().find(&sub()).is_none(),
-        "check_whether_whole_response_begin_with_certain_substring" => clean(text).find(&clean(&sub())) == Some(0),
+        "check_whether_whole_response_not_contain_certain_substring" => {
+            text.to_lowercase().find(&sub()).is_none()
+        }
+        "check_whether_whole_response_begin_with_certain_substring" => {
+            clean(text).find(&clean(&sub())) == Some(0)
+        }
         "check_whether_whole_response_end_with_certain_substring" => {
             let (t, w) = (clean(text), clean(&sub()));
             t.len() >= w.len() && t[t.len() - w.len()..] == w
         }
-        "check_whether_has_no_arabic_number_in_response" => !words(text).iter().any(|w| w.chars().all(|c| c.is_ascii_digit())),
+        "check_whether_has_no_arabic_number_in_response" => !words(text)
+            .iter()
+            .any(|w| w.chars().all(|c| c.is_ascii_digit())),
         other => panic!("unexpected validator {other}"),
     }
 }
@@ -255,7 +344,14 @@ fn instruction_ground_truth_agrees_with_independent_check() {
         assert!(INSTRUCTION_VALIDATORS.contains(&name.as_str()));
         assert_eq!(args["response"], "text_0");
         let truth = independent_check(&name, &args, s.response.as_ref().unwrap());
-        assert_eq!(truth.to_string(), s.ground_truth, "{}: {} / {:?}", s.id, s.prompt, s.response);
+        assert_eq!(
+            truth.to_string(),
+            s.ground_truth,
+            "{}: {} / {:?}",
+            s.id,
+            s.prompt,
+            s.response
+        );
         assert!(s.prompt.contains(s.response.as_ref().unwrap()));
         n += 1;
     }
@@ -270,11 +366,18 @@ fn tokenizer_round_trips_and_keeps_special_tokens_whole() {
     corpus.push("Ünïcödé text: 中文 日本語 emoji 🔍 — «quotes» ‘x’".into());
     let tok = build_tiny_tokenizer(&corpus).unwrap();
     let tok2 = build_tiny_tokenizer(&corpus).unwrap();
-    assert_eq!(tok.to_string(false).unwrap(), tok2.to_string(false).unwrap(), "deterministic");
+    assert_eq!(
+        tok.to_string(false).unwrap(),
+        tok2.to_string(false).unwrap(),
+        "deterministic"
+    );
     let vocab = tok.get_vocab_size(true);
     assert!((1000..=3000).contains(&vocab), "vocab {vocab}");
     let ids = special_token_ids(&tok).unwrap();
-    assert!(ids.endoftext as usize >= DEFAULT_VOCAB - 1);
+    // Added tokens come right after the BPE vocabulary, specials first (as in Qwen).
+    assert_eq!(ids.endoftext as usize, tok.get_vocab_size(false));
+    assert_eq!(ids.answer_end as usize, vocab - 1);
+    assert!(tok.get_vocab_size(false) <= DEFAULT_VOCAB);
 
     let mut texts = corpus.clone();
     texts.push("never seen: Grüße, naïve café — 你好世界 🙂\t tabs\n\n  spaces  ".into());
@@ -289,15 +392,24 @@ fn tokenizer_round_trips_and_keeps_special_tokens_whole() {
     }
     for sp in SPECIAL_TOKENS.iter().chain(ADDED_TOKENS.iter()) {
         let id = tok.token_to_id(sp).unwrap();
-        let enc = tok.encode(format!("ab{sp}cd {sp}\n{sp}").as_str(), false).unwrap();
-        assert_eq!(enc.get_ids().iter().filter(|&&i| i == id).count(), 3, "{sp}");
+        let enc = tok
+            .encode(format!("ab{sp}cd {sp}\n{sp}").as_str(), false)
+            .unwrap();
+        assert_eq!(
+            enc.get_ids().iter().filter(|&&i| i == id).count(),
+            3,
+            "{sp}"
+        );
         let alone = tok.encode(*sp, false).unwrap();
         assert_eq!(alone.get_ids(), &[id], "{sp}");
     }
     // Qwen's convention: chat/vision tokens are special, the tag tokens are not.
     let text = "<|im_start|>assistant\n<think>x</think>\n<tool_call>\n{}\n</tool_call><|im_end|>";
     let enc = tok.encode(text, false).unwrap();
-    assert_eq!(tok.decode(enc.get_ids(), true).unwrap(), "assistant\n<think>x</think>\n<tool_call>\n{}\n</tool_call>");
+    assert_eq!(
+        tok.decode(enc.get_ids(), true).unwrap(),
+        "assistant\n<think>x</think>\n<tool_call>\n{}\n</tool_call>"
+    );
 }
 
 #[test]
@@ -307,13 +419,19 @@ fn model_files_are_consistent() {
     let tok = build_tiny_tokenizer(&default_corpus(&samples)).unwrap();
     let m = d.join("model");
     tiny_model_files(&m, &tok).unwrap();
-    let cfg: Value = serde_json::from_str(&std::fs::read_to_string(m.join("config.json")).unwrap()).unwrap();
+    let cfg: Value =
+        serde_json::from_str(&std::fs::read_to_string(m.join("config.json")).unwrap()).unwrap();
     let ids = special_token_ids(&tok).unwrap();
     let vocab = cfg["vocab_size"].as_u64().unwrap() as usize;
     assert_eq!(vocab % 64, 0);
     assert!(vocab >= tok.get_vocab_size(true) && vocab < tok.get_vocab_size(true) + 64);
     let hd = cfg["hidden_size"].as_u64().unwrap() / cfg["num_attention_heads"].as_u64().unwrap();
-    let sec: u64 = cfg["rope_scaling"]["mrope_section"].as_array().unwrap().iter().map(|v| v.as_u64().unwrap()).sum();
+    let sec: u64 = cfg["rope_scaling"]["mrope_section"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v.as_u64().unwrap())
+        .sum();
     assert_eq!(sec * 2, hd);
     assert_eq!(cfg["rope_scaling"]["type"], "mrope");
     assert_eq!(cfg["image_token_id"], ids.image_pad);
@@ -323,13 +441,24 @@ fn model_files_are_consistent() {
     assert_eq!(cfg["bos_token_id"], ids.endoftext);
     assert_eq!(cfg["vision_config"]["out_hidden_size"], cfg["hidden_size"]);
     assert_eq!(cfg["vision_config"]["patch_size"], 14);
-    let pp: Value = serde_json::from_str(&std::fs::read_to_string(m.join("preprocessor_config.json")).unwrap()).unwrap();
+    let pp: Value =
+        serde_json::from_str(&std::fs::read_to_string(m.join("preprocessor_config.json")).unwrap())
+            .unwrap();
     assert!(pp["max_pixels"].as_u64().unwrap() <= 112 * 112);
     let back = tokenizers::Tokenizer::from_file(m.join("tokenizer.json")).unwrap();
-    assert_eq!(back.to_string(false).unwrap(), tok.to_string(false).unwrap());
-    assert!(m.join("generation_config.json").is_file() && m.join("tokenizer_config.json").is_file());
+    assert_eq!(
+        back.to_string(false).unwrap(),
+        tok.to_string(false).unwrap()
+    );
+    assert!(
+        m.join("generation_config.json").is_file() && m.join("tokenizer_config.json").is_file()
+    );
     // Writing twice gives the same bytes.
     let m2 = d.join("model2");
-    tiny_model_files(&m2, &build_tiny_tokenizer(&default_corpus(&samples)).unwrap()).unwrap();
+    tiny_model_files(
+        &m2,
+        &build_tiny_tokenizer(&default_corpus(&samples)).unwrap(),
+    )
+    .unwrap();
     assert_eq!(files(&m), files(&m2));
 }

@@ -1,0 +1,199 @@
+//! `armt train --stage 1|2 [--config FILE] [--resume [CKPT]] [key.path=value ...]` and
+//! `armt sft --model DIR --data TRAJ.jsonl [--config FILE] [key.path=value ...]`.
+
+use crate::forward::{parse_device, parse_dtype};
+use anyhow::{bail, Context, Result};
+use armt_model::Qwen25Vl;
+use armt_processing::Processor;
+use armt_rollout::TemplateIds;
+use armt_tools::ToolRegistry;
+use armt_train::{builtin, checkpoint, GrpoRun, SftRun, TrainConfig};
+use std::path::{Path, PathBuf};
+use tch::{Device, Kind};
+
+#[derive(clap::Args)]
+pub struct TrainArgs {
+    /// 1: reward choosing and calling the right tool; 2: reward judging correctly with efficient tool use.
+    #[arg(long)]
+    stage: u8,
+    /// Config TOML (configs/*.toml). Without it: the built-in tiny default for the stage.
+    #[arg(long)]
+    config: Option<PathBuf>,
+    /// Resume from the latest checkpoint of the run directory, or from the given one.
+    #[arg(long, num_args = 0..=1, default_missing_value = "latest")]
+    resume: Option<String>,
+    /// Overrides, e.g. rollout.n=8 optim.lr=1e-6 train.steps=50.
+    overrides: Vec<String>,
+}
+
+fn load_config(stage: u8, config: Option<&Path>, overrides: &[String]) -> Result<TrainConfig> {
+    let mut o = overrides.to_vec();
+    o.push(format!("stage={stage}"));
+    Ok(match config {
+        Some(p) => TrainConfig::load(Some(p), &o)?,
+        None => {
+            let text = if stage == 1 { builtin::TINY_STAGE1_TOML } else { builtin::TINY_STAGE2_TOML };
+            TrainConfig::from_toml_str(text, "the built-in tiny default config", &o)?
+        }
+    })
+}
+
+fn resume_path(resume: &Option<String>, run_dir: &Path) -> Result<Option<PathBuf>> {
+    Ok(match resume.as_deref() {
+        None => None,
+        Some("latest") => Some(
+            checkpoint::latest(run_dir)
+                .with_context(|| format!("--resume: no checkpoint in {}/checkpoints", run_dir.display()))?,
+        ),
+        Some(p) => {
+            let p = PathBuf::from(p);
+            if !p.join("trainer_state.json").exists() {
+                bail!("--resume {}: not a checkpoint directory (no trainer_state.json)", p.display());
+            }
+            Some(p)
+        }
+    })
+}
+
+fn device_kind(cfg: &TrainConfig) -> Result<(Device, Kind)> {
+    let device = parse_device(cfg.model.device.as_deref())?;
+    Ok((device, parse_dtype(cfg.model.dtype.as_deref(), device)?))
+}
+
+pub fn run(args: TrainArgs) -> Result<()> {
+    armt_train::install_ctrlc_handler();
+    let cfg = load_config(args.stage, args.config.as_deref(), &args.overrides)?;
+    let (device, kind) = device_kind(&cfg)?;
+    let run_dir = cfg.train.run_dir.clone();
+    let builtin_mode = cfg.model.path.is_none() && cfg.data.train.is_none();
+
+    let (start_dir, samples, tools) = if builtin_mode {
+        let root = run_dir.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new(".")).to_path_buf();
+        let b = builtin::prepare(&root)?;
+        let tools = builtin::tools()?;
+        let start = if cfg.stage == 1 {
+            cold_start(&cfg, &root, &b, &tools)?
+        } else {
+            let stage1 = root.join("stage1");
+            checkpoint::latest(&stage1).with_context(|| {
+                format!("stage 2 starts from stage 1's result, but {} has no checkpoint: run `armt train --stage 1` first", stage1.display())
+            })?
+        };
+        (start, b.train, tools)
+    } else {
+        let start = match &cfg.model.path {
+            Some(p) => p.clone(),
+            None if cfg.stage == 2 => {
+                let stage1 = run_dir.parent().unwrap_or(Path::new(".")).join("stage1");
+                checkpoint::latest(&stage1).with_context(|| {
+                    format!("model.path is not set and {} has no stage-1 checkpoint to start stage 2 from", stage1.display())
+                })?
+            }
+            None => bail!("model.path is not set (give a checkpoint directory, or no data.train for the built-in default)"),
+        };
+        let data = cfg.data.train.clone().context("data.train is not set")?;
+        let samples = armt_data::read_samples(&data)?;
+        (start, samples, ToolRegistry::from_yaml_file(&cfg.tools.config)?)
+    };
+
+    let resume = resume_path(&args.resume, &run_dir)?;
+    let weights_dir = resume.clone().unwrap_or_else(|| start_dir.clone());
+    eprintln!("armt train: stage {} from {} on {:?} ({:?}), {} samples, run dir {}", cfg.stage, weights_dir.display(), device, kind, samples.len(), run_dir.display());
+    let model = Qwen25Vl::load(&weights_dir, device, kind)?;
+    let reference = if cfg.grpo.kl_coef > 0.0 { Some(Qwen25Vl::load(&start_dir, device, kind)?) } else { None };
+    let processor = Processor::from_model_dir(&start_dir)?;
+    let phase = format!("stage {}", cfg.stage);
+    let last = armt_train::train_grpo(GrpoRun {
+        config: &cfg,
+        model,
+        reference,
+        model_dir: start_dir.clone(),
+        processor: &processor,
+        tools: &tools,
+        samples,
+        resume,
+        phase,
+    })?;
+    eprintln!("armt train: stage {} done; final checkpoint {}", cfg.stage, last.display());
+    eprintln!("  metrics: {}/metrics.jsonl, TensorBoard: {}/tb, plots: {}/plots", run_dir.display(), run_dir.display(), run_dir.display());
+    Ok(())
+}
+
+/// The built-in default's cold start: SFT on expert trajectories unless it already finished.
+fn cold_start(cfg: &TrainConfig, root: &Path, b: &builtin::Builtin, tools: &ToolRegistry) -> Result<PathBuf> {
+    let sft_dir = root.join("sft");
+    if let Some(last) = checkpoint::latest(&sft_dir) {
+        if checkpoint::read_state(&last)?.step >= cfg.sft.steps {
+            eprintln!("cold start: using {}", last.display());
+            return Ok(last);
+        }
+    }
+    let processor = Processor::from_model_dir(&b.model_dir)?;
+    let examples = builtin::expert_examples(&b.train, &processor, tools, &cfg.rollout)?;
+    eprintln!("cold start: SFT on {} expert trajectories ({} tokens)", examples.len(), examples.iter().map(|e| e.ids.len()).sum::<usize>());
+    let resume = checkpoint::latest(&sft_dir);
+    let weights = resume.clone().unwrap_or_else(|| b.model_dir.clone());
+    let (device, kind) = device_kind(cfg)?;
+    let model = Qwen25Vl::load(&weights, device, kind)?;
+    let pad_id = TemplateIds::from_tokenizer(processor.tokenizer())?.endoftext;
+    Ok(armt_train::train_sft(SftRun {
+        config: cfg,
+        model,
+        model_dir: b.model_dir.clone(),
+        examples,
+        run_dir: sft_dir,
+        pad_id,
+        resume,
+    })?)
+}
+
+#[derive(clap::Args)]
+pub struct SftArgs {
+    /// Model checkpoint directory to start from.
+    #[arg(long)]
+    model: PathBuf,
+    /// Trajectory JSONL (as `armt rollout` writes; images must exist at their recorded paths).
+    #[arg(long)]
+    data: PathBuf,
+    /// Config TOML for the [sft], [optim] and [train] sections (default: built-in defaults).
+    #[arg(long)]
+    config: Option<PathBuf>,
+    #[arg(long, num_args = 0..=1, default_missing_value = "latest")]
+    resume: Option<String>,
+    /// Overrides, e.g. sft.steps=200 sft.lr=1e-5 train.run_dir=runs/sft.
+    overrides: Vec<String>,
+}
+
+pub fn run_sft(args: SftArgs) -> Result<()> {
+    armt_train::install_ctrlc_handler();
+    let cfg = TrainConfig::load(args.config.as_deref(), &args.overrides)?;
+    let (device, kind) = device_kind(&cfg)?;
+    let run_dir = cfg.train.run_dir.clone();
+    let processor = Processor::from_model_dir(&args.model)?;
+    let trajs = armt_data::read_trajectories(&args.data)?;
+    let examples = armt_train::examples_from_trajectories(&trajs, &processor)?;
+    let resume = resume_path(&args.resume, &run_dir)?;
+    let model = Qwen25Vl::load(resume.as_deref().unwrap_or(&args.model), device, kind)?;
+    let pad_id = TemplateIds::from_tokenizer(processor.tokenizer())?.endoftext;
+    let last = armt_train::train_sft(SftRun { config: &cfg, model, model_dir: args.model.clone(), examples, run_dir, pad_id, resume })?;
+    eprintln!("armt sft: final checkpoint {}", last.display());
+    Ok(())
+}
+
+#[derive(clap::Args)]
+pub struct PlotArgs {
+    /// A run directory (with metrics.jsonl).
+    run_dir: PathBuf,
+    /// Where the PNGs go (default RUN_DIR/plots).
+    #[arg(long)]
+    out: Option<PathBuf>,
+}
+
+pub fn run_plot(args: PlotArgs) -> Result<()> {
+    let out = args.out.unwrap_or_else(|| args.run_dir.join("plots"));
+    let files = armt_metrics::plot_metrics(&args.run_dir.join("metrics.jsonl"), &out, None)?;
+    for f in files {
+        println!("{}", f.display());
+    }
+    Ok(())
+}

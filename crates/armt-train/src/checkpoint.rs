@@ -1,0 +1,171 @@
+//! Checkpoints: `RUN/checkpoints/step-NNNNNN/` holds the weights (safetensors with the names of
+//! the checkpoint the run started from, plus its config and tokenizer files, so transformers
+//! and `armt` load it as a model directory), the optimizer moments, and `trainer_state.json`
+//! (step, optimizer steps, data position, config). Written to a temporary directory and
+//! renamed, so a killed run never leaves a half-written checkpoint.
+
+use crate::optimizer::AdamW;
+use crate::TrainError;
+use armt_model::Qwen25Vl;
+use safetensors::tensor::{Dtype, View};
+use serde::{Deserialize, Serialize};
+use std::borrow::Cow;
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use tch::{Kind, Tensor};
+
+/// Files of a model directory that are not weights; copied into every checkpoint.
+const MODEL_FILES: [&str; 7] = [
+    "config.json",
+    "tokenizer.json",
+    "tokenizer_config.json",
+    "preprocessor_config.json",
+    "generation_config.json",
+    "chat_template.json",
+    "special_tokens_map.json",
+];
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct TrainerState {
+    /// Training steps completed.
+    pub step: usize,
+    pub optimizer_steps: i64,
+    /// Data loader position: epoch and index within its permutation.
+    pub data_epoch: u64,
+    pub data_index: usize,
+    /// "sft" or "grpo-stage1"/"grpo-stage2".
+    pub phase: String,
+    /// The resolved config, as TOML.
+    pub config: String,
+}
+
+struct Raw {
+    dtype: Dtype,
+    shape: Vec<usize>,
+    data: Vec<u8>,
+}
+
+impl View for &Raw {
+    fn dtype(&self) -> Dtype {
+        self.dtype
+    }
+    fn shape(&self) -> &[usize] {
+        &self.shape
+    }
+    fn data(&self) -> Cow<'_, [u8]> {
+        Cow::Borrowed(&self.data)
+    }
+    fn data_len(&self) -> usize {
+        self.data.len()
+    }
+}
+
+/// Writes tensors as safetensors with `{"format": "pt"}` metadata (what transformers expects).
+pub fn write_safetensors(path: &Path, tensors: &[(String, Tensor)]) -> Result<(), TrainError> {
+    let mut raws = Vec::with_capacity(tensors.len());
+    for (name, t) in tensors {
+        let t = t.to_device(tch::Device::Cpu).contiguous();
+        let dtype = match t.kind() {
+            Kind::Float => Dtype::F32,
+            Kind::BFloat16 => Dtype::BF16,
+            Kind::Half => Dtype::F16,
+            Kind::Double => Dtype::F64,
+            Kind::Int64 => Dtype::I64,
+            k => return Err(TrainError::State(format!("cannot save {name}: dtype {k:?}"))),
+        };
+        let numel = t.numel();
+        let mut data = vec![0u8; numel * t.kind().elt_size_in_bytes()];
+        t.copy_data_u8(&mut data, numel);
+        raws.push((name.clone(), Raw { dtype, shape: t.size().iter().map(|&d| d as usize).collect(), data }));
+    }
+    let views: Vec<(String, &Raw)> = raws.iter().map(|(n, r)| (n.clone(), r)).collect();
+    let metadata = Some(HashMap::from([("format".to_string(), "pt".to_string())]));
+    safetensors::serialize_to_file(views, &metadata, path)
+        .map_err(|e| TrainError::State(format!("writing {}: {e}", path.display())))
+}
+
+pub fn read_safetensors(path: &Path) -> Result<HashMap<String, Tensor>, TrainError> {
+    Ok(Tensor::read_safetensors(path)
+        .map_err(|e| TrainError::State(format!("reading {}: {e}", path.display())))?
+        .into_iter()
+        .collect())
+}
+
+/// The model's weights under the names of the checkpoint it was loaded from.
+pub fn model_tensors(model: &Qwen25Vl) -> Vec<(String, Tensor)> {
+    let layout = model.layout();
+    let mut v: Vec<(String, Tensor)> =
+        model.var_store().variables().into_iter().map(|(n, t)| (layout.to_file_name(&n), t.detach())).collect();
+    v.sort_by(|a, b| a.0.cmp(&b.0));
+    v
+}
+
+/// Writes a model directory (weights + the source directory's config/tokenizer files).
+pub fn write_model_dir(dir: &Path, model: &Qwen25Vl, source_dir: &Path) -> Result<(), TrainError> {
+    std::fs::create_dir_all(dir).map_err(|e| TrainError::Io { path: dir.to_path_buf(), source: e })?;
+    write_safetensors(&dir.join("model.safetensors"), &model_tensors(model))?;
+    for f in MODEL_FILES {
+        let src = source_dir.join(f);
+        if src.exists() {
+            std::fs::copy(&src, dir.join(f)).map_err(|e| TrainError::Io { path: src.clone(), source: e })?;
+        }
+    }
+    Ok(())
+}
+
+fn step_dir_name(step: usize) -> String {
+    format!("step-{step:06}")
+}
+
+/// Saves a checkpoint atomically and keeps only the newest `keep_last`. Returns its path.
+pub fn save(
+    run_dir: &Path,
+    model: &Qwen25Vl,
+    source_dir: &Path,
+    optimizer: &AdamW,
+    state: &TrainerState,
+    keep_last: usize,
+) -> Result<PathBuf, TrainError> {
+    let root = run_dir.join("checkpoints");
+    std::fs::create_dir_all(&root).map_err(|e| TrainError::Io { path: root.clone(), source: e })?;
+    let name = step_dir_name(state.step);
+    let tmp = root.join(format!(".tmp-{name}"));
+    let _ = std::fs::remove_dir_all(&tmp);
+    write_model_dir(&tmp, model, source_dir)?;
+    write_safetensors(&tmp.join("optimizer.safetensors"), &optimizer.state())?;
+    let json = serde_json::to_string_pretty(state).expect("serialisable state");
+    std::fs::write(tmp.join("trainer_state.json"), json).map_err(|e| TrainError::Io { path: tmp.clone(), source: e })?;
+    let dst = root.join(&name);
+    let _ = std::fs::remove_dir_all(&dst);
+    std::fs::rename(&tmp, &dst).map_err(|e| TrainError::Io { path: dst.clone(), source: e })?;
+    let mut all = list(run_dir);
+    while all.len() > keep_last.max(1) {
+        let old = all.remove(0);
+        let _ = std::fs::remove_dir_all(&old);
+    }
+    Ok(dst)
+}
+
+/// Finished checkpoints of a run, oldest first.
+pub fn list(run_dir: &Path) -> Vec<PathBuf> {
+    let mut v: Vec<PathBuf> = std::fs::read_dir(run_dir.join("checkpoints"))
+        .map(|rd| {
+            rd.filter_map(|e| e.ok().map(|e| e.path()))
+                .filter(|p| p.file_name().and_then(|n| n.to_str()).is_some_and(|n| n.starts_with("step-")))
+                .filter(|p| p.join("trainer_state.json").exists())
+                .collect()
+        })
+        .unwrap_or_default();
+    v.sort();
+    v
+}
+
+pub fn latest(run_dir: &Path) -> Option<PathBuf> {
+    list(run_dir).pop()
+}
+
+pub fn read_state(ckpt: &Path) -> Result<TrainerState, TrainError> {
+    let p = ckpt.join("trainer_state.json");
+    let text = std::fs::read_to_string(&p).map_err(|e| TrainError::Io { path: p.clone(), source: e })?;
+    serde_json::from_str(&text).map_err(|e| TrainError::State(format!("{}: {e}", p.display())))
+}

@@ -1,0 +1,272 @@
+//! The training config: a TOML file (see `configs/`) with dotted `key=value` overrides from the
+//! command line, as verl/Hydra users write them (`rollout.n=8 optim.lr=1e-6`). Unknown keys are
+//! errors that list the valid ones.
+
+use crate::optimizer::AdamWConfig;
+use crate::TrainError;
+use armt_grpo::GrpoConfig;
+use armt_rewards::RewardConfig;
+use armt_rollout::RolloutConfig;
+use serde::{Deserialize, Serialize};
+use std::path::{Path, PathBuf};
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Default)]
+#[serde(deny_unknown_fields, default)]
+pub struct ModelSection {
+    /// Checkpoint directory; empty: the built-in tiny default (or the previous stage's result).
+    pub path: Option<PathBuf>,
+    /// cpu, cuda, cuda:N (default: cuda if available).
+    pub device: Option<String>,
+    /// f32 or bf16 (default: f32 on CPU, bf16 on CUDA).
+    pub dtype: Option<String>,
+    /// Keep the vision tower and merger fixed (ARM-Thinker's cold start does).
+    pub freeze_vision: bool,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Default)]
+#[serde(deny_unknown_fields, default)]
+pub struct DataSection {
+    /// Training samples (JSONL); empty: the built-in synthetic task set.
+    pub train: Option<PathBuf>,
+    /// Held-out samples for evaluation.
+    pub val: Option<PathBuf>,
+    /// Cold-start (SFT) trajectories (JSONL written by `armt rollout`).
+    pub sft: Option<PathBuf>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ToolsSection {
+    pub config: PathBuf,
+}
+
+impl Default for ToolsSection {
+    fn default() -> Self {
+        Self { config: PathBuf::from("configs/tools/all.yaml") }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct OptimSection {
+    pub lr: f64,
+    pub warmup_steps: usize,
+    /// "constant" or "cosine".
+    pub schedule: String,
+    pub min_lr_ratio: f64,
+    /// Gradient-norm clip (0: off).
+    pub grad_clip: f64,
+    pub adamw: AdamWConfig,
+}
+
+impl Default for OptimSection {
+    fn default() -> Self {
+        // ARM-Thinker GRPO: lr 2e-6, constant, clip 1.0.
+        Self { lr: 2e-6, warmup_steps: 0, schedule: "constant".into(), min_lr_ratio: 0.0, grad_clip: 1.0, adamw: AdamWConfig::default() }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LoopSection {
+    /// GRPO steps (one rollout batch each).
+    pub steps: usize,
+    /// Prompts per step; each gets `rollout.n` rollouts.
+    pub prompts_per_step: usize,
+    /// Optimizer updates per rollout batch: the batch is split into this many mini-batches.
+    pub mini_batches: usize,
+    /// Passes over each rollout batch (PPO epochs); old log-probs are computed once.
+    pub ppo_epochs: usize,
+    /// Sequences per forward/backward (gradient accumulation over a mini-batch).
+    pub micro_batch: usize,
+    /// Checkpoint every N steps (and at the end).
+    pub save_every: usize,
+    /// Checkpoints kept.
+    pub keep_last: usize,
+    /// Where checkpoints, metrics and TensorBoard files go.
+    pub run_dir: PathBuf,
+    pub seed: u64,
+    /// Log-prob computation chunk along the sequence (memory).
+    pub logprob_chunk: i64,
+}
+
+impl Default for LoopSection {
+    fn default() -> Self {
+        Self {
+            steps: 100,
+            prompts_per_step: 8,
+            mini_batches: 1,
+            ppo_epochs: 1,
+            micro_batch: 4,
+            save_every: 10,
+            keep_last: 3,
+            run_dir: PathBuf::from("runs/train"),
+            seed: 1,
+            logprob_chunk: 512,
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct SftSection {
+    pub steps: usize,
+    pub lr: f64,
+    /// Sequences per optimizer step.
+    pub batch: usize,
+    pub micro_batch: usize,
+    pub warmup_steps: usize,
+}
+
+impl Default for SftSection {
+    fn default() -> Self {
+        // ARM-Thinker's cold start: lr 1e-5 (LLaMA-Factory), cosine.
+        Self { steps: 100, lr: 1e-5, batch: 16, micro_batch: 4, warmup_steps: 0 }
+    }
+}
+
+/// The whole training config.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct TrainConfig {
+    /// 1: tool-selection reward; 2: accuracy + tool efficiency.
+    pub stage: u8,
+    pub model: ModelSection,
+    pub data: DataSection,
+    pub tools: ToolsSection,
+    pub rollout: RolloutConfig,
+    pub reward: RewardConfig,
+    pub grpo: GrpoConfig,
+    pub optim: OptimSection,
+    pub train: LoopSection,
+    pub sft: SftSection,
+}
+
+impl Default for TrainConfig {
+    fn default() -> Self {
+        Self {
+            stage: 1,
+            model: ModelSection::default(),
+            data: DataSection::default(),
+            tools: ToolsSection::default(),
+            rollout: RolloutConfig::default(),
+            reward: RewardConfig::default(),
+            grpo: GrpoConfig::default(),
+            optim: OptimSection::default(),
+            train: LoopSection::default(),
+            sft: SftSection::default(),
+        }
+    }
+}
+
+impl TrainConfig {
+    /// Reads `path` (or the defaults when None) and applies `overrides` (`a.b.c=value`, the
+    /// value parsed as TOML, else taken as a string).
+    pub fn load(path: Option<&Path>, overrides: &[String]) -> Result<Self, TrainError> {
+        match path {
+            Some(p) => {
+                let text = std::fs::read_to_string(p).map_err(|e| TrainError::Io { path: p.to_path_buf(), source: e })?;
+                Self::from_toml_str(&text, &p.display().to_string(), overrides)
+            }
+            None => Self::from_toml_str("", "<defaults>", overrides),
+        }
+    }
+
+    /// Parses TOML text (`origin` names it in errors) and applies the overrides.
+    pub fn from_toml_str(text: &str, origin: &str, overrides: &[String]) -> Result<Self, TrainError> {
+        let mut root: toml::Value =
+            toml::from_str(text).map_err(|e| TrainError::Config(format!("{origin}: {e}")))?;
+        for o in overrides {
+            apply_override(&mut root, o).map_err(|e| TrainError::Config(format!("override `{o}`: {e}")))?;
+        }
+        let cfg: TrainConfig = root
+            .try_into()
+            .map_err(|e: toml::de::Error| TrainError::Config(format!("{origin}: {}", e.to_string().trim())))?;
+        cfg.validate()?;
+        Ok(cfg)
+    }
+
+    pub fn validate(&self) -> Result<(), TrainError> {
+        let bad = |m: String| Err(TrainError::Config(m));
+        if self.stage != 1 && self.stage != 2 {
+            return bad(format!("stage = {}: must be 1 or 2", self.stage));
+        }
+        if self.rollout.n < 2 {
+            return bad(format!("rollout.n = {}: GRPO needs groups of at least 2", self.rollout.n));
+        }
+        let l = &self.train;
+        if l.prompts_per_step == 0 || l.mini_batches == 0 || l.ppo_epochs == 0 || l.micro_batch == 0 {
+            return bad("train.prompts_per_step, mini_batches, ppo_epochs and micro_batch must be >= 1".into());
+        }
+        if (l.prompts_per_step * self.rollout.n) % l.mini_batches != 0 {
+            return bad(format!(
+                "train.mini_batches = {} does not divide the {} rollouts of a step",
+                l.mini_batches,
+                l.prompts_per_step * self.rollout.n
+            ));
+        }
+        if self.optim.schedule != "constant" && self.optim.schedule != "cosine" {
+            return bad(format!("optim.schedule = `{}`: expected constant or cosine", self.optim.schedule));
+        }
+        self.grpo.validate().map_err(|e| TrainError::Config(e.to_string()))?;
+        self.reward.validate().map_err(|e| TrainError::Config(e.to_string()))?;
+        Ok(())
+    }
+
+    pub fn to_toml(&self) -> String {
+        toml::to_string_pretty(self).unwrap_or_default()
+    }
+}
+
+fn apply_override(root: &mut toml::Value, assignment: &str) -> Result<(), String> {
+    let (key, raw) = assignment.split_once('=').ok_or("expected key.path=value")?;
+    let value: toml::Value = match toml::from_str::<toml::Table>(&format!("v = {raw}")) {
+        Ok(mut t) => t.remove("v").unwrap(),
+        Err(_) => toml::Value::String(raw.to_string()),
+    };
+    let parts: Vec<&str> = key.trim().split('.').collect();
+    let mut cur = root;
+    for (i, part) in parts.iter().enumerate() {
+        let table = cur.as_table_mut().ok_or_else(|| format!("`{}` is not a table", parts[..i].join(".")))?;
+        if i + 1 == parts.len() {
+            table.insert(part.to_string(), value);
+            return Ok(());
+        }
+        cur = table.entry(part.to_string()).or_insert_with(|| toml::Value::Table(Default::default()));
+    }
+    Err("empty key".into())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn overrides_set_nested_values() {
+        let cfg = TrainConfig::load(None, &["rollout.n=8".into(), "optim.lr=1e-6".into(), "train.run_dir=runs/x".into()]).unwrap();
+        assert_eq!(cfg.rollout.n, 8);
+        assert_eq!(cfg.optim.lr, 1e-6);
+        assert_eq!(cfg.train.run_dir, PathBuf::from("runs/x"));
+    }
+
+    #[test]
+    fn unknown_keys_list_the_valid_ones() {
+        let err = TrainConfig::load(None, &["rollout.temprature=0.5".into()]).unwrap_err().to_string();
+        assert!(err.contains("temprature") && err.contains("max_turns"), "{err}");
+        let err = TrainConfig::load(None, &["stage=3".into()]).unwrap_err().to_string();
+        assert!(err.contains("stage = 3"), "{err}");
+    }
+
+    #[test]
+    fn shipped_configs_load() {
+        let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../configs");
+        let mut n = 0;
+        for f in std::fs::read_dir(&dir).unwrap().map(|e| e.unwrap().path()) {
+            if f.extension().is_some_and(|x| x == "toml") {
+                TrainConfig::load(Some(&f), &[]).unwrap_or_else(|e| panic!("{}: {e}", f.display()));
+                n += 1;
+            }
+        }
+        assert!(n >= 4, "expected the 7B and tiny stage configs in {}", dir.display());
+    }
+}

@@ -1,0 +1,139 @@
+//! Cold start: masked next-token loss on tool-use trajectories (the records `armt rollout`
+//! writes), so the policy learns the format and the tools before GRPO.
+
+use crate::batch::{token_logprobs, Example};
+use crate::checkpoint::{self, TrainerState};
+use crate::grpo_trainer::freeze_vision;
+use crate::optimizer::AdamW;
+use crate::{stop_requested, DataLoader, TrainConfig, TrainError};
+use armt_data::Trajectory;
+use armt_grpo::{EntropyGrad, LrSchedule};
+use armt_metrics::MetricsLogger;
+use armt_model::Qwen25Vl;
+use armt_processing::Processor;
+use indicatif::{ProgressBar, ProgressStyle};
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::time::Instant;
+use tch::{Kind, Tensor};
+
+/// Trajectory records → examples, loading and preprocessing their images (in the order of the
+/// record's `images`, which is their order in the token sequence).
+pub fn examples_from_trajectories(trajs: &[Trajectory], processor: &Processor) -> Result<Vec<Example>, TrainError> {
+    let mut out = Vec::with_capacity(trajs.len());
+    for t in trajs {
+        let mut images = Vec::with_capacity(t.images.len());
+        for (key, path) in &t.images {
+            let img = image::open(path).map_err(|e| {
+                TrainError::State(format!("trajectory {}/{}: image {key} ({}): {e}", t.sample_id, t.group_index, path.display()))
+            })?;
+            images.push(processor.image_processor().preprocess(&img)?);
+        }
+        out.push(Example { ids: t.token_ids.clone(), prompt_len: t.prompt_len, loss_mask: t.loss_mask.clone(), images });
+    }
+    Ok(out)
+}
+
+pub struct SftRun<'a> {
+    pub config: &'a TrainConfig,
+    pub model: Qwen25Vl,
+    pub model_dir: PathBuf,
+    pub examples: Vec<Example>,
+    pub run_dir: PathBuf,
+    pub pad_id: i64,
+    pub resume: Option<PathBuf>,
+}
+
+/// Trains; returns the final checkpoint directory (a loadable model directory).
+pub fn train_sft(mut run: SftRun) -> Result<PathBuf, TrainError> {
+    let cfg = run.config;
+    let s = &cfg.sft;
+    if run.examples.is_empty() {
+        return Err(TrainError::Config("no SFT examples".into()));
+    }
+    std::fs::create_dir_all(&run.run_dir).map_err(|e| TrainError::Io { path: run.run_dir.clone(), source: e })?;
+    if cfg.model.freeze_vision {
+        freeze_vision(&mut run.model);
+    }
+    let params: Vec<(String, Tensor)> =
+        run.model.var_store().variables().into_iter().filter(|(_, t)| t.requires_grad()).collect();
+    let mut optimizer = AdamW::new(params, cfg.optim.adamw.clone());
+    let schedule = LrSchedule {
+        lr: s.lr,
+        warmup_steps: s.warmup_steps,
+        total_steps: s.steps.max(s.warmup_steps + 1),
+        min_lr_ratio: 0.1,
+        decay: armt_grpo::Decay::Cosine,
+    };
+    schedule.validate()?;
+    let mut start = 0;
+    let mut loader = DataLoader::new(run.examples.len(), cfg.train.seed, 0, 0);
+    if let Some(ckpt) = &run.resume {
+        let state = checkpoint::read_state(ckpt)?;
+        let opt = checkpoint::read_safetensors(&ckpt.join("optimizer.safetensors"))?;
+        optimizer.load_state(&opt, state.optimizer_steps).map_err(|e| TrainError::State(format!("{}: {e}", ckpt.display())))?;
+        start = state.step;
+        loader = DataLoader::new(run.examples.len(), cfg.train.seed, state.data_epoch, state.data_index);
+    }
+    let mut logger = MetricsLogger::create(&run.run_dir, run.resume.as_ref().map(|_| start as u64))?;
+    let bar = ProgressBar::new(s.steps as u64);
+    bar.set_style(ProgressStyle::with_template("cold-start SFT {elapsed_precise} [{bar:30}] step {pos}/{len} {msg}").expect("valid template"));
+    bar.set_position(start as u64);
+    let mut last = run.resume.clone();
+    let mut step = start;
+    while step < s.steps {
+        let started = Instant::now();
+        let idx = loader.next_batch(s.batch);
+        let tokens: usize = idx.iter().map(|&i| run.examples[i].num_trained()).sum();
+        optimizer.zero_grad();
+        let mut loss_sum = 0.0;
+        for micro in idx.chunks(s.micro_batch.max(1)) {
+            let exs: Vec<&Example> = micro.iter().map(|&i| &run.examples[i]).collect();
+            let (logp, mask, _) = token_logprobs(&run.model, &exs, run.pad_id, cfg.train.logprob_chunk, EntropyGrad::Skip)?;
+            // Token-mean over the whole batch: micro-batch sums divided by the batch's token count.
+            let loss = -(logp * &mask).sum(Kind::Float) / tokens.max(1) as f64;
+            let v = loss.double_value(&[]);
+            if !v.is_finite() {
+                return Err(TrainError::NonFinite { step: step + 1, quantity: "the SFT loss".into(), value: v });
+            }
+            loss_sum += v;
+            loss.backward();
+        }
+        let gn = optimizer.clip_grad_norm(cfg.optim.grad_clip);
+        if !gn.is_finite() {
+            return Err(TrainError::NonFinite { step: step + 1, quantity: "the gradient norm".into(), value: gn });
+        }
+        let lr = schedule.lr_at(optimizer.steps as usize);
+        optimizer.step(lr);
+        step += 1;
+        let dt = started.elapsed().as_secs_f64();
+        let m = BTreeMap::from([
+            ("sft/loss".to_string(), loss_sum),
+            ("sft/grad_norm".to_string(), gn),
+            ("sft/lr".to_string(), lr),
+            ("perf/step_time_s".to_string(), dt),
+            ("perf/tokens_per_s".to_string(), idx.iter().map(|&i| run.examples[i].ids.len()).sum::<usize>() as f64 / dt),
+        ]);
+        logger.log(step as u64, &m)?;
+        bar.set_position(step as u64);
+        bar.set_message(format!("loss {loss_sum:.3} lr {lr:.1e}"));
+        let stop = stop_requested();
+        if step % cfg.train.save_every.max(1) == 0 || step == s.steps || stop {
+            let state = TrainerState {
+                step,
+                optimizer_steps: optimizer.steps,
+                data_epoch: loader.epoch,
+                data_index: loader.index,
+                phase: "sft".into(),
+                config: cfg.to_toml(),
+            };
+            last = Some(checkpoint::save(&run.run_dir, &run.model, &run.model_dir, &optimizer, &state, cfg.train.keep_last)?);
+        }
+        if stop {
+            return Err(TrainError::State(format!("interrupted at SFT step {step}; the checkpoint is saved")));
+        }
+    }
+    bar.finish();
+    let _ = armt_metrics::plot_metrics(&run.run_dir.join("metrics.jsonl"), &run.run_dir.join("plots"), None);
+    last.ok_or_else(|| TrainError::State("no checkpoint written".into()))
+}
