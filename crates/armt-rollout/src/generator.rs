@@ -49,6 +49,9 @@ pub struct ModelGenerator<'m> {
     sampling: SamplingConfig,
     rng: SplitMix64,
     pad_id: i64,
+    /// Vision placeholder ids: only the processor writes them (each stands for an image
+    /// embedding), so the policy is never allowed to sample one.
+    banned: Tensor,
 }
 
 /// The sampler's own random stream (not libtorch's global generator, which other threads and
@@ -74,7 +77,9 @@ impl SplitMix64 {
 
 impl<'m> ModelGenerator<'m> {
     pub fn new(model: &'m Qwen25Vl, batch: usize, sampling: SamplingConfig, pad_id: i64) -> Self {
+        let banned = Tensor::from_slice(&[model.config.image_token_id, model.config.video_token_id]).to_device(model.device());
         Self {
+            banned,
             rng: SplitMix64(sampling.seed),
             model,
             cache: model.new_cache(),
@@ -203,7 +208,7 @@ impl Generator for ModelGenerator<'_> {
                 0,
             );
             let uniforms: Vec<f64> = (0..active.len()).map(|_| self.rng.next_f64()).collect();
-            let (tokens, logprobs) = sample(&logits, &self.sampling, &uniforms);
+            let (tokens, logprobs) = sample(&logits, &self.sampling, &uniforms, Some(&self.banned));
             let tokens: Vec<i64> = Vec::try_from(tokens.to_device(Device::Cpu))?;
             let logprobs: Vec<f32> = Vec::try_from(logprobs.to_device(Device::Cpu))?;
             let mut step_ids = vec![Vec::new(); self.batch];
@@ -240,11 +245,16 @@ impl Generator for ModelGenerator<'_> {
 /// Draws one token per row of `logits` (`[A, V]`, f32) with temperature, top-k and top-p, by
 /// inverse CDF at `uniforms[row]` in [0, 1), and returns it with its log-prob under the
 /// temperature-scaled full distribution (what the trainer recomputes as the old policy's
-/// log-prob). Temperature 0 means greedy.
-pub fn sample(logits: &Tensor, cfg: &SamplingConfig, uniforms: &[f64]) -> (Tensor, Tensor) {
+/// log-prob). Temperature 0 means greedy. `banned` ids are never drawn (their mass still counts
+/// in the log-prob, as the trainer's recomputation sees the full distribution).
+pub fn sample(logits: &Tensor, cfg: &SamplingConfig, uniforms: &[f64], banned: Option<&Tensor>) -> (Tensor, Tensor) {
     let t = if cfg.temperature > 0.0 { cfg.temperature } else { 1.0 };
-    let scaled = logits.to_kind(Kind::Float) / t;
-    let logp = scaled.log_softmax(-1, Kind::Float);
+    let full = logits.to_kind(Kind::Float) / t;
+    let logp = full.log_softmax(-1, Kind::Float);
+    let scaled = match banned {
+        Some(b) => full.index_fill(1, b, f64::NEG_INFINITY),
+        None => full.shallow_clone(),
+    };
     let tokens = if cfg.temperature <= 0.0 {
         scaled.argmax(-1, false)
     } else {
@@ -325,7 +335,7 @@ mod tests {
     fn greedy_picks_the_argmax_with_its_log_prob() {
         let logits = Tensor::from_slice(&[0.0f32, 2.0, 1.0, 3.0, 0.0, 0.0]).view([2, 3]);
         let cfg = SamplingConfig { temperature: 0.0, ..SamplingConfig::default() };
-        let (tok, lp) = sample(&logits, &cfg, &[0.5, 0.5]);
+        let (tok, lp) = sample(&logits, &cfg, &[0.5, 0.5], None);
         assert_eq!(Vec::<i64>::try_from(tok).unwrap(), vec![1, 0]);
         let lp: Vec<f32> = Vec::try_from(lp).unwrap();
         let z0 = (1.0f32 + 2f32.exp() + 1f32.exp()).ln();
@@ -339,11 +349,11 @@ mod tests {
         // probabilities ~ [0.64, 0.24, 0.09, 0.03]
         let logits = Tensor::from_slice(&[3.0f32, 2.0, 1.0, -0.2]).view([1, 4]).repeat([2000, 1]);
         let k2 = SamplingConfig { temperature: 1.0, top_k: 2, top_p: 1.0, seed: 0 };
-        let toks: Vec<i64> = Vec::try_from(sample(&logits, &k2, &u).0).unwrap();
+        let toks: Vec<i64> = Vec::try_from(sample(&logits, &k2, &u, None).0).unwrap();
         assert!(toks.iter().all(|&t| t < 2));
         assert!(toks.iter().any(|&t| t == 1));
         let p = SamplingConfig { temperature: 1.0, top_k: 0, top_p: 0.7, seed: 0 };
-        let toks: Vec<i64> = Vec::try_from(sample(&logits, &p, &u).0).unwrap();
+        let toks: Vec<i64> = Vec::try_from(sample(&logits, &p, &u, None).0).unwrap();
         // 0.64 < 0.7, so the second token is still in; the third is out.
         assert!(toks.iter().all(|&t| t < 2) && toks.iter().any(|&t| t == 1));
     }

@@ -31,6 +31,6 @@ pub use tasks::{
     QUADRANT_BBOXES, SHORT_COT_PROMPT,
 };
 pub use tokenizer::{
-    build_tiny_tokenizer, build_tiny_tokenizer_with, default_corpus, fixed_corpus, full_vocab_size,
+    build_tiny_tokenizer, build_tiny_tokenizer_with, build_tiny_tokenizer_opts, default_corpus, fixed_corpus, full_vocab_size,
     special_token_ids, SpecialTokenIds, ADDED_TOKENS, DEFAULT_VOCAB, SPECIAL_TOKENS,
 };

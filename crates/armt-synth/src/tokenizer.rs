@@ -158,6 +158,14 @@ pub fn build_tiny_tokenizer(corpus: &[String]) -> Result<Tokenizer> {
 /// BPE vocabulary as in Qwen. The special strings are cut out of the corpus before training.
 /// Deterministic: the same corpus and size give the same `tokenizer.json`.
 pub fn build_tiny_tokenizer_with(corpus: &[String], vocab_size: usize) -> Result<Tokenizer> {
+    build_tiny_tokenizer_opts(corpus, vocab_size, true)
+}
+
+/// As [`build_tiny_tokenizer_with`]; with `split_words` false the byte-level pre-tokenizer does
+/// not split text into words first, so merges may cross spaces and punctuation: recurring
+/// passages (the system prompt with its tool schemas, tool answers) become a few long tokens,
+/// which keeps a tiny model's sequences short. Still byte-level, so any text round-trips.
+pub fn build_tiny_tokenizer_opts(corpus: &[String], vocab_size: usize, split_words: bool) -> Result<Tokenizer> {
     let alphabet = ByteLevel::alphabet().into_iter().collect();
     let mut trainer = BpeTrainerBuilder::new()
         .vocab_size(vocab_size)
@@ -174,9 +182,9 @@ pub fn build_tiny_tokenizer_with(corpus: &[String], vocab_size: usize) -> Result
     >::new()
     .with_model(BPE::default())
     .with_normalizer(None)
-    .with_pre_tokenizer(Some(ByteLevel::new(false, true, true).into()))
+    .with_pre_tokenizer(Some(ByteLevel::new(false, true, split_words).into()))
     .with_post_processor(None)
-    .with_decoder(Some(ByteLevel::new(false, true, true).into()))
+    .with_decoder(Some(ByteLevel::new(false, true, split_words).into()))
     .build()
     .map_err(|e| anyhow!("building tokenizer: {e}"))?;
     let pieces: Vec<String> = corpus

@@ -23,6 +23,8 @@ pub const TINY_TOOLS_YAML: &str = include_str!("../../../configs/tools/tiny.yaml
 pub const TRAIN_TASKS: usize = 240;
 pub const VAL_TASKS: usize = 48;
 pub const SEED: u64 = 2025;
+/// BPE vocabulary of the tiny tokenizer.
+pub const TOKENIZER_VOCAB: usize = 4096;
 
 pub struct Builtin {
     pub model_dir: PathBuf,
@@ -51,7 +53,10 @@ pub fn prepare(root: &Path) -> Result<Builtin, TrainError> {
         let tools = tools()?;
         let mut corpus = armt_synth::default_corpus(&train);
         // What the model will read: the real system prompt and the tools' real answers.
-        corpus.push(armt_tools::system_prompt(&tools.schemas()));
+        // Every sequence starts with the system prompt: weighting it lets BPE learn merges for
+        // it, which keeps sequences short (the cost of every step on a CPU).
+        let system = armt_tools::system_prompt(&tools.schemas());
+        corpus.extend(std::iter::repeat_n(system, 64));
         corpus.push(armt_rollout::LAST_TURN_MESSAGE.to_string());
         for s in &train {
             let mut ctx = armt_tools::ToolContext::from_sample(s);
@@ -63,7 +68,7 @@ pub fn prepare(root: &Path) -> Result<Builtin, TrainError> {
                 }
             }
         }
-        let tokenizer = armt_synth::build_tiny_tokenizer(&corpus).map_err(synth_err)?;
+        let tokenizer = armt_synth::build_tiny_tokenizer_opts(&corpus, TOKENIZER_VOCAB, false).map_err(synth_err)?;
         armt_synth::tiny_model_files(&model_dir, &tokenizer).map_err(synth_err)?;
         let config = armt_model::Qwen25VlConfig::from_file(&model_dir.join("config.json"))?;
         let mut model = Qwen25Vl::new(config, Device::Cpu, Kind::Float);

@@ -1,0 +1,162 @@
+//! `armt train` on the built-in default, shrunk to seconds: a killed and resumed run ends with
+//! the same weights as an uninterrupted one; checkpoints load in transformers; NaN and bad
+//! config keys stop the run with a message naming them.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+use tch::Tensor;
+
+fn scratch(name: &str) -> PathBuf {
+    let dir = Path::new(env!("CARGO_TARGET_TMPDIR")).join(name);
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}
+
+/// A few-second version of the default: tiny batches and budgets, checkpoints every 2 steps.
+fn small(run_dir: &Path, steps: usize) -> Vec<String> {
+    [
+        format!("train.run_dir={}", run_dir.display()),
+        format!("train.steps={steps}"),
+        "train.save_every=2".into(),
+        "train.keep_last=5".into(),
+        "train.prompts_per_step=2".into(),
+        "train.micro_batch=2".into(),
+        "rollout.n=2".into(),
+        "rollout.max_turn_tokens=24".into(),
+        "rollout.max_response_tokens=48".into(),
+        "sft.steps=2".into(),
+        "sft.batch=4".into(),
+    ]
+    .to_vec()
+}
+
+fn armt(args: &[String]) -> std::process::Output {
+    Command::new(env!("CARGO_BIN_EXE_armt")).args(args).output().expect("running armt")
+}
+
+fn train_args(extra: &[&str], overrides: Vec<String>) -> Vec<String> {
+    let mut a: Vec<String> = vec!["train".into(), "--stage".into(), "1".into()];
+    a.extend(extra.iter().map(|s| s.to_string()));
+    a.extend(overrides);
+    a
+}
+
+fn weights(ckpt: &Path) -> HashMap<String, Tensor> {
+    Tensor::read_safetensors(ckpt.join("model.safetensors")).unwrap().into_iter().collect()
+}
+
+#[test]
+fn killed_and_resumed_run_matches_an_uninterrupted_one() {
+    let root = scratch("resume");
+    // Uninterrupted: 4 steps.
+    let a = root.join("a/stage1");
+    let o = armt(&train_args(&[], small(&a, 4)));
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+
+    // Same run, killed (SIGKILL) as soon as its step-2 checkpoint appears, then resumed.
+    let b = root.join("b/stage1");
+    let mut child = Command::new(env!("CARGO_BIN_EXE_armt"))
+        .args(train_args(&[], small(&b, 4)))
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let started = Instant::now();
+    let step2 = b.join("checkpoints/step-000002");
+    while !step2.exists() {
+        assert!(started.elapsed() < Duration::from_secs(300), "no step-2 checkpoint");
+        if let Some(status) = child.try_wait().unwrap() {
+            panic!("run ended before it could be killed: {status}");
+        }
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    child.kill().unwrap();
+    child.wait().unwrap();
+    assert!(!b.join("checkpoints/step-000004").exists(), "killed too late to test resuming");
+    // Whatever the kill interrupted never shows as a checkpoint.
+    for e in std::fs::read_dir(b.join("checkpoints")).unwrap() {
+        let p = e.unwrap().path();
+        let name = p.file_name().unwrap().to_string_lossy().to_string();
+        assert!(name.starts_with("step-") || name.starts_with(".tmp-"), "{name}");
+    }
+    let o = armt(&train_args(&["--resume"], small(&b, 4)));
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+
+    let (wa, wb) = (weights(&a.join("checkpoints/step-000004")), weights(&b.join("checkpoints/step-000004")));
+    assert_eq!(wa.len(), wb.len());
+    let mut worst = 0f64;
+    for (name, t) in &wa {
+        let d = (t - &wb[name]).abs().max().double_value(&[]);
+        worst = worst.max(d);
+    }
+    println!("resumed vs uninterrupted after 4 steps: max |Δw| = {worst:e} over {} tensors", wa.len());
+    assert_eq!(worst, 0.0, "resuming changed the result");
+    // Metrics were logged once per step, also across the kill.
+    let steps: Vec<u64> = std::fs::read_to_string(b.join("metrics.jsonl"))
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap()["step"].as_u64().unwrap())
+        .collect();
+    assert_eq!(steps, vec![1, 2, 3, 4]);
+
+    // The final checkpoint is a model directory transformers loads, with the same logits.
+    checkpoint_loads_in_transformers(&a.join("checkpoints/step-000004"), &root);
+}
+
+fn checkpoint_loads_in_transformers(ckpt: &Path, scratch: &Path) {
+    let python = std::env::var("ARMT_PYTHON").expect("ARMT_PYTHON is not set: source ~/.cache/armt/env.sh or run scripts/test");
+    let out = scratch.join("hf_logits.safetensors");
+    let script = r#"
+import sys, torch
+from safetensors.torch import save_file
+from transformers import Qwen2_5_VLForConditionalGeneration
+m = Qwen2_5_VLForConditionalGeneration.from_pretrained(sys.argv[1], dtype=torch.float32).eval()
+ids = torch.arange(5, 45).view(1, -1)
+with torch.no_grad():
+    logits = m(input_ids=ids).logits[0]
+save_file({"logits": logits.contiguous(), "ids": ids[0].contiguous()}, sys.argv[2])
+"#;
+    let o = Command::new(python).arg("-c").arg(script).arg(ckpt).arg(&out).output().unwrap();
+    assert!(o.status.success(), "transformers could not load {}: {}", ckpt.display(), String::from_utf8_lossy(&o.stderr));
+    let r: HashMap<String, Tensor> = Tensor::read_safetensors(&out).unwrap().into_iter().collect();
+    let model = armt_model_load(ckpt);
+    let logits = tch::no_grad(|| model.forward(&r["ids"].view([1, -1]), None, &[])).unwrap().squeeze_dim(0);
+    let err = (&logits - &r["logits"]).norm().double_value(&[]) / r["logits"].norm().double_value(&[]);
+    println!("checkpoint in transformers vs armt: logits relative error {err:.2e}");
+    assert!(err < 1e-4, "{err}");
+}
+
+fn armt_model_load(dir: &Path) -> armt_model::Qwen25Vl {
+    armt_model::Qwen25Vl::load(dir, tch::Device::Cpu, tch::Kind::Float).unwrap()
+}
+
+#[test]
+fn nan_stops_the_step_and_names_it() {
+    let root = scratch("nan");
+    let run = root.join("stage1");
+    // A learning rate this large makes the first update overflow the weights; the next
+    // step's loss or gradient is then not finite.
+    let mut o = small(&run, 4);
+    o.push("optim.lr=1e30".into());
+    o.push("optim.grad_clip=0".into());
+    o.push("train.save_every=1".into());
+    let out = armt(&train_args(&[], o));
+    assert!(!out.status.success(), "a NaN run must fail");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("step") && (err.contains("NaN") || err.contains("inf")), "{err}");
+    assert!(err.contains("loss") || err.contains("gradient norm"), "{err}");
+    // No checkpoint of the failed step.
+    let failed_step = err.split("step ").nth(1).and_then(|s| s.split(':').next()).and_then(|s| s.trim().parse::<usize>().ok()).expect("step number in the message");
+    assert!(!run.join(format!("checkpoints/step-{failed_step:06}")).exists());
+}
+
+#[test]
+fn bad_config_keys_are_rejected_with_the_valid_ones() {
+    let out = armt(&train_args(&[], vec!["rollout.temprature=0.5".into()]));
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("temprature") && err.contains("max_turns") && err.contains("sampling"), "{err}");
+}
