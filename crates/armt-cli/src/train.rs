@@ -19,8 +19,8 @@ pub struct TrainArgs {
     /// Config TOML (configs/*.toml). Without it: the built-in tiny default for the stage.
     #[arg(long)]
     config: Option<PathBuf>,
-    /// Resume from the latest checkpoint of the run directory, or from the given one.
-    #[arg(long, num_args = 0..=1, default_missing_value = "latest")]
+    /// Resume from the latest checkpoint of the run directory (`--resume`), or from the given one (`--resume=CKPT`).
+    #[arg(long, num_args = 0..=1, require_equals = true, default_missing_value = "latest")]
     resume: Option<String>,
     /// Overrides, e.g. rollout.n=8 optim.lr=1e-6 train.steps=50.
     overrides: Vec<String>,
@@ -97,6 +97,21 @@ pub fn run(args: TrainArgs) -> Result<()> {
     };
 
     let resume = resume_path(&args.resume, &run_dir)?;
+    if resume.is_none() {
+        if let Some(old) = checkpoint::latest(&run_dir) {
+            if builtin_mode {
+                // The built-in default's run directories are its own scratch space.
+                eprintln!("armt train: starting over; removing the earlier run in {}", run_dir.display());
+                std::fs::remove_dir_all(&run_dir).with_context(|| format!("removing {}", run_dir.display()))?;
+            } else {
+                bail!(
+                    "{} already holds a run (latest checkpoint {}): pass --resume to continue it, or set another train.run_dir",
+                    run_dir.display(),
+                    old.display()
+                );
+            }
+        }
+    }
     let weights_dir = resume.clone().unwrap_or_else(|| start_dir.clone());
     eprintln!("armt train: stage {} from {} on {:?} ({:?}), {} samples, run dir {}", cfg.stage, weights_dir.display(), device, kind, samples.len(), run_dir.display());
     let model = Qwen25Vl::load(&weights_dir, device, kind)?;
@@ -158,7 +173,7 @@ pub struct SftArgs {
     /// Config TOML for the [sft], [optim] and [train] sections (default: built-in defaults).
     #[arg(long)]
     config: Option<PathBuf>,
-    #[arg(long, num_args = 0..=1, default_missing_value = "latest")]
+    #[arg(long, num_args = 0..=1, require_equals = true, default_missing_value = "latest")]
     resume: Option<String>,
     /// Overrides, e.g. sft.steps=200 sft.lr=1e-5 train.run_dir=runs/sft.
     overrides: Vec<String>,

@@ -174,7 +174,7 @@ fn bad_checkpoints_get_one_clear_error() {
         }
     }
     let norm = tensors.iter().position(|(n, _)| n.ends_with("model.norm.weight")).unwrap();
-    tensors.remove(norm);
+    let _removed = tensors.remove(norm);
     let q = tensors.iter().position(|(n, _)| n.ends_with("layers.0.self_attn.q_proj.bias")).unwrap();
     tensors[q].1 = Tensor::zeros([3], (Kind::Float, tch::Device::Cpu));
     tensors.push(("model.extra_thing.weight".to_string(), Tensor::zeros([2, 2], (Kind::Float, tch::Device::Cpu))));

@@ -25,10 +25,14 @@ fn small(run_dir: &Path, steps: usize) -> Vec<String> {
         "train.prompts_per_step=2".into(),
         "train.micro_batch=2".into(),
         "rollout.n=2".into(),
-        "rollout.max_turn_tokens=24".into(),
-        "rollout.max_response_tokens=48".into(),
-        "sft.steps=2".into(),
-        "sft.batch=4".into(),
+        "rollout.max_turn_tokens=48".into(),
+        "rollout.max_response_tokens=96".into(),
+        // Enough cold start that some rollouts earn reward, so the GRPO updates are real.
+        "sft.steps=30".into(),
+        "sft.batch=8".into(),
+        "sft.micro_batch=8".into(),
+        // Any tool call earns something, so rewards differ within groups from the first step.
+        "reward.stage1.other_tool=0.2".into(),
     ]
     .to_vec()
 }
@@ -83,6 +87,7 @@ fn killed_and_resumed_run_matches_an_uninterrupted_one() {
         assert!(name.starts_with("step-") || name.starts_with(".tmp-"), "{name}");
     }
     let o = armt(&train_args(&["--resume"], small(&b, 4)));
+    // (`--resume` takes a path only as `--resume=PATH`, so the overrides after it stay overrides.)
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
 
     let (wa, wb) = (weights(&a.join("checkpoints/step-000004")), weights(&b.join("checkpoints/step-000004")));
@@ -101,6 +106,14 @@ fn killed_and_resumed_run_matches_an_uninterrupted_one() {
         .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap()["step"].as_u64().unwrap())
         .collect();
     assert_eq!(steps, vec![1, 2, 3, 4]);
+    // The comparison means something only if the policy gradient was not zero.
+    let rows: Vec<serde_json::Value> = std::fs::read_to_string(a.join("metrics.jsonl"))
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    let moved = rows.iter().filter(|r| r["reward/std"].as_f64().unwrap_or(0.0) > 0.0).count();
+    assert!(moved >= 2, "rewards were constant in most steps: {rows:?}");
 
     // The final checkpoint is a model directory transformers loads, with the same logits.
     checkpoint_loads_in_transformers(&a.join("checkpoints/step-000004"), &root);
@@ -149,7 +162,12 @@ fn nan_stops_the_step_and_names_it() {
     assert!(err.contains("step") && (err.contains("NaN") || err.contains("inf")), "{err}");
     assert!(err.contains("loss") || err.contains("gradient norm"), "{err}");
     // No checkpoint of the failed step.
-    let failed_step = err.split("step ").nth(1).and_then(|s| s.split(':').next()).and_then(|s| s.trim().parse::<usize>().ok()).expect("step number in the message");
+    let line = err.lines().find(|l| l.starts_with("Error:")).unwrap_or_else(|| panic!("no error line in: {err}"));
+    let failed_step = line
+        .strip_prefix("Error: step ")
+        .and_then(|s| s.split(':').next())
+        .and_then(|s| s.trim().parse::<usize>().ok())
+        .unwrap_or_else(|| panic!("no step number in: {line}"));
     assert!(!run.join(format!("checkpoints/step-{failed_step:06}")).exists());
 }
 
@@ -159,4 +177,40 @@ fn bad_config_keys_are_rejected_with_the_valid_ones() {
     assert!(!out.status.success());
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("temprature") && err.contains("max_turns") && err.contains("sampling"), "{err}");
+}
+
+#[test]
+fn ctrl_c_saves_a_checkpoint_then_exits() {
+    let root = scratch("sigint");
+    let run = root.join("stage1");
+    let mut o = small(&run, 50);
+    o.push("train.save_every=1000".into());
+    let child = Command::new(env!("CARGO_BIN_EXE_armt"))
+        .args(train_args(&[], o))
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let started = Instant::now();
+    // Wait for the first GRPO step to be logged, then interrupt.
+    loop {
+        let logged = std::fs::read_to_string(run.join("metrics.jsonl")).map(|t| t.lines().count()).unwrap_or(0);
+        if logged >= 1 {
+            break;
+        }
+        assert!(started.elapsed() < Duration::from_secs(300), "no GRPO step logged");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let status = Command::new("kill").args(["-INT", &child.id().to_string()]).status().unwrap();
+    assert!(status.success());
+    let out = child.wait_with_output().unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "an interrupted run exits non-zero");
+    assert!(err.contains("interrupted at step"), "{err}");
+    let ckpts: Vec<String> = std::fs::read_dir(run.join("checkpoints"))
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().to_string())
+        .filter(|n| n.starts_with("step-"))
+        .collect();
+    assert_eq!(ckpts.len(), 1, "exactly the interrupt's checkpoint: {ckpts:?}");
 }

@@ -449,12 +449,12 @@ pub fn stage1_reward(traj: &Trajectory, sample: &Sample, cfg: &RewardConfig) -> 
     let c = &cfg.stage1;
     let format_ok = o.format.is_ok();
     let format = if format_ok { c.format } else { 0.0 };
-    let executed = traj.tool_calls().count();
     let bonus_allowed = format_ok || !c.bonus_requires_format;
     let tool_bonus = match () {
         _ if !bonus_allowed => 0.0,
         _ if o.right_tool_calls > 0 => c.right_tool,
-        _ if executed > 0 => c.other_tool,
+        // Any other attempt, malformed ones included (the paper's R_try counts attempts).
+        _ if o.tool_calls > 0 => c.other_tool,
         _ => 0.0,
     };
     Ok(RewardBreakdown {

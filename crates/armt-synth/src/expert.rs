@@ -36,33 +36,7 @@ pub fn py_json(v: &Value) -> String {
     out
 }
 
-fn write_py_json(out: &mut String, v: &Value) {
-    match v {
-        Value::Array(a) => {
-            out.push('[');
-            for (i, x) in a.iter().enumerate() {
-                if i > 0 {
-                    out.push_str(", ");
-                }
-                write_py_json(out, x);
-            }
-            out.push(']');
-        }
-        Value::Object(m) => {
-            out.push('{');
-            for (i, (k, x)) in m.iter().enumerate() {
-                if i > 0 {
-                    out.push_str(", ");
-                }
-                out.push_str(&Value::String(k.clone()).to_string());
-                out.push_str(": ");
-                write_py_json(out, x);
-            }
-            out.push('}');
-        }
-        other => out.push_str(&other.to_string()),
-    }
-}
+use armt_processing::write_py_json;
 
 /// Tool arguments in the order they are written (the schema's order).
 pub type ToolArgs = Vec<(&'static str, Value)>;

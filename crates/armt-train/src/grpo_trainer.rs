@@ -85,7 +85,9 @@ pub fn train_grpo(mut run: GrpoRun) -> Result<PathBuf, TrainError> {
         loader = DataLoader::new(run.samples.len(), cfg.train.seed, state.data_epoch, state.data_index);
         eprintln!("resuming {} from {} (step {start_step})", run.phase, ckpt.display());
     }
-    let mut logger = MetricsLogger::create(&run_dir, run.resume.as_ref().map(|_| start_step as u64))?;
+    // A fresh start drops rows an earlier run left (resume_step 0); a resume drops those after
+    // its checkpoint, which are about to be logged again.
+    let mut logger = MetricsLogger::create(&run_dir, Some(start_step as u64))?;
     let ids = TemplateIds::from_tokenizer(run.processor.tokenizer())?;
     let env = RolloutEnv { processor: run.processor, tools: run.tools, config: &cfg.rollout, image_dir: None };
     let n = cfg.rollout.n;
@@ -238,11 +240,16 @@ pub fn train_grpo(mut run: GrpoRun) -> Result<PathBuf, TrainError> {
         m.insert("perf/tokens_per_s".into(), tokens as f64 / step_s);
         logger.log(step as u64, &m)?;
         write_rollout_sample(&run_dir, step, &rollouts, &rewards)?;
-        bar.set_position(step as u64);
-        bar.set_message(format!(
-            "reward {:.3} acc {:.2} tool {:.2} len {:.0} {:.1}s/step",
+        let line = format!(
+            "reward {:.3} acc {:.2} right-tool {:.2} len {:.0} {:.1}s/step",
             m["reward/mean"], m["reward/accuracy"], m["tools/right_tool_rate"], m["response/length_mean"], step_s
-        ));
+        );
+        bar.set_position(step as u64);
+        if bar.is_hidden() {
+            // No terminal (a log file, CI): one line per step instead of the bar.
+            eprintln!("{} step {step}/{}: {line}", run.phase, cfg.train.steps);
+        }
+        bar.set_message(line);
 
         let stop = stop_requested();
         if step % cfg.train.save_every.max(1) == 0 || step == cfg.train.steps || stop {

@@ -78,7 +78,8 @@ impl AdamW {
         norm
     }
 
-    /// One step at learning rate `lr`, as torch.optim.AdamW computes it:
+    /// One step at learning rate `lr`, as torch.optim.AdamW computes it (every parameter steps,
+    /// a missing gradient counting as zero):
     /// p ← p·(1 − lr·λ); m ← β₁m + (1−β₁)g; v ← β₂v + (1−β₂)g²;
     /// p ← p − (lr / (1−β₁ᵗ)) · m / (√v / √(1−β₂ᵗ) + ε).
     pub fn step(&mut self, lr: f64) {
@@ -89,11 +90,12 @@ impl AdamW {
         let bc1 = 1.0 - b1.powf(t);
         let bc2 = 1.0 - b2.powf(t);
         for (i, (_, p)) in self.params.iter_mut().enumerate() {
+            // A parameter the loss did not reach (the vision tower on a text-only batch) steps
+            // with a zero gradient, as torch's AdamW after zero_grad(set_to_none=False). Skipping
+            // it instead would make the result depend on whether an earlier step in this process
+            // had defined its gradient, and a resumed run would drift from an uninterrupted one.
             let g = p.grad();
-            if !g.defined() {
-                continue;
-            }
-            let g = g.to_kind(Kind::Float);
+            let g = if g.defined() { g.to_kind(Kind::Float) } else { Tensor::zeros(p.size(), (Kind::Float, p.device())) };
             let m = &mut self.exp_avg[i];
             let _ = m.g_mul_scalar_(b1);
             let _ = m.g_add_(&(&g * (1.0 - b1)));

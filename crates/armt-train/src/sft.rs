@@ -75,7 +75,7 @@ pub fn train_sft(mut run: SftRun) -> Result<PathBuf, TrainError> {
         start = state.step;
         loader = DataLoader::new(run.examples.len(), cfg.train.seed, state.data_epoch, state.data_index);
     }
-    let mut logger = MetricsLogger::create(&run.run_dir, run.resume.as_ref().map(|_| start as u64))?;
+    let mut logger = MetricsLogger::create(&run.run_dir, Some(start as u64))?;
     let bar = ProgressBar::new(s.steps as u64);
     bar.set_style(ProgressStyle::with_template("cold-start SFT {elapsed_precise} [{bar:30}] step {pos}/{len} {msg}").expect("valid template"));
     bar.set_position(start as u64);
@@ -116,6 +116,9 @@ pub fn train_sft(mut run: SftRun) -> Result<PathBuf, TrainError> {
         ]);
         logger.log(step as u64, &m)?;
         bar.set_position(step as u64);
+        if bar.is_hidden() && (step % 10 == 0 || step == s.steps) {
+            eprintln!("cold-start SFT step {step}/{}: loss {loss_sum:.3} lr {lr:.1e}", s.steps);
+        }
         bar.set_message(format!("loss {loss_sum:.3} lr {lr:.1e}"));
         let stop = stop_requested();
         if step % cfg.train.save_every.max(1) == 0 || step == s.steps || stop {
