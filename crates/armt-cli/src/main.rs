@@ -1,5 +1,6 @@
 //! `armt`: train Qwen2.5-VL as an agentic multimodal reward model.
 
+mod eval;
 mod forward;
 mod rollout;
 mod train;
@@ -27,6 +28,8 @@ enum Command {
     Sft(train::SftArgs),
     /// Draw a run's metrics (reward curves) as PNG.
     Plot(train::PlotArgs),
+    /// Score a checkpoint on a dataset: accuracy, format, tool use (default: the built-in default).
+    Eval(eval::EvalArgs),
     /// Render trajectory JSONL as a self-contained HTML page.
     View(view::ViewArgs),
 }
@@ -40,5 +43,6 @@ fn main() -> Result<()> {
         Command::Sft(args) => train::run_sft(args),
         Command::Plot(args) => train::run_plot(args),
         Command::View(args) => view::run(args),
+        Command::Eval(args) => eval::run(args),
     }
 }

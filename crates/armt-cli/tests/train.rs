@@ -117,6 +117,24 @@ fn killed_and_resumed_run_matches_an_uninterrupted_one() {
 
     // The final checkpoint is a model directory transformers loads, with the same logits.
     checkpoint_loads_in_transformers(&a.join("checkpoints/step-000004"), &root);
+
+    // `armt eval` scores it on the built-in held-out tasks, per task kind.
+    let ckpt = a.join("checkpoints/step-000004");
+    let o = armt(&[
+        "eval".into(),
+        "--model".into(),
+        ckpt.display().to_string(),
+        "--builtin-root".into(),
+        root.join("a").display().to_string(),
+    ]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let table = String::from_utf8_lossy(&o.stdout);
+    for row in ["zoom", "document", "instruction", "all"] {
+        assert!(table.lines().any(|l| l.starts_with(row)), "no `{row}` row in:\n{table}");
+    }
+    let all: Vec<f64> = table.lines().find(|l| l.starts_with("all")).unwrap().split_whitespace().skip(1).map(|x| x.parse().unwrap()).collect();
+    assert_eq!(all[0], 48.0, "every held-out task is scored");
+    assert!((0.0..=1.0).contains(&all[1]) && (0.0..=1.5).contains(&all[4]), "{all:?}");
 }
 
 fn checkpoint_loads_in_transformers(ckpt: &Path, scratch: &Path) {

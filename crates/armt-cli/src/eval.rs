@@ -1,0 +1,116 @@
+//! `armt eval`: greedy (or sampled) rollouts over a dataset, scored with both stage rewards:
+//! judgment accuracy, format, tool use. Without --model/--data: the built-in default's latest
+//! checkpoint on its held-out task set.
+
+use crate::forward::{parse_device, parse_dtype};
+use anyhow::{bail, Context, Result};
+use armt_model::Qwen25Vl;
+use armt_processing::Processor;
+use armt_rewards::{stage1_reward, stage2_reward, RewardConfig};
+use armt_rollout::{ModelGenerator, RolloutConfig, RolloutEnv, SamplingConfig, TemplateIds};
+use armt_tools::ToolRegistry;
+use armt_train::{builtin, checkpoint, TrainConfig};
+use std::collections::BTreeMap;
+use std::io::Write;
+use std::path::PathBuf;
+
+#[derive(clap::Args)]
+pub struct EvalArgs {
+    /// Checkpoint directory (default: the built-in default's latest stage-2, else stage-1, checkpoint).
+    #[arg(long)]
+    model: Option<PathBuf>,
+    /// Dataset JSONL (default: the built-in default's held-out tasks).
+    #[arg(long)]
+    data: Option<PathBuf>,
+    /// Tool config YAML (default: the built-in default's tools).
+    #[arg(long)]
+    tools: Option<PathBuf>,
+    /// Rollout limits and sampling from this config's [rollout] (default: the tiny default's).
+    #[arg(long)]
+    config: Option<PathBuf>,
+    /// Sampling temperature (0: greedy).
+    #[arg(long, default_value_t = 0.0)]
+    temperature: f64,
+    /// Samples rolled out together.
+    #[arg(long, default_value_t = 16)]
+    batch: usize,
+    /// Write the scored trajectories here (JSONL, for `armt view`).
+    #[arg(long)]
+    out: Option<PathBuf>,
+    #[arg(long)]
+    device: Option<String>,
+    #[arg(long)]
+    dtype: Option<String>,
+    /// Where the built-in default lives.
+    #[arg(long, default_value = "runs/tiny")]
+    builtin_root: PathBuf,
+}
+
+pub fn run(args: EvalArgs) -> Result<()> {
+    let cfg = match &args.config {
+        Some(p) => TrainConfig::load(Some(p), &[])?,
+        None => TrainConfig::from_toml_str(builtin::TINY_STAGE2_TOML, "the built-in tiny default config", &[])?,
+    };
+    let root = &args.builtin_root;
+    let model_dir = match &args.model {
+        Some(m) => m.clone(),
+        None => checkpoint::latest(&root.join("stage2"))
+            .or_else(|| checkpoint::latest(&root.join("stage1")))
+            .with_context(|| format!("no --model and no checkpoint under {}: run `armt train --stage 1` first", root.display()))?,
+    };
+    let samples = match &args.data {
+        Some(d) => armt_data::read_samples(d)?,
+        None => builtin::prepare(root)?.val,
+    };
+    if samples.is_empty() {
+        bail!("no samples to evaluate");
+    }
+    let tools = match &args.tools {
+        Some(t) => ToolRegistry::from_yaml_file(t)?,
+        None => builtin::tools()?,
+    };
+    let device = parse_device(args.device.as_deref())?;
+    let kind = parse_dtype(args.dtype.as_deref(), device)?;
+    let processor = Processor::from_model_dir(&model_dir)?;
+    let model = Qwen25Vl::load(&model_dir, device, kind)?;
+    let rollout = RolloutConfig {
+        sampling: SamplingConfig { temperature: args.temperature, seed: 0, ..cfg.rollout.sampling.clone() },
+        ..cfg.rollout.clone()
+    };
+    let env = RolloutEnv { processor: &processor, tools: &tools, config: &rollout, image_dir: None };
+    let pad = TemplateIds::from_tokenizer(processor.tokenizer())?.endoftext;
+    let rewards = RewardConfig::default();
+    let mut by_task: BTreeMap<String, [f64; 5]> = BTreeMap::new(); // n, correct, format, right tool, stage-2 reward
+    let mut out = match &args.out {
+        Some(p) => Some(std::io::BufWriter::new(std::fs::File::create(p).with_context(|| format!("creating {}", p.display()))?)),
+        None => None,
+    };
+    for chunk in samples.chunks(args.batch.max(1)) {
+        let mut generator = ModelGenerator::new(&model, chunk.len(), rollout.sampling.clone(), pad);
+        for (r, sample) in env.run(&mut generator, chunk, 1, |_| {})?.into_iter().zip(chunk) {
+            let s1 = stage1_reward(&r.trajectory, sample, &rewards)?;
+            let s2 = stage2_reward(&r.trajectory, sample, &rewards)?;
+            for key in [format!("{:?}", sample.task).to_lowercase(), "all".to_string()] {
+                let e = by_task.entry(key).or_default();
+                e[0] += 1.0;
+                e[1] += (s2.correct == Some(true)) as u8 as f64;
+                e[2] += s2.format_ok as u8 as f64;
+                e[3] += (s1.right_tool_calls > 0) as u8 as f64;
+                e[4] += s2.total as f64;
+            }
+            if let Some(w) = out.as_mut() {
+                let mut t = r.trajectory;
+                t.reward = Some(s2.total);
+                serde_json::to_writer(&mut *w, &t)?;
+                w.write_all(b"\n")?;
+            }
+        }
+    }
+    println!("model {} on {} samples ({})", model_dir.display(), samples.len(), if args.temperature == 0.0 { "greedy".to_string() } else { format!("temperature {}", args.temperature) });
+    println!("{:<12} {:>6} {:>9} {:>8} {:>11} {:>15}", "task", "n", "accuracy", "format", "right tool", "stage-2 reward");
+    for (task, e) in &by_task {
+        let n = e[0];
+        println!("{task:<12} {:>6} {:>9.3} {:>8.3} {:>11.3} {:>15.3}", n as usize, e[1] / n, e[2] / n, e[3] / n, e[4] / n);
+    }
+    Ok(())
+}
