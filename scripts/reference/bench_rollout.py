@@ -56,7 +56,7 @@ def main():
                              check=True, capture_output=True, text=True)
         line = [l for l in res.stderr.splitlines() if l.startswith("armt rollout:")][-1]
         parts = line.split()
-        armt_tokens, armt_s = int(parts[4]), float(parts[9].rstrip("s"))
+        armt_tokens, armt_s = int(parts[4]), float(parts[8].rstrip("s"))
         trajs = [json.loads(l) for l in open(out)]
         # Same prompts for transformers: left-padded ids, the same pixels for every row.
         prompts = [t["token_ids"][:t["prompt_len"]] for t in trajs]

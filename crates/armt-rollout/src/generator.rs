@@ -146,13 +146,25 @@ impl<'m> ModelGenerator<'m> {
         };
         let hidden = self.model.forward_cached(&embeds, &pos_t, Some(&all_valid), &mut self.cache);
         self.valid = Some(all_valid);
+        // One LM-head matmul for all rows' last real positions: per-row products would read the
+        // whole head matrix once per row, which dominates decoding for large vocabularies.
+        let last: Vec<i64> = ids
+            .iter()
+            .enumerate()
+            .filter(|(_, row)| !row.is_empty())
+            .map(|(r, row)| r as i64 * w + row.len() as i64 - 1)
+            .collect();
+        let index = Tensor::from_slice(&last).to_device(device);
+        let picked = hidden.view([b * w, -1]).index_select(0, &index);
+        let logits = self.model.logits(&picked).to_kind(Kind::Float);
+        let mut k = 0;
         let mut out = Vec::with_capacity(self.batch);
-        for (r, row) in ids.iter().enumerate() {
+        for row in ids {
             if row.is_empty() {
                 out.push(None);
             } else {
-                let h = hidden.get(r as i64).get(row.len() as i64 - 1);
-                out.push(Some(self.model.logits(&h).to_kind(Kind::Float)));
+                out.push(Some(logits.get(k)));
+                k += 1;
             }
         }
         Ok(out)
