@@ -3,7 +3,7 @@
 
 use crate::config::Qwen25VlConfig;
 use crate::layers::Linear;
-use crate::rope::rope_index;
+use crate::rope::{rope_index, RopeIndex};
 use crate::text::{LayerCache, TextModel};
 use crate::vision::VisionTransformer;
 use crate::weights::{load_into, WeightLayout};
@@ -107,20 +107,12 @@ impl Qwen25Vl {
     ) -> Result<Tensor, ModelError> {
         let b = rows.len() as i64;
         let t = rows.iter().map(|r| r.len()).max().unwrap_or(0) as i64;
-        let merge = self.config.vision.spatial_merge_size as i64;
         let mut ids = Vec::with_capacity((b * t) as usize);
         let mut pos = vec![0i64; (3 * b * t) as usize];
         let mut valid = Vec::with_capacity((b * t) as usize);
         let mut next_grid = 0usize;
         for (r, row) in rows.iter().enumerate() {
-            let pads = row.iter().filter(|&&x| x == self.config.image_token_id).count() as i64;
-            let (start, mut taken) = (next_grid, 0i64);
-            while taken < pads && next_grid < grid_thw.len() {
-                let g = grid_thw[next_grid];
-                taken += g[0] * g[1] * g[2] / (merge * merge);
-                next_grid += 1;
-            }
-            let index = rope_index(row, &grid_thw[start..next_grid], self.config.image_token_id, merge)?;
+            let index = self.row_rope_index(row, grid_thw, &mut next_grid)?;
             for j in 0..t as usize {
                 ids.push(row.get(j).copied().unwrap_or(pad_id));
                 valid.push(j < row.len());
@@ -227,23 +219,13 @@ impl Qwen25Vl {
             return Err(ModelError::Input(format!("input_ids must be [batch, seq], got {size:?}")));
         }
         let ids = input_ids.to_device(Device::Cpu).to_kind(Kind::Int64);
-        let merge = self.config.vision.spatial_merge_size as i64;
         let mut next_grid = 0usize;
         let mut all = Vec::with_capacity((3 * size[0] * size[1]) as usize);
         let mut per_axis: [Vec<i64>; 3] = Default::default();
         let mut deltas = Vec::new();
         for b in 0..size[0] {
             let row: Vec<i64> = Vec::<i64>::try_from(ids.get(b)).map_err(ModelError::Torch)?;
-            // This row's images are the next ones whose merged token counts fill its pad runs.
-            let pads = row.iter().filter(|&&t| t == self.config.image_token_id).count() as i64;
-            let mut taken = 0i64;
-            let start = next_grid;
-            while taken < pads && next_grid < grid_thw.len() {
-                let g = grid_thw[next_grid];
-                taken += g[0] * g[1] * g[2] / (merge * merge);
-                next_grid += 1;
-            }
-            let r = rope_index(&row, &grid_thw[start..next_grid], self.config.image_token_id, merge)?;
+            let r = self.row_rope_index(&row, grid_thw, &mut next_grid)?;
             for p in &r.positions {
                 for a in 0..3 {
                     per_axis[a].push(p[a]);
@@ -292,6 +274,20 @@ impl Qwen25Vl {
         let hidden = self.text.forward_embeds(embeds, positions, mask.as_ref(), Some(&mut cache.layers));
         cache.len = total;
         hidden
+    }
+
+    /// M-RoPE positions of one unpadded row whose images are the next grids of `grid_thw`
+    /// (from `*next_grid` on, as many as its image-token runs need); advances `*next_grid`.
+    fn row_rope_index(&self, row: &[i64], grid_thw: &[[i64; 3]], next_grid: &mut usize) -> Result<RopeIndex, ModelError> {
+        let merge = self.config.vision.spatial_merge_size as i64;
+        let pads = row.iter().filter(|&&t| t == self.config.image_token_id).count() as i64;
+        let (start, mut taken) = (*next_grid, 0i64);
+        while taken < pads && *next_grid < grid_thw.len() {
+            let g = grid_thw[*next_grid];
+            taken += g[0] * g[1] * g[2] / (merge * merge);
+            *next_grid += 1;
+        }
+        rope_index(row, &grid_thw[start..*next_grid], self.config.image_token_id, merge)
     }
 
     /// LM head (or the tied embeddings) over hidden states.

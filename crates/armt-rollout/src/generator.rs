@@ -125,19 +125,9 @@ impl<'m> ModelGenerator<'m> {
         let ids_t = Tensor::from_slice(&flat_ids).view([b, w]).to_device(device);
         let pos_t = Tensor::from_slice(&flat_pos).view([3, b, w]).to_device(device);
         let valid_t = Tensor::from_slice(&valid).view([b, w]).to_device(device);
-        let image_embeds = if images.is_empty() {
-            None
-        } else {
-            let mut pixels = Vec::new();
-            let mut grids = Vec::new();
-            let mut dim = 0;
-            for im in &images {
-                pixels.extend_from_slice(&im.pixel_values);
-                grids.push([im.grid_thw[0] as i64, im.grid_thw[1] as i64, im.grid_thw[2] as i64]);
-                dim = im.patch_dim as i64;
-            }
-            let pv = Tensor::from_slice(&pixels).view([-1, dim]);
-            Some(self.model.encode_images(&pv, &grids)?)
+        let image_embeds = match pixel_batch(images) {
+            Some((pv, grids)) => Some(self.model.encode_images(&pv, &grids)?),
+            None => None,
         };
         let embeds = self.model.embed(&ids_t, image_embeds.as_ref())?;
         let all_valid = match &self.valid {
@@ -252,6 +242,20 @@ impl Generator for ModelGenerator<'_> {
         }
         Ok(out)
     }
+}
+
+/// The pixels of `images` stacked in order (`[patches, patch_dim]`) with their grids, as the
+/// vision tower takes them; None for no images.
+pub fn pixel_batch<'a>(images: impl IntoIterator<Item = &'a ProcessedImage>) -> Option<(Tensor, Vec<[i64; 3]>)> {
+    let mut pixels = Vec::new();
+    let mut grids = Vec::new();
+    let mut dim = 0;
+    for im in images {
+        pixels.extend_from_slice(&im.pixel_values);
+        grids.push([im.grid_thw[0] as i64, im.grid_thw[1] as i64, im.grid_thw[2] as i64]);
+        dim = im.patch_dim as i64;
+    }
+    (!grids.is_empty()).then(|| (Tensor::from_slice(&pixels).view([-1, dim]), grids))
 }
 
 /// Draws one token per row of `logits` (`[A, V]`, f32) with temperature, top-k and top-p, by

@@ -7,7 +7,7 @@ mod engine;
 mod generator;
 
 pub use engine::{Rollout, RolloutEnv, TemplateIds, DEFAULT_COT_PROMPT, LAST_TURN_MESSAGE};
-pub use generator::{sample, Chunk, Generator, ModelGenerator, Sampled, ScriptedGenerator, SplitMix64};
+pub use generator::{pixel_batch, sample, Chunk, Generator, ModelGenerator, Sampled, ScriptedGenerator, SplitMix64};
 
 use serde::{Deserialize, Serialize};
 

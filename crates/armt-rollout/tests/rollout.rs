@@ -168,10 +168,10 @@ fn image_of_observation(rollout: &armt_rollout::Rollout, k: usize) -> Arc<image:
 }
 
 fn full_logprobs(model: &Qwen25Vl, ids: &[i64], images: &[armt_processing::ProcessedImage]) -> Tensor {
-    let grid: Vec<[i64; 3]> =
-        images.iter().map(|im| [im.grid_thw[0] as i64, im.grid_thw[1] as i64, im.grid_thw[2] as i64]).collect();
-    let pixels: Vec<f32> = images.iter().flat_map(|im| im.pixel_values.iter().copied()).collect();
-    let pv = (!images.is_empty()).then(|| Tensor::from_slice(&pixels).view([-1, images[0].patch_dim as i64]));
+    let (pv, grid) = match armt_rollout::pixel_batch(images) {
+        Some((pv, grid)) => (Some(pv), grid),
+        None => (None, Vec::new()),
+    };
     let logits = model.forward(&Tensor::from_slice(ids).view([1, -1]), pv.as_ref(), &grid).unwrap();
     logits.squeeze_dim(0).log_softmax(-1, Kind::Float)
 }

@@ -40,17 +40,10 @@ pub fn token_logprobs(
 ) -> Result<(Tensor, Tensor, Option<Tensor>), TrainError> {
     let rows: Vec<&[i64]> = examples.iter().map(|e| e.ids.as_slice()).collect();
     let t = rows.iter().map(|r| r.len()).max().unwrap_or(0) as i64;
-    let mut pixels = Vec::new();
-    let mut grids = Vec::new();
-    let mut dim = 0;
-    for e in examples {
-        for im in &e.images {
-            pixels.extend_from_slice(&im.pixel_values);
-            grids.push([im.grid_thw[0] as i64, im.grid_thw[1] as i64, im.grid_thw[2] as i64]);
-            dim = im.patch_dim as i64;
-        }
-    }
-    let pv = (!grids.is_empty()).then(|| Tensor::from_slice(&pixels).view([-1, dim]));
+    let (pv, grids) = match armt_rollout::pixel_batch(examples.iter().flat_map(|e| e.images.iter())) {
+        Some((pv, grids)) => (Some(pv), grids),
+        None => (None, Vec::new()),
+    };
     let logits = model.forward_rows(&rows, pv.as_ref(), &grids, pad_id)?;
     let logits = logits.narrow(1, 0, t - 1);
     let mut targets = Vec::with_capacity(examples.len() * (t as usize - 1));
