@@ -152,13 +152,13 @@ impl Qwen25VlConfig {
             mrope_section,
             hidden_act: get("hidden_act").and_then(Value::as_str).unwrap_or("silu").to_string(),
         };
-        if text.num_attention_heads % text.num_key_value_heads != 0 {
+        if !text.num_attention_heads.is_multiple_of(text.num_key_value_heads) {
             return Err(format!(
                 "num_attention_heads {} is not a multiple of num_key_value_heads {}",
                 text.num_attention_heads, text.num_key_value_heads
             ));
         }
-        if vision.hidden_size % vision.num_heads != 0 {
+        if !vision.hidden_size.is_multiple_of(vision.num_heads) {
             return Err("vision hidden_size is not a multiple of num_heads".into());
         }
         for act in [&text.hidden_act, &vision.hidden_act] {

@@ -91,7 +91,7 @@ impl Qwen25Vl {
             } else if v.dim() == 1 {
                 let _ = v.fill_(1.0);
             } else {
-                let _ = v.copy_(&(Tensor::randn(v.size(), (Kind::Float, v.device())) * std).to_kind(v.kind()));
+                v.copy_(&(Tensor::randn(v.size(), (Kind::Float, v.device())) * std).to_kind(v.kind()));
             }
         }
     }

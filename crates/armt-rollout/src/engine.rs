@@ -273,7 +273,7 @@ impl<'a> RolloutEnv<'a> {
                             Ok(call) => {
                                 let started = Instant::now();
                                 let out = self.tools.call(&call, &mut ctx);
-                                ToolResult::Ran { call, out, ms: started.elapsed().as_secs_f64() * 1e3 }
+                                ToolResult::Ran { call, out: Box::new(out), ms: started.elapsed().as_secs_f64() * 1e3 }
                             }
                         }
                     };
@@ -387,7 +387,7 @@ impl<'a> RolloutEnv<'a> {
 enum ToolResult {
     LastTurn,
     Malformed(String),
-    Ran { call: armt_tools::ParsedToolCall, out: armt_tools::ToolOutput, ms: f64 },
+    Ran { call: armt_tools::ParsedToolCall, out: Box<armt_tools::ToolOutput>, ms: f64 },
 }
 
 fn sanitize(id: &str) -> String {

@@ -198,7 +198,7 @@ impl TrainConfig {
         if l.prompts_per_step == 0 || l.mini_batches == 0 || l.ppo_epochs == 0 || l.micro_batch == 0 {
             return bad("train.prompts_per_step, mini_batches, ppo_epochs and micro_batch must be >= 1".into());
         }
-        if (l.prompts_per_step * self.rollout.n) % l.mini_batches != 0 {
+        if !(l.prompts_per_step * self.rollout.n).is_multiple_of(l.mini_batches) {
             return bad(format!(
                 "train.mini_batches = {} does not divide the {} rollouts of a step",
                 l.mini_batches,

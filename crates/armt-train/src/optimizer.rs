@@ -105,7 +105,7 @@ impl AdamW {
             let denom = v.sqrt() / bc2.sqrt() + self.cfg.eps;
             let mut p32 = p.to_kind(Kind::Float);
             p32 = p32 * (1.0 - lr * self.cfg.weight_decay) - (&*m / denom) * (lr / bc1);
-            let _ = p.copy_(&p32.to_kind(p.kind()));
+            p.copy_(&p32.to_kind(p.kind()));
         }
     }
 
@@ -129,7 +129,7 @@ impl AdamW {
                 if src.size() != p.size() {
                     return Err(format!("optimizer state `{key}` has shape {:?}, parameter {:?}", src.size(), p.size()));
                 }
-                let _ = dst.copy_(&src.to_kind(Kind::Float).to_device(dst.device()));
+                dst.copy_(&src.to_kind(Kind::Float).to_device(dst.device()));
             }
         }
         self.steps = steps;
