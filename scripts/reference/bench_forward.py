@@ -10,6 +10,7 @@ import statistics
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import torch
 from transformers import Qwen2_5_VLForConditionalGeneration
@@ -42,10 +43,7 @@ def main():
         refmodel.perturb_(m, BENCH["seed"])
         refmodel.save_checkpoint(m, config, BENCH, model_dir)
         # A larger pixel budget, so the vision tower has real work.
-        import json
-        pre = dict(refmodel.PREPROCESSOR, max_pixels=602112)
-        with open(os.path.join(model_dir, "preprocessor_config.json"), "w") as f:
-            json.dump(pre, f)
+        processing.make_model_dir(Path(model_dir), Path(os.environ["ARMT_TOKENIZER_DIR"]), refmodel.MIN_PIXELS, 602112)
     m = Qwen2_5_VLForConditionalGeneration.from_pretrained(model_dir, dtype=torch.float32).eval()
     enc = processing.encode_chat(model_dir, args.chat)
     ids = torch.as_tensor(enc["input_ids"]).long().view(1, -1)

@@ -13,8 +13,8 @@ Usage: python scripts/reference/model.py --out DIR [--chats tests/fixtures/chats
 import argparse
 import json
 import os
-import shutil
 import sys
+from pathlib import Path
 
 import torch
 from safetensors.torch import save_file
@@ -24,17 +24,8 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import processing  # noqa: E402  (the processing references: same inputs for both sides)
 
 VOCAB = 151936  # covers the real Qwen tokenizer (151665 ids), as the 3B checkpoint does
-PREPROCESSOR = {
-    "min_pixels": 3136,
-    "max_pixels": 200704,
-    "patch_size": 14,
-    "temporal_patch_size": 2,
-    "merge_size": 2,
-    "image_mean": [0.48145466, 0.4578275, 0.40821073],
-    "image_std": [0.26862954, 0.26130258, 0.27577711],
-    "image_processor_type": "Qwen2VLImageProcessor",
-    "processor_class": "Qwen2_5_VLProcessor",
-}
+# Small pixel bounds keep the vision work of the tests small (the 7B checkpoint allows 12.8 Mpx).
+MIN_PIXELS, MAX_PIXELS = 3136, 200704
 
 # Two unrelated sizes, so nothing in the port can be tuned to one of them.
 CASES = {
@@ -140,13 +131,11 @@ def save_checkpoint(model, config, case, out):
             json.dump(flat_config_json(config), f, indent=2)
     else:
         config.save_pretrained(out)
-    with open(os.path.join(out, "preprocessor_config.json"), "w") as f:
-        json.dump(PREPROCESSOR, f, indent=2)
     tok = os.environ.get("ARMT_TOKENIZER_DIR")
     if not tok:
         sys.exit("ARMT_TOKENIZER_DIR is not set: source ~/.cache/armt/env.sh (written by scripts/setup)")
-    for f in os.listdir(tok):
-        shutil.copy(os.path.join(tok, f), out)
+    # Tokenizer files and preprocessor_config.json, as the processing references write them.
+    processing.make_model_dir(Path(out), Path(tok), MIN_PIXELS, MAX_PIXELS)
 
 
 def main():

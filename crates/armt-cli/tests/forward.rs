@@ -25,8 +25,18 @@ fn scratch(name: &str) -> PathBuf {
     dir
 }
 
-fn armt(args: &[&str]) -> std::process::Output {
-    Command::new(env!("CARGO_BIN_EXE_armt")).args(args).output().expect("running armt")
+/// `armt forward` on the CPU.
+fn armt_forward(model: &Path, chat: &Path, out: &Path) -> std::process::Output {
+    Command::new(env!("CARGO_BIN_EXE_armt"))
+        .args(["forward", "--model"])
+        .arg(model)
+        .arg("--chat")
+        .arg(chat)
+        .arg("--out")
+        .arg(out)
+        .args(["--device", "cpu"])
+        .output()
+        .expect("running armt")
 }
 
 fn read(path: &Path) -> HashMap<String, Tensor> {
@@ -61,17 +71,7 @@ fn forward_matches_transformers_end_to_end() {
             let chat = repo().join("tests/fixtures/chats").join(format!("{stem}.json"));
             let out = out_dir.join(format!("{case_name}-{stem}.safetensors"));
             let model = case.join("model");
-            let o = armt(&[
-                "forward",
-                "--model",
-                model.to_str().unwrap(),
-                "--chat",
-                chat.to_str().unwrap(),
-                "--out",
-                out.to_str().unwrap(),
-                "--device",
-                "cpu",
-            ]);
+            let o = armt_forward(&model, &chat, &out);
             assert!(o.status.success(), "armt forward failed on {stem}: {}", String::from_utf8_lossy(&o.stderr));
             let (got, want) = (read(&out), read(&reference));
             assert_eq!(
@@ -111,17 +111,7 @@ fn first_model() -> PathBuf {
 
 fn forward_error(model: &Path, chat: &Path, scratch_name: &str) -> String {
     let out = scratch(scratch_name).join("out.safetensors");
-    let o = armt(&[
-        "forward",
-        "--model",
-        model.to_str().unwrap(),
-        "--chat",
-        chat.to_str().unwrap(),
-        "--out",
-        out.to_str().unwrap(),
-        "--device",
-        "cpu",
-    ]);
+    let o = armt_forward(model, chat, &out);
     assert!(!o.status.success(), "armt forward should have failed");
     assert!(!out.exists(), "a failed run must not leave an output file");
     String::from_utf8_lossy(&o.stderr).to_string()

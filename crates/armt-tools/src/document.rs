@@ -292,10 +292,7 @@ impl DocPageSearchTool {
             b: config.bm25_b,
         });
         let schema = schema.unwrap_or_else(Self::default_schema);
-        let name = schema["function"]["name"]
-            .as_str()
-            .unwrap_or("doc_page_retrieval_by_query")
-            .to_string();
+        let name = crate::function_name(&schema, "doc_page_retrieval_by_query");
         Self {
             schema,
             name,
@@ -410,10 +407,7 @@ pub struct DocPageByIndexTool {
 impl DocPageByIndexTool {
     pub fn new(config: DocConfig, schema: Option<Value>) -> Self {
         let schema = schema.unwrap_or_else(Self::default_schema);
-        let name = schema["function"]["name"]
-            .as_str()
-            .unwrap_or("doc_page_retrieval_by_index")
-            .to_string();
+        let name = crate::function_name(&schema, "doc_page_retrieval_by_index");
         Self {
             schema,
             name,

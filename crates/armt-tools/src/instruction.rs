@@ -214,10 +214,7 @@ pub struct InstructionTool {
 impl InstructionTool {
     pub fn new(check: InstructionCheck, schema: Option<Value>) -> Self {
         let schema = schema.unwrap_or_else(|| check.default_schema());
-        let name = schema["function"]["name"]
-            .as_str()
-            .unwrap_or(check.default_name())
-            .to_string();
+        let name = crate::function_name(&schema, check.default_name());
         Self {
             check,
             schema,

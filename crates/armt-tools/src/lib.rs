@@ -68,6 +68,11 @@ pub use registry::{ToolRegistry, ToolSpec};
 pub use text::split_sentences;
 pub use zoom::{ImageZoomInTool, ZoomConfig};
 
+/// The function name a tool schema declares (`schema.function.name`), else `fallback`.
+pub(crate) fn function_name(schema: &Value, fallback: &str) -> String {
+    schema["function"]["name"].as_str().unwrap_or(fallback).to_string()
+}
+
 /// Step reward for a failed call (validation or execution), the ARM tools' convention.
 pub const FAILURE_REWARD: f32 = -0.05;
 

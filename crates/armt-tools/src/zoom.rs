@@ -54,10 +54,7 @@ impl ImageZoomInTool {
     /// With `schema` from the YAML (or [`ImageZoomInTool::default_schema`]).
     pub fn new(config: ZoomConfig, schema: Option<Value>) -> Self {
         let schema = schema.unwrap_or_else(Self::default_schema);
-        let name = schema["function"]["name"]
-            .as_str()
-            .unwrap_or("image_zoom_in_tool")
-            .to_string();
+        let name = crate::function_name(&schema, "image_zoom_in_tool");
         Self {
             schema,
             name,

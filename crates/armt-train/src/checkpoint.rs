@@ -4,8 +4,8 @@
 //! (step, optimizer steps, data position, config). Written to a temporary directory and
 //! renamed, so a killed run never leaves a half-written checkpoint.
 
-use crate::optimizer::AdamW;
-use crate::TrainError;
+use crate::optimizer::{AdamW, AdamWConfig};
+use crate::{DataLoader, TrainError};
 use armt_model::Qwen25Vl;
 use safetensors::tensor::{Dtype, View};
 use serde::{Deserialize, Serialize};
@@ -37,6 +37,44 @@ pub struct TrainerState {
     pub phase: String,
     /// The resolved config, as TOML.
     pub config: String,
+}
+
+impl TrainerState {
+    /// The state after `step` steps.
+    pub fn capture(step: usize, optimizer: &AdamW, loader: &DataLoader, phase: &str, config: String) -> Self {
+        Self {
+            step,
+            optimizer_steps: optimizer.steps,
+            data_epoch: loader.epoch,
+            data_index: loader.index,
+            phase: phase.to_string(),
+            config,
+        }
+    }
+}
+
+/// The optimizer over the model's trainable variables and where the run starts: step 0 with a
+/// fresh data order, or, resuming, the checkpoint's step, optimizer moments and data position
+/// (the model's weights are the caller's to load from the checkpoint).
+pub(crate) fn start_or_resume(
+    model: &Qwen25Vl,
+    adamw: &AdamWConfig,
+    resume: Option<&Path>,
+    n_items: usize,
+    seed: u64,
+) -> Result<(AdamW, usize, DataLoader), TrainError> {
+    let params: Vec<(String, Tensor)> =
+        model.var_store().variables().into_iter().filter(|(_, t)| t.requires_grad()).collect();
+    let mut optimizer = AdamW::new(params, adamw.clone());
+    let Some(ckpt) = resume else {
+        return Ok((optimizer, 0, DataLoader::new(n_items, seed, 0, 0)));
+    };
+    let state = read_state(ckpt)?;
+    let moments = read_safetensors(&ckpt.join("optimizer.safetensors"))?;
+    optimizer
+        .load_state(&moments, state.optimizer_steps)
+        .map_err(|e| TrainError::State(format!("{}: {e}", ckpt.display())))?;
+    Ok((optimizer, state.step, DataLoader::new(n_items, seed, state.data_epoch, state.data_index)))
 }
 
 struct Raw {

@@ -4,8 +4,7 @@
 
 use crate::batch::{pad_rows, token_logprobs, Example};
 use crate::checkpoint::{self, TrainerState};
-use crate::optimizer::AdamW;
-use crate::{step_seed, stop_requested, DataLoader, TrainConfig, TrainError};
+use crate::{step_seed, stop_requested, TrainConfig, TrainError};
 use armt_data::{Sample, StopReason};
 use armt_grpo::{group_advantages, informative_groups_mask, policy_loss, AggNorm, EntropyGrad, LrSchedule, PolicyBatch};
 use armt_metrics::MetricsLogger;
@@ -64,27 +63,20 @@ pub fn train_grpo(mut run: GrpoRun) -> Result<PathBuf, TrainError> {
     if cfg.model.freeze_vision {
         freeze_vision(&mut run.model);
     }
-    let params: Vec<(String, Tensor)> = run
-        .model
-        .var_store()
-        .variables()
-        .into_iter()
-        .filter(|(_, t)| t.requires_grad())
-        .collect();
-    let mut optimizer = AdamW::new(params, cfg.optim.adamw.clone());
+    let (mut optimizer, start_step, mut loader) = checkpoint::start_or_resume(
+        &run.model,
+        &cfg.optim.adamw,
+        run.resume.as_deref(),
+        run.samples.len(),
+        cfg.train.seed,
+    )?;
+    if let Some(ckpt) = &run.resume {
+        eprintln!("resuming {} from {} (step {start_step})", run.phase, ckpt.display());
+    }
     let updates_per_step = cfg.train.mini_batches * cfg.train.ppo_epochs;
     let schedule = lr_schedule(cfg, updates_per_step);
     schedule.validate()?;
 
-    let (mut start_step, mut loader) = (0usize, DataLoader::new(run.samples.len(), cfg.train.seed, 0, 0));
-    if let Some(ckpt) = &run.resume {
-        let state = checkpoint::read_state(ckpt)?;
-        let opt = checkpoint::read_safetensors(&ckpt.join("optimizer.safetensors"))?;
-        optimizer.load_state(&opt, state.optimizer_steps).map_err(|e| TrainError::State(format!("{}: {e}", ckpt.display())))?;
-        start_step = state.step;
-        loader = DataLoader::new(run.samples.len(), cfg.train.seed, state.data_epoch, state.data_index);
-        eprintln!("resuming {} from {} (step {start_step})", run.phase, ckpt.display());
-    }
     // A fresh start drops rows an earlier run left (resume_step 0); a resume drops those after
     // its checkpoint, which are about to be logged again.
     let mut logger = MetricsLogger::create(&run_dir, Some(start_step as u64))?;
@@ -253,14 +245,7 @@ pub fn train_grpo(mut run: GrpoRun) -> Result<PathBuf, TrainError> {
 
         let stop = stop_requested();
         if step % cfg.train.save_every.max(1) == 0 || step == cfg.train.steps || stop {
-            let state = TrainerState {
-                step,
-                optimizer_steps: optimizer.steps,
-                data_epoch: loader.epoch,
-                data_index: loader.index,
-                phase: run.phase.clone(),
-                config: cfg.to_toml(),
-            };
+            let state = TrainerState::capture(step, &optimizer, &loader, &run.phase, cfg.to_toml());
             last_ckpt = Some(checkpoint::save(&run_dir, &run.model, &run.model_dir, &optimizer, &state, cfg.train.keep_last)?);
         }
         if stop {

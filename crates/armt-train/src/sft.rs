@@ -4,8 +4,7 @@
 use crate::batch::{token_logprobs, Example};
 use crate::checkpoint::{self, TrainerState};
 use crate::grpo_trainer::freeze_vision;
-use crate::optimizer::AdamW;
-use crate::{stop_requested, DataLoader, TrainConfig, TrainError};
+use crate::{stop_requested, TrainConfig, TrainError};
 use armt_data::Trajectory;
 use armt_grpo::{EntropyGrad, LrSchedule};
 use armt_metrics::MetricsLogger;
@@ -15,7 +14,7 @@ use indicatif::{ProgressBar, ProgressStyle};
 use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::time::Instant;
-use tch::{Kind, Tensor};
+use tch::Kind;
 
 /// Trajectory records → examples, loading and preprocessing their images (in the order of the
 /// record's `images`, which is their order in the token sequence).
@@ -55,9 +54,8 @@ pub fn train_sft(mut run: SftRun) -> Result<PathBuf, TrainError> {
     if cfg.model.freeze_vision {
         freeze_vision(&mut run.model);
     }
-    let params: Vec<(String, Tensor)> =
-        run.model.var_store().variables().into_iter().filter(|(_, t)| t.requires_grad()).collect();
-    let mut optimizer = AdamW::new(params, cfg.optim.adamw.clone());
+    let (mut optimizer, start, mut loader) =
+        checkpoint::start_or_resume(&run.model, &cfg.optim.adamw, run.resume.as_deref(), run.examples.len(), cfg.train.seed)?;
     let schedule = LrSchedule {
         lr: s.lr,
         warmup_steps: s.warmup_steps,
@@ -66,15 +64,6 @@ pub fn train_sft(mut run: SftRun) -> Result<PathBuf, TrainError> {
         decay: armt_grpo::Decay::Cosine,
     };
     schedule.validate()?;
-    let mut start = 0;
-    let mut loader = DataLoader::new(run.examples.len(), cfg.train.seed, 0, 0);
-    if let Some(ckpt) = &run.resume {
-        let state = checkpoint::read_state(ckpt)?;
-        let opt = checkpoint::read_safetensors(&ckpt.join("optimizer.safetensors"))?;
-        optimizer.load_state(&opt, state.optimizer_steps).map_err(|e| TrainError::State(format!("{}: {e}", ckpt.display())))?;
-        start = state.step;
-        loader = DataLoader::new(run.examples.len(), cfg.train.seed, state.data_epoch, state.data_index);
-    }
     let mut logger = MetricsLogger::create(&run.run_dir, Some(start as u64))?;
     let bar = ProgressBar::new(s.steps as u64);
     bar.set_style(ProgressStyle::with_template("cold-start SFT {elapsed_precise} [{bar:30}] step {pos}/{len} {msg}").expect("valid template"));
@@ -122,14 +111,7 @@ pub fn train_sft(mut run: SftRun) -> Result<PathBuf, TrainError> {
         bar.set_message(format!("loss {loss_sum:.3} lr {lr:.1e}"));
         let stop = stop_requested();
         if step % cfg.train.save_every.max(1) == 0 || step == s.steps || stop {
-            let state = TrainerState {
-                step,
-                optimizer_steps: optimizer.steps,
-                data_epoch: loader.epoch,
-                data_index: loader.index,
-                phase: "sft".into(),
-                config: cfg.to_toml(),
-            };
+            let state = TrainerState::capture(step, &optimizer, &loader, "sft", cfg.to_toml());
             last = Some(checkpoint::save(&run.run_dir, &run.model, &run.model_dir, &optimizer, &state, cfg.train.keep_last)?);
         }
         if stop {
