@@ -49,14 +49,21 @@ pub struct EvalArgs {
 pub fn run(args: EvalArgs) -> Result<()> {
     let cfg = match &args.config {
         Some(p) => TrainConfig::load(Some(p), &[])?,
-        None => TrainConfig::from_toml_str(builtin::TINY_STAGE2_TOML, "the built-in tiny default config", &[])?,
+        None => {
+            TrainConfig::from_toml_str(builtin::TINY_STAGE2_TOML, "the built-in tiny default config", &[])?
+        }
     };
     let root = &args.builtin_root;
     let model_dir = match &args.model {
         Some(m) => m.clone(),
         None => checkpoint::latest(&root.join("stage2"))
             .or_else(|| checkpoint::latest(&root.join("stage1")))
-            .with_context(|| format!("no --model and no checkpoint under {}: run `armt train --stage 1` first", root.display()))?,
+            .with_context(|| {
+                format!(
+                    "no --model and no checkpoint under {}: run `armt train --stage 1` first",
+                    root.display()
+                )
+            })?,
     };
     let samples = match &args.data {
         Some(d) => armt_data::read_samples(d)?,
@@ -74,15 +81,26 @@ pub fn run(args: EvalArgs) -> Result<()> {
     let processor = Processor::from_model_dir(&model_dir)?;
     let model = Qwen25Vl::load(&model_dir, device, kind)?;
     let rollout = RolloutConfig {
-        sampling: SamplingConfig { temperature: args.temperature, seed: 0, ..cfg.rollout.sampling.clone() },
+        sampling: SamplingConfig {
+            temperature: args.temperature,
+            seed: 0,
+            ..cfg.rollout.sampling.clone()
+        },
         ..cfg.rollout.clone()
     };
-    let env = RolloutEnv { processor: &processor, tools: &tools, config: &rollout, image_dir: None };
+    let env = RolloutEnv {
+        processor: &processor,
+        tools: &tools,
+        config: &rollout,
+        image_dir: None,
+    };
     let pad = TemplateIds::from_tokenizer(processor.tokenizer())?.endoftext;
     let rewards = RewardConfig::default();
     let mut by_task: BTreeMap<String, [f64; 5]> = BTreeMap::new(); // n, correct, format, right tool, stage-2 reward
     let mut out = match &args.out {
-        Some(p) => Some(std::io::BufWriter::new(std::fs::File::create(p).with_context(|| format!("creating {}", p.display()))?)),
+        Some(p) => Some(std::io::BufWriter::new(
+            std::fs::File::create(p).with_context(|| format!("creating {}", p.display()))?,
+        )),
         None => None,
     };
     for chunk in samples.chunks(args.batch.max(1)) {
@@ -106,11 +124,30 @@ pub fn run(args: EvalArgs) -> Result<()> {
             }
         }
     }
-    println!("model {} on {} samples ({})", model_dir.display(), samples.len(), if args.temperature == 0.0 { "greedy".to_string() } else { format!("temperature {}", args.temperature) });
-    println!("{:<12} {:>6} {:>9} {:>8} {:>11} {:>15}", "task", "n", "accuracy", "format", "right tool", "stage-2 reward");
+    println!(
+        "model {} on {} samples ({})",
+        model_dir.display(),
+        samples.len(),
+        if args.temperature == 0.0 {
+            "greedy".to_string()
+        } else {
+            format!("temperature {}", args.temperature)
+        }
+    );
+    println!(
+        "{:<12} {:>6} {:>9} {:>8} {:>11} {:>15}",
+        "task", "n", "accuracy", "format", "right tool", "stage-2 reward"
+    );
     for (task, e) in &by_task {
         let n = e[0];
-        println!("{task:<12} {:>6} {:>9.3} {:>8.3} {:>11.3} {:>15.3}", n as usize, e[1] / n, e[2] / n, e[3] / n, e[4] / n);
+        println!(
+            "{task:<12} {:>6} {:>9.3} {:>8.3} {:>11.3} {:>15.3}",
+            n as usize,
+            e[1] / n,
+            e[2] / n,
+            e[3] / n,
+            e[4] / n
+        );
     }
     Ok(())
 }

@@ -53,7 +53,10 @@ pub fn parse_dtype(s: Option<&str>, device: Device) -> Result<Kind> {
 pub fn run(args: ForwardArgs) -> Result<()> {
     let device = parse_device(args.device.as_deref())?;
     if matches!(device, Device::Cuda(_)) && !tch::Cuda::is_available() {
-        bail!("--device {}: CUDA is not available to libtorch here", args.device.unwrap_or_default());
+        bail!(
+            "--device {}: CUDA is not available to libtorch here",
+            args.device.unwrap_or_default()
+        );
     }
     let kind = parse_dtype(args.dtype.as_deref(), device)?;
     let chat = Chat::from_json_file(&args.chat)?;
@@ -78,17 +81,26 @@ pub fn run(args: ForwardArgs) -> Result<()> {
     };
     let (logits, mut forward_s) = run_forward()?;
     if args.repeat > 1 {
-        let mut times: Vec<f64> = (0..args.repeat).map(|_| run_forward().map(|r| r.1)).collect::<Result<_>>()?;
+        let mut times: Vec<f64> = (0..args.repeat)
+            .map(|_| run_forward().map(|r| r.1))
+            .collect::<Result<_>>()?;
         times.sort_by(f64::total_cmp);
         forward_s = times[times.len() / 2];
-        println!("forward_median_ms {:.3} over {} runs", forward_s * 1e3, args.repeat);
+        println!(
+            "forward_median_ms {:.3} over {} runs",
+            forward_s * 1e3,
+            args.repeat
+        );
     }
 
     let mut tensors: Vec<(&str, Tensor)> = vec![("input_ids", input_ids), ("logits", logits)];
     if let Some(pv) = pixel_values {
         tensors.push(("pixel_values", pv));
         let flat: Vec<i64> = grid.iter().flatten().copied().collect();
-        tensors.push(("image_grid_thw", Tensor::from_slice(&flat).view([grid.len() as i64, 3])));
+        tensors.push((
+            "image_grid_thw",
+            Tensor::from_slice(&flat).view([grid.len() as i64, 3]),
+        ));
     }
     if let Some(parent) = args.out.parent().filter(|p| !p.as_os_str().is_empty()) {
         std::fs::create_dir_all(parent).with_context(|| format!("creating {}", parent.display()))?;

@@ -10,7 +10,11 @@ use anyhow::Result;
 use clap::{Parser, Subcommand};
 
 #[derive(Parser)]
-#[command(name = "armt", version, about = "Agentic multimodal reward-model trainer for Qwen2.5-VL")]
+#[command(
+    name = "armt",
+    version,
+    about = "Agentic multimodal reward-model trainer for Qwen2.5-VL"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,

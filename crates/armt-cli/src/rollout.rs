@@ -77,12 +77,22 @@ pub fn run(args: RolloutArgs) -> Result<()> {
         max_turns: args.max_turns,
         max_response_tokens: args.max_response_tokens,
         max_turn_tokens: args.max_turn_tokens,
-        sampling: SamplingConfig { temperature: args.temperature, top_p: args.top_p, top_k: args.top_k, seed: args.seed },
+        sampling: SamplingConfig {
+            temperature: args.temperature,
+            top_p: args.top_p,
+            top_k: args.top_k,
+            seed: args.seed,
+        },
         ..RolloutConfig::default()
     };
     let image_dir = PathBuf::from(format!("{}.images", args.out.display()));
     std::fs::create_dir_all(&image_dir).with_context(|| format!("creating {}", image_dir.display()))?;
-    let env = RolloutEnv { processor: &processor, tools: &tools, config: &config, image_dir: Some(image_dir) };
+    let env = RolloutEnv {
+        processor: &processor,
+        tools: &tools,
+        config: &config,
+        image_dir: Some(image_dir),
+    };
 
     let tmp = args.out.with_extension("jsonl.partial");
     let mut file = std::io::BufWriter::new(
@@ -90,15 +100,22 @@ pub fn run(args: RolloutArgs) -> Result<()> {
     );
     let total = samples.len() * args.n;
     let bar = ProgressBar::new(total as u64);
-    bar.set_style(ProgressStyle::with_template("{elapsed_precise} [{bar:40}] {pos}/{len} trajectories {msg}")?);
+    bar.set_style(ProgressStyle::with_template(
+        "{elapsed_precise} [{bar:40}] {pos}/{len} trajectories {msg}",
+    )?);
     let started = Instant::now();
     let (mut tokens, mut done) = (0usize, 0usize);
     for (b, chunk) in samples.chunks(args.batch).enumerate() {
         // A different stream per batch, so the result does not depend on how batches are cut.
-        let sampling = SamplingConfig { seed: args.seed.wrapping_add(b as u64 * 0x9E37), ..config.sampling.clone() };
+        let sampling = SamplingConfig {
+            seed: args.seed.wrapping_add(b as u64 * 0x9E37),
+            ..config.sampling.clone()
+        };
         let mut generator = ModelGenerator::new(&model, chunk.len() * args.n, sampling, pad);
         let base = done;
-        let rollouts = env.run(&mut generator, chunk, args.n, |finished| bar.set_position((base + finished) as u64))?;
+        let rollouts = env.run(&mut generator, chunk, args.n, |finished| {
+            bar.set_position((base + finished) as u64)
+        })?;
         for r in &rollouts {
             tokens += r.trajectory.response_len();
             serde_json::to_writer(&mut file, &r.trajectory)?;
@@ -106,7 +123,10 @@ pub fn run(args: RolloutArgs) -> Result<()> {
         }
         done += rollouts.len();
         bar.set_position(done as u64);
-        bar.set_message(format!("{:.0} response tokens/s", tokens as f64 / started.elapsed().as_secs_f64()));
+        bar.set_message(format!(
+            "{:.0} response tokens/s",
+            tokens as f64 / started.elapsed().as_secs_f64()
+        ));
     }
     file.flush()?;
     drop(file);

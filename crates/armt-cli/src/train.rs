@@ -32,7 +32,11 @@ fn load_config(stage: u8, config: Option<&Path>, overrides: &[String]) -> Result
     Ok(match config {
         Some(p) => TrainConfig::load(Some(p), &o)?,
         None => {
-            let text = if stage == 1 { builtin::TINY_STAGE1_TOML } else { builtin::TINY_STAGE2_TOML };
+            let text = if stage == 1 {
+                builtin::TINY_STAGE1_TOML
+            } else {
+                builtin::TINY_STAGE2_TOML
+            };
             TrainConfig::from_toml_str(text, "the built-in tiny default config", &o)?
         }
     })
@@ -48,7 +52,10 @@ fn resume_path(resume: &Option<String>, run_dir: &Path) -> Result<Option<PathBuf
         Some(p) => {
             let p = PathBuf::from(p);
             if !p.join("trainer_state.json").exists() {
-                bail!("--resume {}: not a checkpoint directory (no trainer_state.json)", p.display());
+                bail!(
+                    "--resume {}: not a checkpoint directory (no trainer_state.json)",
+                    p.display()
+                );
             }
             Some(p)
         }
@@ -68,7 +75,11 @@ pub fn run(args: TrainArgs) -> Result<()> {
     let builtin_mode = cfg.model.path.is_none() && cfg.data.train.is_none();
 
     let (start_dir, samples, tools) = if builtin_mode {
-        let root = run_dir.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new(".")).to_path_buf();
+        let root = run_dir
+            .parent()
+            .filter(|p| !p.as_os_str().is_empty())
+            .unwrap_or(Path::new("."))
+            .to_path_buf();
         let b = builtin::prepare(&root)?;
         let tools = builtin::tools()?;
         let start = if cfg.stage == 1 {
@@ -101,8 +112,12 @@ pub fn run(args: TrainArgs) -> Result<()> {
         if let Some(old) = checkpoint::latest(&run_dir) {
             if builtin_mode {
                 // The built-in default's run directories are its own scratch space.
-                eprintln!("armt train: starting over; removing the earlier run in {}", run_dir.display());
-                std::fs::remove_dir_all(&run_dir).with_context(|| format!("removing {}", run_dir.display()))?;
+                eprintln!(
+                    "armt train: starting over; removing the earlier run in {}",
+                    run_dir.display()
+                );
+                std::fs::remove_dir_all(&run_dir)
+                    .with_context(|| format!("removing {}", run_dir.display()))?;
             } else {
                 bail!(
                     "{} already holds a run (latest checkpoint {}): pass --resume to continue it, or set another train.run_dir",
@@ -113,9 +128,21 @@ pub fn run(args: TrainArgs) -> Result<()> {
         }
     }
     let weights_dir = resume.clone().unwrap_or_else(|| start_dir.clone());
-    eprintln!("armt train: stage {} from {} on {:?} ({:?}), {} samples, run dir {}", cfg.stage, weights_dir.display(), device, kind, samples.len(), run_dir.display());
+    eprintln!(
+        "armt train: stage {} from {} on {:?} ({:?}), {} samples, run dir {}",
+        cfg.stage,
+        weights_dir.display(),
+        device,
+        kind,
+        samples.len(),
+        run_dir.display()
+    );
     let model = Qwen25Vl::load(&weights_dir, device, kind)?;
-    let reference = if cfg.grpo.kl_coef > 0.0 { Some(Qwen25Vl::load(&start_dir, device, kind)?) } else { None };
+    let reference = if cfg.grpo.kl_coef > 0.0 {
+        Some(Qwen25Vl::load(&start_dir, device, kind)?)
+    } else {
+        None
+    };
     let processor = Processor::from_model_dir(&start_dir)?;
     let phase = format!("stage {}", cfg.stage);
     let last = armt_train::train_grpo(GrpoRun {
@@ -129,8 +156,17 @@ pub fn run(args: TrainArgs) -> Result<()> {
         resume,
         phase,
     })?;
-    eprintln!("armt train: stage {} done; final checkpoint {}", cfg.stage, last.display());
-    eprintln!("  metrics: {}/metrics.jsonl, TensorBoard: {}/tb, plots: {}/plots", run_dir.display(), run_dir.display(), run_dir.display());
+    eprintln!(
+        "armt train: stage {} done; final checkpoint {}",
+        cfg.stage,
+        last.display()
+    );
+    eprintln!(
+        "  metrics: {}/metrics.jsonl, TensorBoard: {}/tb, plots: {}/plots",
+        run_dir.display(),
+        run_dir.display(),
+        run_dir.display()
+    );
     Ok(())
 }
 
@@ -145,7 +181,11 @@ fn cold_start(cfg: &TrainConfig, root: &Path, b: &builtin::Builtin, tools: &Tool
     }
     let processor = Processor::from_model_dir(&b.model_dir)?;
     let examples = builtin::expert_examples(&b.train, &processor, tools, &cfg.rollout)?;
-    eprintln!("cold start: SFT on {} expert trajectories ({} tokens)", examples.len(), examples.iter().map(|e| e.ids.len()).sum::<usize>());
+    eprintln!(
+        "cold start: SFT on {} expert trajectories ({} tokens)",
+        examples.len(),
+        examples.iter().map(|e| e.ids.len()).sum::<usize>()
+    );
     let resume = checkpoint::latest(&sft_dir);
     let weights = resume.clone().unwrap_or_else(|| b.model_dir.clone());
     let (device, kind) = device_kind(cfg)?;
@@ -190,7 +230,15 @@ pub fn run_sft(args: SftArgs) -> Result<()> {
     let resume = resume_path(&args.resume, &run_dir)?;
     let model = Qwen25Vl::load(resume.as_deref().unwrap_or(&args.model), device, kind)?;
     let pad_id = TemplateIds::from_tokenizer(processor.tokenizer())?.endoftext;
-    let last = armt_train::train_sft(SftRun { config: &cfg, model, model_dir: args.model.clone(), examples, run_dir, pad_id, resume })?;
+    let last = armt_train::train_sft(SftRun {
+        config: &cfg,
+        model,
+        model_dir: args.model.clone(),
+        examples,
+        run_dir,
+        pad_id,
+        resume,
+    })?;
     eprintln!("armt sft: final checkpoint {}", last.display());
     Ok(())
 }

@@ -26,7 +26,12 @@ pub struct ViewArgs {
 pub fn run(args: ViewArgs) -> anyhow::Result<()> {
     let trajs = armt_data::read_trajectories(&args.trajectories)?;
     let shown = &trajs[..trajs.len().min(args.limit)];
-    let source = format!("{} of {} trajectories from {}", shown.len(), trajs.len(), args.trajectories.display());
+    let source = format!(
+        "{} of {} trajectories from {}",
+        shown.len(),
+        trajs.len(),
+        args.trajectories.display()
+    );
     let html = render_page(shown, &source);
     if let Some(dir) = args.out.parent().filter(|d| !d.as_os_str().is_empty()) {
         std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
@@ -87,7 +92,11 @@ fn render_page(trajs: &[Trajectory], source: &str) -> String {
     for (label, value) in summary(trajs) {
         let _ = write!(h, "<span><b>{}</b>: {}</span>", esc(&label), esc(&value));
     }
-    let _ = write!(h, "</div><div class=\"src\">{}</div></header>\n<main>\n", esc(source));
+    let _ = write!(
+        h,
+        "</div><div class=\"src\">{}</div></header>\n<main>\n",
+        esc(source)
+    );
     for t in trajs {
         render_card(&mut h, t);
     }
@@ -110,7 +119,12 @@ fn summary(trajs: &[Trajectory]) -> Vec<(String, String)> {
         let ok = calls.iter().filter(|c| c.success).count();
         out.push((
             "tool-call rate".into(),
-            format!("{:.1}% of trajectories ({} calls, {} succeeded)", 100.0 * with_tool as f64 / trajs.len() as f64, calls.len(), ok),
+            format!(
+                "{:.1}% of trajectories ({} calls, {} succeeded)",
+                100.0 * with_tool as f64 / trajs.len() as f64,
+                calls.len(),
+                ok
+            ),
         ));
         let mut stops: BTreeMap<String, usize> = BTreeMap::new();
         for t in trajs {
@@ -124,16 +138,35 @@ fn summary(trajs: &[Trajectory]) -> Vec<(String, String)> {
 
 /// The snake_case name the JSONL uses, so the page and the file read alike.
 fn stop_name(s: StopReason) -> String {
-    serde_json::to_value(s).ok().and_then(|v| v.as_str().map(str::to_string)).unwrap_or_else(|| format!("{s:?}"))
+    serde_json::to_value(s)
+        .ok()
+        .and_then(|v| v.as_str().map(str::to_string))
+        .unwrap_or_else(|| format!("{s:?}"))
 }
 
 fn render_card(h: &mut String, t: &Trajectory) {
     h.push_str("<section class=\"card\">\n");
-    let _ = write!(h, "<h2>{} #{}</h2><div class=\"meta\">", esc(&t.sample_id), t.group_index);
-    let task = serde_json::to_value(t.task).ok().and_then(|v| v.as_str().map(str::to_string)).unwrap_or_default();
+    let _ = write!(
+        h,
+        "<h2>{} #{}</h2><div class=\"meta\">",
+        esc(&t.sample_id),
+        t.group_index
+    );
+    let task = serde_json::to_value(t.task)
+        .ok()
+        .and_then(|v| v.as_str().map(str::to_string))
+        .unwrap_or_default();
     let _ = write!(h, "<span>task: {}</span>", esc(&task));
-    let stop_class = if t.stop_reason == StopReason::Answered { "good" } else { "bad" };
-    let _ = write!(h, "<span class=\"{stop_class}\">stop: {}</span>", esc(&stop_name(t.stop_reason)));
+    let stop_class = if t.stop_reason == StopReason::Answered {
+        "good"
+    } else {
+        "bad"
+    };
+    let _ = write!(
+        h,
+        "<span class=\"{stop_class}\">stop: {}</span>",
+        esc(&stop_name(t.stop_reason))
+    );
     if let Some(r) = t.reward {
         let class = if r > 0.0 { "good" } else { "bad" };
         let _ = write!(h, "<span class=\"{class}\">reward: {r:.3}</span>");
@@ -146,8 +179,15 @@ fn render_card(h: &mut String, t: &Trajectory) {
 
     // Images a tool returned are shown in the turn that produced them; the rest (the
     // original input) up front. Each file is inlined once.
-    let observed: HashSet<&str> = t.tool_calls().flat_map(|c| c.result_images.iter().map(String::as_str)).collect();
-    let inputs: Vec<&(String, PathBuf)> = t.images.iter().filter(|(k, _)| !observed.contains(k.as_str())).collect();
+    let observed: HashSet<&str> = t
+        .tool_calls()
+        .flat_map(|c| c.result_images.iter().map(String::as_str))
+        .collect();
+    let inputs: Vec<&(String, PathBuf)> = t
+        .images
+        .iter()
+        .filter(|(k, _)| !observed.contains(k.as_str()))
+        .collect();
     if !inputs.is_empty() {
         h.push_str("<div class=\"label\">input images</div><div class=\"gallery\">");
         for (key, path) in inputs {
@@ -162,12 +202,20 @@ fn render_card(h: &mut String, t: &Trajectory) {
 }
 
 fn render_turn(h: &mut String, t: &Trajectory, i: usize, turn: &Turn) {
-    let _ = write!(h, "<div class=\"turn\"><h3>turn {}</h3><div class=\"text\">", i + 1);
+    let _ = write!(
+        h,
+        "<div class=\"turn\"><h3>turn {}</h3><div class=\"text\">",
+        i + 1
+    );
     h.push_str(&highlight(&turn.assistant_text));
     h.push_str("</div>\n");
     if let Some(call) = &turn.tool_call {
         h.push_str("<div class=\"tool\">");
-        let badge = if call.success { "<span class=\"badge ok\">success</span>" } else { "<span class=\"badge err\">failed</span>" };
+        let badge = if call.success {
+            "<span class=\"badge ok\">success</span>"
+        } else {
+            "<span class=\"badge err\">failed</span>"
+        };
         let _ = write!(
             h,
             "tool <span class=\"name\">{}</span>{badge} <span class=\"label\">reward {} · {:.0} ms</span>",
@@ -175,8 +223,16 @@ fn render_turn(h: &mut String, t: &Trajectory, i: usize, turn: &Turn) {
             call.reward,
             call.duration_ms
         );
-        let _ = write!(h, "<div class=\"label\">arguments</div><pre>{}</pre>", esc(&pretty_args(&call.arguments)));
-        let _ = write!(h, "<div class=\"label\">result</div><pre>{}</pre>", esc(&call.result_text));
+        let _ = write!(
+            h,
+            "<div class=\"label\">arguments</div><pre>{}</pre>",
+            esc(&pretty_args(&call.arguments))
+        );
+        let _ = write!(
+            h,
+            "<div class=\"label\">result</div><pre>{}</pre>",
+            esc(&call.result_text)
+        );
         if !call.result_images.is_empty() {
             h.push_str("<div class=\"gallery\">");
             for key in &call.result_images {
@@ -188,7 +244,11 @@ fn render_turn(h: &mut String, t: &Trajectory, i: usize, turn: &Turn) {
         h.push_str("</div>\n");
     }
     if let Some(err) = &turn.tool_error {
-        let _ = writeln!(h, "<div class=\"tool\"><span class=\"badge err\">tool error</span><pre>{}</pre></div>", esc(err));
+        let _ = writeln!(
+            h,
+            "<div class=\"tool\"><span class=\"badge err\">tool error</span><pre>{}</pre></div>",
+            esc(err)
+        );
     }
     h.push_str("</div>\n");
 }
@@ -198,7 +258,10 @@ fn render_turn(h: &mut String, t: &Trajectory, i: usize, turn: &Turn) {
 fn pretty_args(args: &serde_json::Value) -> String {
     match args {
         serde_json::Value::Object(map) if !map.is_empty() => {
-            let lines: Vec<String> = map.iter().map(|(k, v)| format!("  {}: {v}", serde_json::Value::String(k.clone()))).collect();
+            let lines: Vec<String> = map
+                .iter()
+                .map(|(k, v)| format!("  {}: {v}", serde_json::Value::String(k.clone())))
+                .collect();
             format!("{{\n{}\n}}", lines.join(",\n"))
         }
         other => other.to_string(),
@@ -314,7 +377,10 @@ fn highlight(text: &str) -> String {
         });
         match tag {
             Some((name, false)) => {
-                let _ = write!(out, "<span class=\"blk {name}\"><span class=\"tag\">&lt;{name}&gt;</span>");
+                let _ = write!(
+                    out,
+                    "<span class=\"blk {name}\"><span class=\"tag\">&lt;{name}&gt;</span>"
+                );
                 open.push(name);
                 rest = &rest[name.len() + 2..];
             }
@@ -350,10 +416,11 @@ mod tests {
 
     /// A 1×1 PNG, the smallest real image the page has to inline.
     const PNG_1X1: &[u8] = &[
-        0x89, 0x50, 0x4E, 0x47, 0x0D, 0x0A, 0x1A, 0x0A, 0x00, 0x00, 0x00, 0x0D, 0x49, 0x48, 0x44, 0x52, 0x00, 0x00, 0x00, 0x01, 0x00,
-        0x00, 0x00, 0x01, 0x08, 0x02, 0x00, 0x00, 0x00, 0x90, 0x77, 0x53, 0xDE, 0x00, 0x00, 0x00, 0x0C, 0x49, 0x44, 0x41, 0x54, 0x08,
-        0xD7, 0x63, 0xF8, 0xCF, 0xC0, 0x00, 0x00, 0x03, 0x01, 0x01, 0x00, 0x18, 0xDD, 0x8D, 0xB0, 0x00, 0x00, 0x00, 0x00, 0x49, 0x45,
-        0x4E, 0x44, 0xAE, 0x42, 0x60, 0x82,
+        0x89, 0x50, 0x4E, 0x47, 0x0D, 0x0A, 0x1A, 0x0A, 0x00, 0x00, 0x00, 0x0D, 0x49, 0x48, 0x44, 0x52, 0x00,
+        0x00, 0x00, 0x01, 0x00, 0x00, 0x00, 0x01, 0x08, 0x02, 0x00, 0x00, 0x00, 0x90, 0x77, 0x53, 0xDE, 0x00,
+        0x00, 0x00, 0x0C, 0x49, 0x44, 0x41, 0x54, 0x08, 0xD7, 0x63, 0xF8, 0xCF, 0xC0, 0x00, 0x00, 0x03, 0x01,
+        0x01, 0x00, 0x18, 0xDD, 0x8D, 0xB0, 0x00, 0x00, 0x00, 0x00, 0x49, 0x45, 0x4E, 0x44, 0xAE, 0x42, 0x60,
+        0x82,
     ];
 
     fn traj(dir: &Path, reward: Option<f32>) -> Trajectory {
@@ -404,7 +471,15 @@ mod tests {
 
     #[test]
     fn base64_matches_rfc4648_vectors() {
-        let cases = [("", ""), ("f", "Zg=="), ("fo", "Zm8="), ("foo", "Zm9v"), ("foob", "Zm9vYg=="), ("fooba", "Zm9vYmE="), ("foobar", "Zm9vYmFy")];
+        let cases = [
+            ("", ""),
+            ("f", "Zg=="),
+            ("fo", "Zm8="),
+            ("foo", "Zm9v"),
+            ("foob", "Zm9vYg=="),
+            ("fooba", "Zm9vYmE="),
+            ("foobar", "Zm9vYmFy"),
+        ];
         for (plain, enc) in cases {
             assert_eq!(base64(plain.as_bytes()), enc, "{plain}");
         }
@@ -419,7 +494,10 @@ mod tests {
         // Tool result text is escaped too.
         assert!(html.contains("Zoomed in on &lt;sign&gt; region"));
         // No external resources: self-contained.
-        assert!(!html.contains("http://") && !html.contains("https://") && !html.contains("src=\"/"), "external URL in page");
+        assert!(
+            !html.contains("http://") && !html.contains("https://") && !html.contains("src=\"/"),
+            "external URL in page"
+        );
     }
 
     #[test]
@@ -441,7 +519,10 @@ mod tests {
         let html = render_html(&[traj(&tmp_dir("images"), Some(1.0))]);
         let png = format!("data:image/png;base64,{}", base64(PNG_1X1));
         assert_eq!(html.matches(&png).count(), 1, "original image inlined once");
-        assert!(html.contains("data:image/jpeg;base64,/9j/"), "observation inlined as JPEG");
+        assert!(
+            html.contains("data:image/jpeg;base64,/9j/"),
+            "observation inlined as JPEG"
+        );
         // The observation sits in the turn that produced it, after the tool's result.
         let result_at = html.find("Zoomed in on").unwrap();
         let obs_at = html.find("data:image/jpeg").unwrap();
@@ -454,12 +535,23 @@ mod tests {
         let dir = tmp_dir("missing");
         let mut t = traj(&dir, None);
         t.images[0].1 = dir.join("gone.png");
-        t.turns[0].tool_call.as_mut().unwrap().result_images.push("observation_9".into());
+        t.turns[0]
+            .tool_call
+            .as_mut()
+            .unwrap()
+            .result_images
+            .push("observation_9".into());
         let html = render_html(&[t]);
         assert!(html.contains("missing image"));
-        assert!(html.contains(&esc(&dir.join("gone.png").display().to_string())), "placeholder names the path");
+        assert!(
+            html.contains(&esc(&dir.join("gone.png").display().to_string())),
+            "placeholder names the path"
+        );
         assert!(html.contains("<b>observation_9</b> is not listed"));
-        assert!(html.contains("data:image/jpeg;base64,"), "the other images still render");
+        assert!(
+            html.contains("data:image/jpeg;base64,"),
+            "the other images still render"
+        );
     }
 
     #[test]
@@ -481,7 +573,8 @@ mod tests {
         assert_eq!(html.matches("<div class=\"turn\">").count(), 4);
         assert!(html.contains("zoom-0007 #4"));
         assert!(html.contains("response: 20 tokens (12 sampled)"));
-        assert!(html.contains("<span class=\"badge err\">tool error</span><pre>tool call is not valid JSON</pre>"));
+        assert!(html
+            .contains("<span class=\"badge err\">tool error</span><pre>tool call is not valid JSON</pre>"));
         assert!(html.contains("<pre>{\n  &quot;bbox_2d&quot;: [10,20,110,220],\n  &quot;label&quot;: &quot;sign&quot;\n}</pre>"), "one argument per line");
         assert!(html.contains("<span class=\"blk answer\">"));
     }
@@ -489,11 +582,18 @@ mod tests {
     #[test]
     fn run_writes_limited_page() {
         let dir = tmp_dir("run");
-        let lines: Vec<String> = (0..3).map(|_| serde_json::to_string(&traj(&dir, Some(0.5))).unwrap()).collect();
+        let lines: Vec<String> = (0..3)
+            .map(|_| serde_json::to_string(&traj(&dir, Some(0.5))).unwrap())
+            .collect();
         let jsonl = dir.join("traj.jsonl");
         std::fs::write(&jsonl, lines.join("\n") + "\n").unwrap();
         let out = dir.join("sub/traj.html");
-        run(ViewArgs { trajectories: jsonl, out: out.clone(), limit: 2 }).unwrap();
+        run(ViewArgs {
+            trajectories: jsonl,
+            out: out.clone(),
+            limit: 2,
+        })
+        .unwrap();
         let html = std::fs::read_to_string(&out).unwrap();
         assert_eq!(html.matches("<section class=\"card\">").count(), 2);
         assert!(html.contains("2 of 3 trajectories from"));

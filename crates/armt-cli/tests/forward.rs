@@ -72,7 +72,11 @@ fn forward_matches_transformers_end_to_end() {
             let out = out_dir.join(format!("{case_name}-{stem}.safetensors"));
             let model = case.join("model");
             let o = armt_forward(&model, &chat, &out);
-            assert!(o.status.success(), "armt forward failed on {stem}: {}", String::from_utf8_lossy(&o.stderr));
+            assert!(
+                o.status.success(),
+                "armt forward failed on {stem}: {}",
+                String::from_utf8_lossy(&o.stderr)
+            );
             let (got, want) = (read(&out), read(&reference));
             assert_eq!(
                 Vec::<i64>::try_from(&got["input_ids"]).unwrap(),
@@ -82,11 +86,17 @@ fn forward_matches_transformers_end_to_end() {
             let mut pixel_diff = 0.0;
             if let Some(pv) = want.get("pixel_values") {
                 assert_eq!(got["image_grid_thw"].size(), want["image_grid_thw"].size());
-                assert!(got["image_grid_thw"].equal(&want["image_grid_thw"]), "{stem}: image_grid_thw differ");
+                assert!(
+                    got["image_grid_thw"].equal(&want["image_grid_thw"]),
+                    "{stem}: image_grid_thw differ"
+                );
                 pixel_diff = (&got["pixel_values"] - pv).abs().max().double_value(&[]);
                 assert!(pixel_diff <= 0.02, "{stem}: pixel_values differ by {pixel_diff}");
             } else {
-                assert!(!got.contains_key("pixel_values"), "{stem}: pixels for a text-only chat");
+                assert!(
+                    !got.contains_key("pixel_values"),
+                    "{stem}: pixels for a text-only chat"
+                );
             }
             let a = got["logits"].to_kind(Kind::Double);
             let b = want["logits"].to_kind(Kind::Double);
@@ -101,12 +111,20 @@ fn forward_matches_transformers_end_to_end() {
             checked += 1;
         }
     }
-    assert!(checked >= 8, "only {checked} reference chats found under {:?}", refs());
+    assert!(
+        checked >= 8,
+        "only {checked} reference chats found under {:?}",
+        refs()
+    );
     assert!(failures.is_empty(), "{}", failures.join("\n"));
 }
 
 fn first_model() -> PathBuf {
-    reference_cases().into_iter().next().expect("no reference checkpoints: run scripts/test").join("model")
+    reference_cases()
+        .into_iter()
+        .next()
+        .expect("no reference checkpoints: run scripts/test")
+        .join("model")
 }
 
 fn forward_error(model: &Path, chat: &Path, scratch_name: &str) -> String {
@@ -131,9 +149,16 @@ fn bad_chats_get_errors_naming_what_is_wrong() {
     assert!(err.contains("nope.png") && err.contains("missing.json"), "{err}");
 
     let malformed = dir.join("malformed.json");
-    std::fs::write(&malformed, r#"{"messages": [{"role": "user", "content": "ok"}, {"content": "no role"}]}"#).unwrap();
+    std::fs::write(
+        &malformed,
+        r#"{"messages": [{"role": "user", "content": "ok"}, {"content": "no role"}]}"#,
+    )
+    .unwrap();
     let err = forward_error(&model, &malformed, "bad-chats-out2");
-    assert!(err.contains("malformed.json") && err.contains("messages[1]"), "{err}");
+    assert!(
+        err.contains("malformed.json") && err.contains("messages[1]"),
+        "{err}"
+    );
 }
 
 #[test]
@@ -152,7 +177,10 @@ fn bad_checkpoints_get_one_clear_error() {
     let empty = dir.join("empty");
     copy_meta(&empty);
     let err = forward_error(&empty, &chat, "bad-ckpt-out1");
-    assert!(err.contains("model.safetensors") && err.contains("empty"), "{err}");
+    assert!(
+        err.contains("model.safetensors") && err.contains("empty"),
+        "{err}"
+    );
 
     // Weights that do not fit the config: one missing, one extra, one of the wrong shape.
     let broken = dir.join("broken");
@@ -163,11 +191,20 @@ fn bad_checkpoints_get_one_clear_error() {
             tensors.extend(Tensor::read_safetensors(&f).unwrap());
         }
     }
-    let norm = tensors.iter().position(|(n, _)| n.ends_with("model.norm.weight")).unwrap();
+    let norm = tensors
+        .iter()
+        .position(|(n, _)| n.ends_with("model.norm.weight"))
+        .unwrap();
     let _removed = tensors.remove(norm);
-    let q = tensors.iter().position(|(n, _)| n.ends_with("layers.0.self_attn.q_proj.bias")).unwrap();
+    let q = tensors
+        .iter()
+        .position(|(n, _)| n.ends_with("layers.0.self_attn.q_proj.bias"))
+        .unwrap();
     tensors[q].1 = Tensor::zeros([3], (Kind::Float, tch::Device::Cpu));
-    tensors.push(("model.extra_thing.weight".to_string(), Tensor::zeros([2, 2], (Kind::Float, tch::Device::Cpu))));
+    tensors.push((
+        "model.extra_thing.weight".to_string(),
+        Tensor::zeros([2, 2], (Kind::Float, tch::Device::Cpu)),
+    ));
     Tensor::write_safetensors(&tensors, broken.join("model.safetensors")).unwrap();
     let err = forward_error(&broken, &chat, "bad-ckpt-out2");
     for needle in [

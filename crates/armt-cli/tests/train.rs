@@ -38,7 +38,10 @@ fn small(run_dir: &Path, steps: usize) -> Vec<String> {
 }
 
 fn armt(args: &[String]) -> std::process::Output {
-    Command::new(env!("CARGO_BIN_EXE_armt")).args(args).output().expect("running armt")
+    Command::new(env!("CARGO_BIN_EXE_armt"))
+        .args(args)
+        .output()
+        .expect("running armt")
 }
 
 fn train_args(extra: &[&str], overrides: Vec<String>) -> Vec<String> {
@@ -49,7 +52,10 @@ fn train_args(extra: &[&str], overrides: Vec<String>) -> Vec<String> {
 }
 
 fn weights(ckpt: &Path) -> HashMap<String, Tensor> {
-    Tensor::read_safetensors(ckpt.join("model.safetensors")).unwrap().into_iter().collect()
+    Tensor::read_safetensors(ckpt.join("model.safetensors"))
+        .unwrap()
+        .into_iter()
+        .collect()
 }
 
 #[test]
@@ -71,7 +77,10 @@ fn killed_and_resumed_run_matches_an_uninterrupted_one() {
     let started = Instant::now();
     let step2 = b.join("checkpoints/step-000002");
     while !step2.exists() {
-        assert!(started.elapsed() < Duration::from_secs(300), "no step-2 checkpoint");
+        assert!(
+            started.elapsed() < Duration::from_secs(300),
+            "no step-2 checkpoint"
+        );
         if let Some(status) = child.try_wait().unwrap() {
             panic!("run ended before it could be killed: {status}");
         }
@@ -79,7 +88,10 @@ fn killed_and_resumed_run_matches_an_uninterrupted_one() {
     }
     child.kill().unwrap();
     child.wait().unwrap();
-    assert!(!b.join("checkpoints/step-000004").exists(), "killed too late to test resuming");
+    assert!(
+        !b.join("checkpoints/step-000004").exists(),
+        "killed too late to test resuming"
+    );
     // Whatever the kill interrupted never shows as a checkpoint.
     for e in std::fs::read_dir(b.join("checkpoints")).unwrap() {
         let p = e.unwrap().path();
@@ -90,20 +102,30 @@ fn killed_and_resumed_run_matches_an_uninterrupted_one() {
     // (`--resume` takes a path only as `--resume=PATH`, so the overrides after it stay overrides.)
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
 
-    let (wa, wb) = (weights(&a.join("checkpoints/step-000004")), weights(&b.join("checkpoints/step-000004")));
+    let (wa, wb) = (
+        weights(&a.join("checkpoints/step-000004")),
+        weights(&b.join("checkpoints/step-000004")),
+    );
     assert_eq!(wa.len(), wb.len());
     let mut worst = 0f64;
     for (name, t) in &wa {
         let d = (t - &wb[name]).abs().max().double_value(&[]);
         worst = worst.max(d);
     }
-    println!("resumed vs uninterrupted after 4 steps: max |Δw| = {worst:e} over {} tensors", wa.len());
+    println!(
+        "resumed vs uninterrupted after 4 steps: max |Δw| = {worst:e} over {} tensors",
+        wa.len()
+    );
     assert_eq!(worst, 0.0, "resuming changed the result");
     // Metrics were logged once per step, also across the kill.
     let steps: Vec<u64> = std::fs::read_to_string(b.join("metrics.jsonl"))
         .unwrap()
         .lines()
-        .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap()["step"].as_u64().unwrap())
+        .map(|l| {
+            serde_json::from_str::<serde_json::Value>(l).unwrap()["step"]
+                .as_u64()
+                .unwrap()
+        })
         .collect();
     assert_eq!(steps, vec![1, 2, 3, 4]);
     // The comparison means something only if the policy gradient was not zero.
@@ -112,7 +134,10 @@ fn killed_and_resumed_run_matches_an_uninterrupted_one() {
         .lines()
         .map(|l| serde_json::from_str(l).unwrap())
         .collect();
-    let moved = rows.iter().filter(|r| r["reward/std"].as_f64().unwrap_or(0.0) > 0.0).count();
+    let moved = rows
+        .iter()
+        .filter(|r| r["reward/std"].as_f64().unwrap_or(0.0) > 0.0)
+        .count();
     assert!(moved >= 2, "rewards were constant in most steps: {rows:?}");
 
     // The final checkpoint is a model directory transformers loads, with the same logits.
@@ -130,15 +155,29 @@ fn killed_and_resumed_run_matches_an_uninterrupted_one() {
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
     let table = String::from_utf8_lossy(&o.stdout);
     for row in ["zoom", "document", "instruction", "all"] {
-        assert!(table.lines().any(|l| l.starts_with(row)), "no `{row}` row in:\n{table}");
+        assert!(
+            table.lines().any(|l| l.starts_with(row)),
+            "no `{row}` row in:\n{table}"
+        );
     }
-    let all: Vec<f64> = table.lines().find(|l| l.starts_with("all")).unwrap().split_whitespace().skip(1).map(|x| x.parse().unwrap()).collect();
+    let all: Vec<f64> = table
+        .lines()
+        .find(|l| l.starts_with("all"))
+        .unwrap()
+        .split_whitespace()
+        .skip(1)
+        .map(|x| x.parse().unwrap())
+        .collect();
     assert_eq!(all[0], 48.0, "every held-out task is scored");
-    assert!((0.0..=1.0).contains(&all[1]) && (0.0..=1.5).contains(&all[4]), "{all:?}");
+    assert!(
+        (0.0..=1.0).contains(&all[1]) && (0.0..=1.5).contains(&all[4]),
+        "{all:?}"
+    );
 }
 
 fn checkpoint_loads_in_transformers(ckpt: &Path, scratch: &Path) {
-    let python = std::env::var("ARMT_PYTHON").expect("ARMT_PYTHON is not set: source ~/.cache/armt/env.sh or run scripts/test");
+    let python = std::env::var("ARMT_PYTHON")
+        .expect("ARMT_PYTHON is not set: source ~/.cache/armt/env.sh or run scripts/test");
     let out = scratch.join("hf_logits.safetensors");
     let script = r#"
 import sys, torch
@@ -150,11 +189,24 @@ with torch.no_grad():
     logits = m(input_ids=ids).logits[0]
 save_file({"logits": logits.contiguous(), "ids": ids[0].contiguous()}, sys.argv[2])
 "#;
-    let o = Command::new(python).arg("-c").arg(script).arg(ckpt).arg(&out).output().unwrap();
-    assert!(o.status.success(), "transformers could not load {}: {}", ckpt.display(), String::from_utf8_lossy(&o.stderr));
+    let o = Command::new(python)
+        .arg("-c")
+        .arg(script)
+        .arg(ckpt)
+        .arg(&out)
+        .output()
+        .unwrap();
+    assert!(
+        o.status.success(),
+        "transformers could not load {}: {}",
+        ckpt.display(),
+        String::from_utf8_lossy(&o.stderr)
+    );
     let r: HashMap<String, Tensor> = Tensor::read_safetensors(&out).unwrap().into_iter().collect();
     let model = armt_model_load(ckpt);
-    let logits = tch::no_grad(|| model.forward(&r["ids"].view([1, -1]), None, &[])).unwrap().squeeze_dim(0);
+    let logits = tch::no_grad(|| model.forward(&r["ids"].view([1, -1]), None, &[]))
+        .unwrap()
+        .squeeze_dim(0);
     let err = (&logits - &r["logits"]).norm().double_value(&[]) / r["logits"].norm().double_value(&[]);
     println!("checkpoint in transformers vs armt: logits relative error {err:.2e}");
     assert!(err < 1e-4, "{err}");
@@ -177,10 +229,16 @@ fn nan_stops_the_step_and_names_it() {
     let out = armt(&train_args(&[], o));
     assert!(!out.status.success(), "a NaN run must fail");
     let err = String::from_utf8_lossy(&out.stderr);
-    assert!(err.contains("step") && (err.contains("NaN") || err.contains("inf")), "{err}");
+    assert!(
+        err.contains("step") && (err.contains("NaN") || err.contains("inf")),
+        "{err}"
+    );
     assert!(err.contains("loss") || err.contains("gradient norm"), "{err}");
     // No checkpoint of the failed step.
-    let line = err.lines().find(|l| l.starts_with("Error:")).unwrap_or_else(|| panic!("no error line in: {err}"));
+    let line = err
+        .lines()
+        .find(|l| l.starts_with("Error:"))
+        .unwrap_or_else(|| panic!("no error line in: {err}"));
     let failed_step = line
         .strip_prefix("Error: step ")
         .and_then(|s| s.split(':').next())
@@ -194,7 +252,10 @@ fn bad_config_keys_are_rejected_with_the_valid_ones() {
     let out = armt(&train_args(&[], vec!["rollout.temprature=0.5".into()]));
     assert!(!out.status.success());
     let err = String::from_utf8_lossy(&out.stderr);
-    assert!(err.contains("temprature") && err.contains("max_turns") && err.contains("sampling"), "{err}");
+    assert!(
+        err.contains("temprature") && err.contains("max_turns") && err.contains("sampling"),
+        "{err}"
+    );
 }
 
 #[test]
@@ -212,14 +273,22 @@ fn ctrl_c_saves_a_checkpoint_then_exits() {
     let started = Instant::now();
     // Wait for the first GRPO step to be logged, then interrupt.
     loop {
-        let logged = std::fs::read_to_string(run.join("metrics.jsonl")).map(|t| t.lines().count()).unwrap_or(0);
+        let logged = std::fs::read_to_string(run.join("metrics.jsonl"))
+            .map(|t| t.lines().count())
+            .unwrap_or(0);
         if logged >= 1 {
             break;
         }
-        assert!(started.elapsed() < Duration::from_secs(300), "no GRPO step logged");
+        assert!(
+            started.elapsed() < Duration::from_secs(300),
+            "no GRPO step logged"
+        );
         std::thread::sleep(Duration::from_millis(20));
     }
-    let status = Command::new("kill").args(["-INT", &child.id().to_string()]).status().unwrap();
+    let status = Command::new("kill")
+        .args(["-INT", &child.id().to_string()])
+        .status()
+        .unwrap();
     assert!(status.success());
     let out = child.wait_with_output().unwrap();
     let err = String::from_utf8_lossy(&out.stderr);

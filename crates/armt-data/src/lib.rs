@@ -70,14 +70,21 @@ pub struct Sample {
 
 /// Reads a JSONL dataset; image and page paths become relative to the file's folder.
 pub fn read_samples(path: &Path) -> Result<Vec<Sample>, DataError> {
-    let text = std::fs::read_to_string(path).map_err(|e| DataError::Io { path: path.to_path_buf(), source: e })?;
+    let text = std::fs::read_to_string(path).map_err(|e| DataError::Io {
+        path: path.to_path_buf(),
+        source: e,
+    })?;
     let base = path.parent().unwrap_or(Path::new("."));
     let mut out = Vec::new();
     for (i, line) in text.lines().enumerate() {
         if line.trim().is_empty() {
             continue;
         }
-        let row = |msg: String| DataError::Row { path: path.to_path_buf(), line: i + 1, msg };
+        let row = |msg: String| DataError::Row {
+            path: path.to_path_buf(),
+            line: i + 1,
+            msg,
+        };
         let mut s: Sample = serde_json::from_str(line).map_err(|e| row(e.to_string()))?;
         validate(&s).map_err(row)?;
         for img in s.images.iter_mut() {
@@ -102,12 +109,18 @@ fn validate(s: &Sample) -> Result<(), String> {
         Judgment::Pair { candidates } => {
             let ok = gt.parse::<usize>().is_ok_and(|k| k >= 1 && k <= candidates);
             if !ok {
-                return Err(format!("ground_truth `{}` is not a candidate number 1..={candidates}", s.ground_truth));
+                return Err(format!(
+                    "ground_truth `{}` is not a candidate number 1..={candidates}",
+                    s.ground_truth
+                ));
             }
         }
         Judgment::Single => {
             if gt != "true" && gt != "false" {
-                return Err(format!("ground_truth `{}` must be true or false for a single judgment", s.ground_truth));
+                return Err(format!(
+                    "ground_truth `{}` must be true or false for a single judgment",
+                    s.ground_truth
+                ));
             }
         }
     }
@@ -201,12 +214,19 @@ impl Trajectory {
 
 /// Reads a trajectory JSONL file.
 pub fn read_trajectories(path: &Path) -> Result<Vec<Trajectory>, DataError> {
-    let text = std::fs::read_to_string(path).map_err(|e| DataError::Io { path: path.to_path_buf(), source: e })?;
+    let text = std::fs::read_to_string(path).map_err(|e| DataError::Io {
+        path: path.to_path_buf(),
+        source: e,
+    })?;
     text.lines()
         .enumerate()
         .filter(|(_, l)| !l.trim().is_empty())
         .map(|(i, l)| {
-            serde_json::from_str(l).map_err(|e| DataError::Row { path: path.to_path_buf(), line: i + 1, msg: e.to_string() })
+            serde_json::from_str(l).map_err(|e| DataError::Row {
+                path: path.to_path_buf(),
+                line: i + 1,
+                msg: e.to_string(),
+            })
         })
         .collect()
 }
@@ -245,7 +265,10 @@ mod tests {
             "{\"id\": \"a\", \"task\": \"zoom\", \"prompt\": \"q\", \"judgment\": {\"type\": \"pair\", \"candidates\": 2}, \"ground_truth\": \"1\"}\n{\"id\": \"b\", \"task\": \"zoom\", \"prompt\": \"q\", \"judgment\": {\"type\": \"pair\", \"candidates\": 2}, \"ground_truth\": \"3\"}\n",
         );
         let err = read_samples(&p).unwrap_err().to_string();
-        assert!(err.contains("bad.jsonl:2") && err.contains("ground_truth"), "{err}");
+        assert!(
+            err.contains("bad.jsonl:2") && err.contains("ground_truth"),
+            "{err}"
+        );
         let p = write("bad2.jsonl", "{\"id\": \"a\", \"task\": \"document\", \"prompt\": \"q\", \"judgment\": {\"type\": \"single\"}, \"ground_truth\": \"true\"}\n");
         let err = read_samples(&p).unwrap_err().to_string();
         assert!(err.contains("bad2.jsonl:1") && err.contains("document"), "{err}");

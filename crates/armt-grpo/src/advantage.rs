@@ -11,7 +11,11 @@ use tch::{Kind, Tensor};
 
 fn check_lengths<K>(rewards: &[f64], groups: &[K]) -> Result<(), GrpoError> {
     if rewards.len() != groups.len() {
-        return Err(GrpoError::Shape(format!("{} rewards but {} group ids", rewards.len(), groups.len())));
+        return Err(GrpoError::Shape(format!(
+            "{} rewards but {} group ids",
+            rewards.len(),
+            groups.len()
+        )));
     }
     Ok(())
 }
@@ -57,7 +61,11 @@ pub fn group_advantages<K: Hash + Eq>(
             (mean, var.sqrt())
         };
         for &i in &idx {
-            adv[i] = if norm_by_std { (rewards[i] - mean) / (std + epsilon) } else { rewards[i] - mean };
+            adv[i] = if norm_by_std {
+                (rewards[i] - mean) / (std + epsilon)
+            } else {
+                rewards[i] - mean
+            };
         }
     }
     Ok(adv)
@@ -83,7 +91,9 @@ pub fn informative_groups_mask<K: Hash + Eq>(rewards: &[f64], groups: &[K]) -> R
 pub fn broadcast_advantages(advantages: &Tensor, mask: &Tensor) -> Result<Tensor, GrpoError> {
     let (b, m) = (advantages.size(), mask.size());
     if b.len() != 1 || m.len() != 2 || b[0] != m[0] {
-        return Err(GrpoError::Shape(format!("advantages {b:?} and mask {m:?}: want [B] and [B, T]")));
+        return Err(GrpoError::Shape(format!(
+            "advantages {b:?} and mask {m:?}: want [B] and [B, T]"
+        )));
     }
     let kind = advantages.kind();
     Ok(advantages.unsqueeze(-1) * mask.to_kind(kind))
@@ -134,7 +144,8 @@ mod tests {
 
     #[test]
     fn dynamic_sampling_drops_constant_groups() {
-        let keep = informative_groups_mask(&[1.5, 1.5, 0.3, 1.0, 0.0, 0.0, 0.4], &[0, 0, 1, 1, 2, 2, 3]).unwrap();
+        let keep =
+            informative_groups_mask(&[1.5, 1.5, 0.3, 1.0, 0.0, 0.0, 0.4], &[0, 0, 1, 1, 2, 2, 3]).unwrap();
         assert_eq!(keep, vec![false, false, true, true, false, false, true]);
     }
 
@@ -143,7 +154,10 @@ mod tests {
         let adv = Tensor::from_slice(&[2.0f32, -1.0]);
         let mask = Tensor::from_slice(&[1u8, 1, 0, 0, 1, 1]).reshape([2, 3]);
         let a = broadcast_advantages(&adv, &mask).unwrap();
-        assert_eq!(Vec::<f32>::try_from(a.flatten(0, -1)).unwrap(), vec![2.0, 2.0, 0.0, -0.0, -1.0, -1.0]);
+        assert_eq!(
+            Vec::<f32>::try_from(a.flatten(0, -1)).unwrap(),
+            vec![2.0, 2.0, 0.0, -0.0, -1.0, -1.0]
+        );
         assert!(broadcast_advantages(&adv, &mask.reshape([3, 2])).is_err());
     }
 }

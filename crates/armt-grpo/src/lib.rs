@@ -21,8 +21,8 @@ pub mod schedule;
 pub use advantage::{advantages_tensor, broadcast_advantages, group_advantages, informative_groups_mask};
 pub use logits::{entropy_from_logits, logprobs_and_entropy, logprobs_from_logits, EntropyGrad};
 pub use loss::{
-    agg_loss, clipped_pg_losses, kl_penalty, masked_mean, masked_sum, policy_loss, AggMode, AggNorm, KlEstimator,
-    PgStats, PolicyBatch, PolicyLossMetrics,
+    agg_loss, clipped_pg_losses, kl_penalty, masked_mean, masked_sum, policy_loss, AggMode, AggNorm,
+    KlEstimator, PgStats, PolicyBatch, PolicyLossMetrics,
 };
 pub use schedule::{Decay, LrSchedule};
 
@@ -89,7 +89,11 @@ impl Default for GrpoConfig {
 impl GrpoConfig {
     /// DAPO's options: clip-higher (ε_high = 0.28) and dynamic sampling.
     pub fn dapo() -> Self {
-        Self { clip_ratio_high: 0.28, filter_constant_groups: true, ..Self::default() }
+        Self {
+            clip_ratio_high: 0.28,
+            filter_constant_groups: true,
+            ..Self::default()
+        }
     }
 
     /// Parses a JSON config (missing fields take the defaults, unknown fields are errors).
@@ -102,7 +106,10 @@ impl GrpoConfig {
     pub fn validate(&self) -> Result<(), GrpoError> {
         let err = |m: String| Err(GrpoError::Config(m));
         if !(0.0..1.0).contains(&self.clip_ratio_low) {
-            return err(format!("clip_ratio_low = {} must be in [0, 1)", self.clip_ratio_low));
+            return err(format!(
+                "clip_ratio_low = {} must be in [0, 1)",
+                self.clip_ratio_low
+            ));
         }
         if self.clip_ratio_high.is_nan() || self.clip_ratio_high < 0.0 {
             return err(format!("clip_ratio_high = {} must be >= 0", self.clip_ratio_high));
@@ -137,30 +144,51 @@ mod tests {
     #[test]
     fn config_defaults_are_verls_and_names_round_trip() {
         let c = GrpoConfig::default();
-        assert_eq!((c.clip_ratio_low, c.clip_ratio_high, c.clip_ratio_c), (0.2, 0.2, Some(3.0)));
-        assert_eq!((c.kl_coef, c.kl_estimator, c.entropy_coeff), (0.0, KlEstimator::K3, 0.0));
-        assert_eq!((c.loss_agg_mode, c.norm_adv_by_std, c.epsilon), (AggMode::TokenMean, true, 1e-6));
+        assert_eq!(
+            (c.clip_ratio_low, c.clip_ratio_high, c.clip_ratio_c),
+            (0.2, 0.2, Some(3.0))
+        );
+        assert_eq!(
+            (c.kl_coef, c.kl_estimator, c.entropy_coeff),
+            (0.0, KlEstimator::K3, 0.0)
+        );
+        assert_eq!(
+            (c.loss_agg_mode, c.norm_adv_by_std, c.epsilon),
+            (AggMode::TokenMean, true, 1e-6)
+        );
         assert_eq!(GrpoConfig::dapo().clip_ratio_high, 0.28);
         let json = serde_json::to_string(&c).unwrap();
-        assert!(json.contains("\"token-mean\"") && json.contains("\"low_var_kl\""), "{json}");
+        assert!(
+            json.contains("\"token-mean\"") && json.contains("\"low_var_kl\""),
+            "{json}"
+        );
         assert_eq!(GrpoConfig::from_json(&json).unwrap(), c);
         let c = GrpoConfig::from_json(
             r#"{"loss_agg_mode": "seq-mean-token-sum-norm", "kl_estimator": "k1", "kl_coef": 0.001}"#,
         )
         .unwrap();
-        assert_eq!((c.loss_agg_mode, c.kl_estimator), (AggMode::SeqMeanTokenSumNorm, KlEstimator::K1));
+        assert_eq!(
+            (c.loss_agg_mode, c.kl_estimator),
+            (AggMode::SeqMeanTokenSumNorm, KlEstimator::K1)
+        );
         let c = GrpoConfig::from_json(r#"{"kl_estimator": "mse"}"#).unwrap();
         assert_eq!(c.kl_estimator, KlEstimator::K2);
     }
 
     #[test]
     fn config_rejects_bad_values() {
-        assert!(GrpoConfig::from_json(r#"{"clip_ratio": 0.2}"#).unwrap_err().to_string().contains("clip_ratio"));
+        assert!(GrpoConfig::from_json(r#"{"clip_ratio": 0.2}"#)
+            .unwrap_err()
+            .to_string()
+            .contains("clip_ratio"));
         assert!(GrpoConfig::from_json(r#"{"clip_ratio_c": 1.0}"#).is_err());
         assert!(GrpoConfig::from_json(r#"{"clip_ratio_low": 1.0}"#).is_err());
         assert!(GrpoConfig::from_json(r#"{"kl_coef": -0.1}"#).is_err());
         assert!(GrpoConfig::from_json(r#"{"loss_agg_mode": "token-sum-mean"}"#).is_err());
         assert!(GrpoConfig::from_json(r#"{"loss_scale_factor": 0}"#).is_err());
-        assert!(GrpoConfig::from_json(r#"{"clip_ratio_c": null}"#).unwrap().clip_ratio_c.is_none());
+        assert!(GrpoConfig::from_json(r#"{"clip_ratio_c": null}"#)
+            .unwrap()
+            .clip_ratio_c
+            .is_none());
     }
 }

@@ -38,7 +38,9 @@ pub fn logprobs_from_logits(logits: &Tensor, targets: &Tensor) -> Result<Tensor,
         )));
     }
     let z = logits.to_kind(float_kind(logits.kind()));
-    let picked = z.gather(-1, &targets.to_kind(Kind::Int64).unsqueeze(-1), false).squeeze_dim(-1);
+    let picked = z
+        .gather(-1, &targets.to_kind(Kind::Int64).unsqueeze(-1), false)
+        .squeeze_dim(-1);
     Ok(picked - z.logsumexp(-1, false))
 }
 
@@ -101,10 +103,16 @@ mod tests {
         let y = Tensor::from_slice(&[2i64, 0]).reshape([1, 2]);
         let (lp, h) = logprobs_and_entropy(&z, &y, 1, EntropyGrad::NoGrad).unwrap();
         let lp = vals(&lp);
-        assert!((lp[0] - 0.5f64.ln()).abs() < 1e-12 && (lp[1] + 3f64.ln()).abs() < 1e-12, "{lp:?}");
+        assert!(
+            (lp[0] - 0.5f64.ln()).abs() < 1e-12 && (lp[1] + 3f64.ln()).abs() < 1e-12,
+            "{lp:?}"
+        );
         // −Σ p ln p = (1/6)ln6 + (1/3)ln3 + (1/2)ln2 = 1.0114043; uniform: ln 3
         let h = vals(&h.unwrap());
-        assert!((h[0] - 1.0114043).abs() < 1e-6 && (h[1] - 3f64.ln()).abs() < 1e-12, "{h:?}");
+        assert!(
+            (h[0] - 1.0114043).abs() < 1e-6 && (h[1] - 3f64.ln()).abs() < 1e-12,
+            "{h:?}"
+        );
     }
 
     #[test]
@@ -112,10 +120,15 @@ mod tests {
         tch::manual_seed(3);
         let z = (Tensor::randn([2, 5, 7], (Kind::Float, tch::Device::Cpu)) * 3.0).set_requires_grad(true);
         let y = Tensor::randint(7, [2, 5], (Kind::Int64, tch::Device::Cpu));
-        let reference = z.log_softmax(-1, Kind::Float).gather(-1, &y.unsqueeze(-1), false).squeeze_dim(-1);
+        let reference = z
+            .log_softmax(-1, Kind::Float)
+            .gather(-1, &y.unsqueeze(-1), false)
+            .squeeze_dim(-1);
         let (whole, h_whole) = logprobs_and_entropy(&z, &y, 5, EntropyGrad::Grad).unwrap();
         let (chunked, h_chunked) = logprobs_and_entropy(&z, &y, 2, EntropyGrad::Grad).unwrap();
-        assert!(whole.allclose(&reference, 1e-6, 1e-6, false) && chunked.allclose(&reference, 1e-6, 1e-6, false));
+        assert!(
+            whole.allclose(&reference, 1e-6, 1e-6, false) && chunked.allclose(&reference, 1e-6, 1e-6, false)
+        );
         let p = z.softmax(-1, Kind::Float);
         let h_ref = -(&p * p.log()).sum_dim_intlist(-1, false, Kind::Float);
         assert!(h_whole.unwrap().allclose(&h_ref, 1e-5, 1e-5, false));
@@ -124,7 +137,8 @@ mod tests {
         let want = y.one_hot(7).to_kind(Kind::Float) - &p;
         assert!(z.grad().allclose(&want, 1e-5, 1e-5, false));
         // bf16 logits come back as float32.
-        let (lp, h) = logprobs_and_entropy(&z.detach().to_kind(Kind::BFloat16), &y, 3, EntropyGrad::Skip).unwrap();
+        let (lp, h) =
+            logprobs_and_entropy(&z.detach().to_kind(Kind::BFloat16), &y, 3, EntropyGrad::Skip).unwrap();
         assert!(lp.kind() == Kind::Float && h.is_none());
         assert!(logprobs_and_entropy(&z, &y.narrow(1, 0, 4), 2, EntropyGrad::Skip).is_err());
     }

@@ -37,14 +37,21 @@ pub struct AggNorm {
 
 fn same_shape(what: &str, a: &Tensor, b: &Tensor) -> Result<(), GrpoError> {
     if a.size() != b.size() {
-        return Err(GrpoError::Shape(format!("{what}: {:?} vs {:?}", a.size(), b.size())));
+        return Err(GrpoError::Shape(format!(
+            "{what}: {:?} vs {:?}",
+            a.size(),
+            b.size()
+        )));
     }
     Ok(())
 }
 
 fn two_d(what: &str, t: &Tensor) -> Result<(), GrpoError> {
     if t.dim() != 2 {
-        return Err(GrpoError::Shape(format!("{what} must be [B, T], got {:?}", t.size())));
+        return Err(GrpoError::Shape(format!(
+            "{what} must be [B, T], got {:?}",
+            t.size()
+        )));
     }
     Ok(())
 }
@@ -61,12 +68,21 @@ pub fn masked_mean(x: &Tensor, mask: &Tensor) -> Tensor {
 }
 
 /// Aggregates a `[B, T]` per-token loss over the mask; see [`AggMode`] for each formula.
-pub fn agg_loss(loss_mat: &Tensor, mask: &Tensor, mode: AggMode, norm: &AggNorm) -> Result<Tensor, GrpoError> {
+pub fn agg_loss(
+    loss_mat: &Tensor,
+    mask: &Tensor,
+    mode: AggMode,
+    norm: &AggNorm,
+) -> Result<Tensor, GrpoError> {
     two_d("loss matrix", loss_mat)?;
     same_shape("loss matrix and mask", loss_mat, mask)?;
     let kind = loss_mat.kind();
     let m = mask.to_kind(kind);
-    let scalar = |v: f64| Tensor::from(v.max(1.0)).to_kind(kind).to_device(loss_mat.device());
+    let scalar = |v: f64| {
+        Tensor::from(v.max(1.0))
+            .to_kind(kind)
+            .to_device(loss_mat.device())
+    };
     if mode == AggMode::TokenMean {
         // Σ m·ℓ / N_tokens
         let n = match norm.batch_num_tokens {
@@ -83,7 +99,9 @@ pub fn agg_loss(loss_mat: &Tensor, mask: &Tensor, mode: AggMode, norm: &AggNorm)
         None => has_tokens.sum(kind).clamp_min(1.0),
     };
     let loss = match mode {
-        AggMode::SeqMeanTokenSum | AggMode::SeqMeanTokenSumNorm => (token_sums * &has_tokens).sum(kind) / n_seq,
+        AggMode::SeqMeanTokenSum | AggMode::SeqMeanTokenSumNorm => {
+            (token_sums * &has_tokens).sum(kind) / n_seq
+        }
         // The 1e-8 keeps fully masked rows at 0/ε = 0 instead of NaN (verl adds it too).
         AggMode::SeqMeanTokenMean => ((token_sums / (counts + 1e-8)) * &has_tokens).sum(kind) / n_seq,
         AggMode::TokenMean => unreachable!("handled above"),
@@ -119,7 +137,11 @@ pub enum KlEstimator {
 }
 
 /// Per-token KL estimate between the policy and the frozen reference.
-pub fn kl_penalty(log_probs: &Tensor, ref_log_probs: &Tensor, estimator: KlEstimator) -> Result<Tensor, GrpoError> {
+pub fn kl_penalty(
+    log_probs: &Tensor,
+    ref_log_probs: &Tensor,
+    estimator: KlEstimator,
+) -> Result<Tensor, GrpoError> {
     same_shape("log-probs and reference log-probs", log_probs, ref_log_probs)?;
     let delta = || log_probs - ref_log_probs;
     Ok(match estimator {
@@ -136,7 +158,11 @@ pub fn kl_penalty(log_probs: &Tensor, ref_log_probs: &Tensor, estimator: KlEstim
         }
         // forward(base) + ½δ² − sg[½δ²]: the value of k1/k3, the gradient of k2
         KlEstimator::K1Plus | KlEstimator::K3Plus => {
-            let base = if estimator == KlEstimator::K1Plus { KlEstimator::K1 } else { KlEstimator::K3 };
+            let base = if estimator == KlEstimator::K1Plus {
+                KlEstimator::K1
+            } else {
+                KlEstimator::K3
+            };
             let forward = kl_penalty(log_probs, ref_log_probs, base)?.detach();
             let k2 = delta().square() * 0.5;
             &k2 - k2.detach() + forward
@@ -262,7 +288,10 @@ pub fn policy_loss(
     } else {
         batch.advantages.shallow_clone()
     };
-    let norm = AggNorm { loss_scale_factor: cfg.loss_scale_factor.or(norm.loss_scale_factor), ..*norm };
+    let norm = AggNorm {
+        loss_scale_factor: cfg.loss_scale_factor.or(norm.loss_scale_factor),
+        ..*norm
+    };
     let mode = cfg.loss_agg_mode;
     let (pg_mat, pg) = clipped_pg_losses(
         batch.log_probs,
@@ -281,7 +310,8 @@ pub fn policy_loss(
         num_tokens: mask.to_kind(Kind::Double).sum(Kind::Double).double_value(&[]),
         ..Default::default()
     };
-    let scalar_mean = |t: &Tensor| tch::no_grad(|| masked_mean(&t.to_kind(Kind::Double), mask).double_value(&[]));
+    let scalar_mean =
+        |t: &Tensor| tch::no_grad(|| masked_mean(&t.to_kind(Kind::Double), mask).double_value(&[]));
 
     match batch.entropy {
         Some(h) => {
@@ -314,7 +344,10 @@ pub fn policy_loss(
             }
         }
         None if cfg.kl_coef != 0.0 => {
-            return Err(GrpoError::MissingInput(format!("kl_coef = {} needs reference log-probs", cfg.kl_coef)));
+            return Err(GrpoError::MissingInput(format!(
+                "kl_coef = {} needs reference log-probs",
+                cfg.kl_coef
+            )));
         }
         None => {}
     }
@@ -371,15 +404,41 @@ mod tests {
         assert!((agg(AggMode::SeqMeanTokenMean, none) - 2.75).abs() < 1e-7);
         // (3 + 4) / 2 / T, T = 3; or / L with L = 7
         assert!((agg(AggMode::SeqMeanTokenSumNorm, none) - 3.5 / 3.0).abs() < 1e-12);
-        let l7 = AggNorm { loss_scale_factor: Some(7.0), ..none };
+        let l7 = AggNorm {
+            loss_scale_factor: Some(7.0),
+            ..none
+        };
         assert!((agg(AggMode::SeqMeanTokenSumNorm, l7) - 0.5).abs() < 1e-12);
         // Global normalisers from a larger mini-batch: 7 / 14 tokens, 7 / 7 sequences.
-        assert!((agg(AggMode::TokenMean, AggNorm { batch_num_tokens: Some(14.0), ..none }) - 0.5).abs() < 1e-12);
-        assert!((agg(AggMode::SeqMeanTokenSum, AggNorm { global_batch_size: Some(7.0), ..none }) - 1.0).abs() < 1e-12);
+        assert!(
+            (agg(
+                AggMode::TokenMean,
+                AggNorm {
+                    batch_num_tokens: Some(14.0),
+                    ..none
+                }
+            ) - 0.5)
+                .abs()
+                < 1e-12
+        );
+        assert!(
+            (agg(
+                AggMode::SeqMeanTokenSum,
+                AggNorm {
+                    global_batch_size: Some(7.0),
+                    ..none
+                }
+            ) - 1.0)
+                .abs()
+                < 1e-12
+        );
         // Nothing unmasked: 0, not NaN.
-        for mode in
-            [AggMode::TokenMean, AggMode::SeqMeanTokenSum, AggMode::SeqMeanTokenMean, AggMode::SeqMeanTokenSumNorm]
-        {
+        for mode in [
+            AggMode::TokenMean,
+            AggMode::SeqMeanTokenSum,
+            AggMode::SeqMeanTokenMean,
+            AggMode::SeqMeanTokenSumNorm,
+        ] {
             assert_eq!(scalar(&agg_loss(&l, &m.zeros_like(), mode, &none).unwrap()), 0.0);
         }
         assert!(agg_loss(&l, &m.reshape([1, 9]), AggMode::TokenMean, &none).is_err());
@@ -404,13 +463,21 @@ mod tests {
             vals(&leaf.grad())
         };
         // d k3 / d logp = 1 − e^{−δ}; straight-through variants have k2's gradient δ.
-        close(&grad(KlEstimator::K3), &[1.0 - (-0.5f64).exp(), 1.0 - 1f64.exp()], 1e-7);
+        close(
+            &grad(KlEstimator::K3),
+            &[1.0 - (-0.5f64).exp(), 1.0 - 1f64.exp()],
+            1e-7,
+        );
         close(&grad(KlEstimator::K3Plus), &[0.5, -1.0], 1e-12);
         close(&grad(KlEstimator::K1Plus), &[0.5, -1.0], 1e-12);
         close(&grad(KlEstimator::K1), &[1.0, 1.0], 1e-12);
         // k3 is clamped: δ = 30 gives e^{−20} + 20 − 1 → 10.
-        let big =
-            kl_penalty(&Tensor::from_slice(&[0.0f64]), &Tensor::from_slice(&[-30.0f64]), KlEstimator::K3).unwrap();
+        let big = kl_penalty(
+            &Tensor::from_slice(&[0.0f64]),
+            &Tensor::from_slice(&[-30.0f64]),
+            KlEstimator::K3,
+        )
+        .unwrap();
         close(&vals(&big), &[10.0], 1e-12);
     }
 
@@ -425,7 +492,9 @@ mod tests {
     ///  7    +1  3.0  masked out
     fn pg_case() -> (Tensor, Tensor, Tensor, Tensor) {
         let rho = [1.1f64, 1.5, 0.5, 0.9, 4.0, 0.5, 3.0];
-        let logp = Tensor::from_slice(&rho.map(f64::ln)).reshape([1, 7]).set_requires_grad(true);
+        let logp = Tensor::from_slice(&rho.map(f64::ln))
+            .reshape([1, 7])
+            .set_requires_grad(true);
         let old = logp.zeros_like().detach();
         let adv = t2(&[&[1.0, 1.0, -1.0, -1.0, -1.0, 1.0, 1.0]]);
         let mask = t2(&[&[1.0, 1.0, 1.0, 1.0, 1.0, 1.0, 0.0]]);
@@ -441,19 +510,29 @@ mod tests {
         // (−1.1 − 1.28 + 0.8 + 0.9 + 3 − 0.5) / 6 = 1.82 / 6
         assert!((scalar(&loss) - 1.82 / 6.0).abs() < 1e-12);
         loss.backward();
-        close(&vals(&logp.grad()), &[-1.1 / 6.0, 0.0, 0.0, 0.9 / 6.0, 0.0, -0.5 / 6.0, 0.0], 1e-12);
+        close(
+            &vals(&logp.grad()),
+            &[-1.1 / 6.0, 0.0, 0.0, 0.9 / 6.0, 0.0, -0.5 / 6.0, 0.0],
+            1e-12,
+        );
         assert!((st.clipfrac - 2.0 / 6.0).abs() < 1e-12);
         assert!((st.clipfrac_high - 1.0 / 6.0).abs() < 1e-12 && (st.clipfrac_low - 1.0 / 6.0).abs() < 1e-12);
         assert!((st.clipfrac_dual - 1.0 / 6.0).abs() < 1e-12);
         // mean(−log ρ) over the six unmasked tokens
-        let ppo_kl = -[1.1f64, 1.5, 0.5, 0.9, 4.0, 0.5].iter().map(|r| r.ln()).sum::<f64>() / 6.0;
+        let ppo_kl = -[1.1f64, 1.5, 0.5, 0.9, 4.0, 0.5]
+            .iter()
+            .map(|r| r.ln())
+            .sum::<f64>()
+            / 6.0;
         assert!((st.ppo_kl - ppo_kl).abs() < 1e-12 && (ppo_kl + 0.0659025).abs() < 1e-6);
         // Without the dual clip token 5 keeps −Aρ = 4 and its gradient −A·ρ = 4.
         let (logp, old, adv, mask) = pg_case();
         let (mat, st) = clipped_pg_losses(&logp, &old, &adv, &mask, 0.2, 0.28, None).unwrap();
         close(&vals(&mat)[..6], &[-1.1, -1.28, 0.8, 0.9, 4.0, -0.5], 1e-12);
         assert_eq!(st.clipfrac_dual, 0.0);
-        agg_loss(&mat, &mask, AggMode::TokenMean, &AggNorm::default()).unwrap().backward();
+        agg_loss(&mat, &mask, AggMode::TokenMean, &AggNorm::default())
+            .unwrap()
+            .backward();
         close(&vals(&logp.grad())[4..5], &[4.0 / 6.0], 1e-12);
         // Symmetric ε = 0.2: token 2 is clipped at 1.2 instead of 1.28; token 1 (1.1) still is not.
         let (mat, _) = clipped_pg_losses(&logp, &old, &adv, &mask, 0.2, 0.2, Some(3.0)).unwrap();
@@ -470,8 +549,12 @@ mod tests {
         // k1 = δ = [[0.1, 0.2], [0.3, (masked)]]
         let refp = &logp.detach() - t2(&[&[0.1, 0.2], &[0.3, 9.0]]);
         let ent = t2(&[&[0.5, 1.0], &[2.0, 9.0]]).set_requires_grad(true);
-        let cfg =
-            GrpoConfig { entropy_coeff: 0.1, kl_coef: 0.5, kl_estimator: KlEstimator::K1, ..GrpoConfig::default() };
+        let cfg = GrpoConfig {
+            entropy_coeff: 0.1,
+            kl_coef: 0.5,
+            kl_estimator: KlEstimator::K1,
+            ..GrpoConfig::default()
+        };
         let batch = PolicyBatch {
             log_probs: &logp,
             old_log_probs: &old,
@@ -489,13 +572,30 @@ mod tests {
         loss.backward();
         // d/dlogp: −A/3 from the surrogate + 0.5/3 from k1; d/dH: −0.1/3 per unmasked token.
         close(&vals(&logp.grad()), &[-1.0 / 6.0, -1.0 / 6.0, 0.5, 0.0], 1e-12);
-        close(&vals(&ent.grad()), &[-0.1 / 3.0, -0.1 / 3.0, -0.1 / 3.0, 0.0], 1e-12);
+        close(
+            &vals(&ent.grad()),
+            &[-0.1 / 3.0, -0.1 / 3.0, -0.1 / 3.0, 0.0],
+            1e-12,
+        );
         // Coefficients without their inputs are errors; inputs without coefficients are metrics only.
-        let bare = PolicyBatch { ref_log_probs: None, entropy: None, ..batch };
-        assert!(matches!(policy_loss(&bare, &cfg, &AggNorm::default()), Err(GrpoError::MissingInput(_))));
-        let (loss, m) =
-            policy_loss(&PolicyBatch { entropy: Some(&ent), ..bare }, &GrpoConfig::default(), &AggNorm::default())
-                .unwrap();
+        let bare = PolicyBatch {
+            ref_log_probs: None,
+            entropy: None,
+            ..batch
+        };
+        assert!(matches!(
+            policy_loss(&bare, &cfg, &AggNorm::default()),
+            Err(GrpoError::MissingInput(_))
+        ));
+        let (loss, m) = policy_loss(
+            &PolicyBatch {
+                entropy: Some(&ent),
+                ..bare
+            },
+            &GrpoConfig::default(),
+            &AggNorm::default(),
+        )
+        .unwrap();
         assert!((scalar(&loss) + 1.0 / 3.0).abs() < 1e-12 && m.entropy.is_some() && m.kl.is_none());
     }
 }

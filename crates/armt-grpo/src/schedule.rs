@@ -26,17 +26,29 @@ pub struct LrSchedule {
 
 impl Default for LrSchedule {
     fn default() -> Self {
-        Self { lr: 2e-6, warmup_steps: 0, total_steps: 1, min_lr_ratio: 0.0, decay: Decay::Constant }
+        Self {
+            lr: 2e-6,
+            warmup_steps: 0,
+            total_steps: 1,
+            min_lr_ratio: 0.0,
+            decay: Decay::Constant,
+        }
     }
 }
 
 impl LrSchedule {
     pub fn validate(&self) -> Result<(), GrpoError> {
         if !self.lr.is_finite() || self.lr <= 0.0 {
-            return Err(GrpoError::Config(format!("lr = {} must be finite and > 0", self.lr)));
+            return Err(GrpoError::Config(format!(
+                "lr = {} must be finite and > 0",
+                self.lr
+            )));
         }
         if !(0.0..=1.0).contains(&self.min_lr_ratio) {
-            return Err(GrpoError::Config(format!("min_lr_ratio = {} must be in [0, 1]", self.min_lr_ratio)));
+            return Err(GrpoError::Config(format!(
+                "min_lr_ratio = {} must be in [0, 1]",
+                self.min_lr_ratio
+            )));
         }
         if self.decay == Decay::Cosine && self.warmup_steps >= self.total_steps {
             return Err(GrpoError::Config(format!(
@@ -73,24 +85,52 @@ mod tests {
 
     #[test]
     fn warmup_then_cosine_to_the_floor() {
-        let s = LrSchedule { lr: 1e-6, warmup_steps: 10, total_steps: 110, min_lr_ratio: 0.1, decay: Decay::Cosine };
+        let s = LrSchedule {
+            lr: 1e-6,
+            warmup_steps: 10,
+            total_steps: 110,
+            min_lr_ratio: 0.1,
+            decay: Decay::Cosine,
+        };
         s.validate().unwrap();
         let at = |k| s.lr_at(k) / 1e-6;
         assert_eq!(at(0), 0.0);
         assert!((at(5) - 0.5).abs() < 1e-12 && (at(10) - 1.0).abs() < 1e-12);
         // Halfway: cos(π/2) = 0 → 0.1 + 0.9·0.5 = 0.55; a quarter: 0.1 + 0.9·½(1 + √½) = 0.8681981.
         assert!((at(60) - 0.55).abs() < 1e-12);
-        assert!((at(35) - (0.1 + 0.45 * (1.0 + 0.5f64.sqrt()))).abs() < 1e-12 && (at(35) - 0.8681981).abs() < 1e-6);
+        assert!(
+            (at(35) - (0.1 + 0.45 * (1.0 + 0.5f64.sqrt()))).abs() < 1e-12
+                && (at(35) - 0.8681981).abs() < 1e-6
+        );
         assert!((at(110) - 0.1).abs() < 1e-12 && (at(500) - 0.1).abs() < 1e-12);
     }
 
     #[test]
     fn constant_after_warmup() {
-        let s = LrSchedule { lr: 2e-6, warmup_steps: 4, ..LrSchedule::default() };
+        let s = LrSchedule {
+            lr: 2e-6,
+            warmup_steps: 4,
+            ..LrSchedule::default()
+        };
         s.validate().unwrap();
-        assert_eq!([s.lr_at(0), s.lr_at(1), s.lr_at(4), s.lr_at(1000)], [0.0, 0.5e-6, 2e-6, 2e-6]);
+        assert_eq!(
+            [s.lr_at(0), s.lr_at(1), s.lr_at(4), s.lr_at(1000)],
+            [0.0, 0.5e-6, 2e-6, 2e-6]
+        );
         assert_eq!(LrSchedule::default().lr_at(0), 2e-6);
-        assert!(LrSchedule { decay: Decay::Cosine, warmup_steps: 5, total_steps: 5, ..s.clone() }.validate().is_err());
-        assert!(LrSchedule { min_lr_ratio: 1.5, ..s }.validate().is_err());
+        assert!(LrSchedule {
+            decay: Decay::Cosine,
+            warmup_steps: 5,
+            total_steps: 5,
+            ..s.clone()
+        }
+        .validate()
+        .is_err());
+        assert!(LrSchedule {
+            min_lr_ratio: 1.5,
+            ..s
+        }
+        .validate()
+        .is_err());
     }
 }

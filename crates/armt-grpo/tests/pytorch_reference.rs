@@ -3,8 +3,8 @@
 //! for the random inputs this test writes, in float64 and float32.
 
 use armt_grpo::{
-    group_advantages, logprobs_and_entropy, policy_loss, AggMode, AggNorm, EntropyGrad, GrpoConfig, KlEstimator,
-    PolicyBatch,
+    group_advantages, logprobs_and_entropy, policy_loss, AggMode, AggNorm, EntropyGrad, GrpoConfig,
+    KlEstimator, PolicyBatch,
 };
 use std::collections::HashMap;
 use std::path::PathBuf;
@@ -20,7 +20,12 @@ fn cases() -> Vec<GrpoConfig> {
     let d = GrpoConfig::default();
     vec![
         // verl defaults plus DAPO clip-higher, k3 KL and an entropy bonus.
-        GrpoConfig { clip_ratio_high: 0.28, kl_coef: 0.1, entropy_coeff: 0.01, ..d.clone() },
+        GrpoConfig {
+            clip_ratio_high: 0.28,
+            kl_coef: 0.1,
+            entropy_coeff: 0.01,
+            ..d.clone()
+        },
         GrpoConfig {
             loss_agg_mode: AggMode::SeqMeanTokenMean,
             kl_coef: 0.05,
@@ -80,7 +85,10 @@ fn make_inputs() -> Inputs {
     let opts = (Kind::Double, Device::Cpu);
     let logits = Tensor::randn([B, T, V], opts) * 2.0;
     let targets = Tensor::randint(V, [B, T], (Kind::Int64, Device::Cpu));
-    let logp = logits.log_softmax(-1, Kind::Double).gather(-1, &targets.unsqueeze(-1), false).squeeze_dim(-1);
+    let logp = logits
+        .log_softmax(-1, Kind::Double)
+        .gather(-1, &targets.unsqueeze(-1), false)
+        .squeeze_dim(-1);
     // Off-policy enough that both clip sides and the dual clip are hit.
     let old = &logp + Tensor::randn([B, T], opts) * 0.4;
     let refp = &logp + Tensor::randn([B, T], opts) * 0.3;
@@ -89,8 +97,19 @@ fn make_inputs() -> Inputs {
     let _ = mask.get(2).fill_(0.0);
     let levels = [0.0, 0.3, 0.4, 1.0, 1.5];
     let picks = Tensor::randint(levels.len() as i64, [B], (Kind::Int64, Device::Cpu));
-    let rewards = Vec::<i64>::try_from(picks).unwrap().into_iter().map(|i| levels[i as usize]).collect();
-    Inputs { logits, targets, old, refp, mask, rewards }
+    let rewards = Vec::<i64>::try_from(picks)
+        .unwrap()
+        .into_iter()
+        .map(|i| levels[i as usize])
+        .collect();
+    Inputs {
+        logits,
+        targets,
+        old,
+        refp,
+        mask,
+        rewards,
+    }
 }
 
 fn python() -> String {
@@ -115,7 +134,11 @@ fn run_reference(inp: &Inputs, cfgs: &[GrpoConfig]) -> HashMap<String, Tensor> {
     Tensor::write_safetensors(&named, dir.join("inputs.safetensors")).unwrap();
     std::fs::write(dir.join("cases.json"), serde_json::to_string(cfgs).unwrap()).unwrap();
     let script = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../scripts/reference/grpo.py");
-    let out = Command::new(python()).arg(&script).arg(&dir).output().expect("cannot run ARMT_PYTHON");
+    let out = Command::new(python())
+        .arg(&script)
+        .arg(&dir)
+        .output()
+        .expect("cannot run ARMT_PYTHON");
     assert!(
         out.status.success(),
         "{} failed:\n{}\n{}",
@@ -130,7 +153,10 @@ fn run_reference(inp: &Inputs, cfgs: &[GrpoConfig]) -> HashMap<String, Tensor> {
 
 fn max_diff(a: &Tensor, b: &Tensor) -> f64 {
     assert_eq!(a.size(), b.size(), "shapes differ");
-    (a.to_kind(Kind::Double) - b.to_kind(Kind::Double)).abs().max().double_value(&[])
+    (a.to_kind(Kind::Double) - b.to_kind(Kind::Double))
+        .abs()
+        .max()
+        .double_value(&[])
 }
 
 #[test]
@@ -138,7 +164,11 @@ fn loss_and_gradients_match_pytorch() {
     let inp = make_inputs();
     let cfgs = cases();
     let reference = run_reference(&inp, &cfgs);
-    let get = |name: &str| reference.get(name).unwrap_or_else(|| panic!("reference has no `{name}`"));
+    let get = |name: &str| {
+        reference
+            .get(name)
+            .unwrap_or_else(|| panic!("reference has no `{name}`"))
+    };
     let mut worst: HashMap<(&str, &str), f64> = HashMap::new();
     // The inputs must reach every branch of the surrogate, or the comparison proves little.
     let mut hit = [0.0f64; 3];
@@ -184,22 +214,44 @@ fn loss_and_gradients_match_pytorch() {
             hit[2] = hit[2].max(metrics.pg.clipfrac_dual);
             check("loss", &loss.reshape([1]), "loss");
             check("grad logp", &logp_leaf.grad(), "grad_logp");
-            let grad_ent = if ent_leaf.grad().defined() { ent_leaf.grad() } else { ent_leaf.zeros_like() };
+            let grad_ent = if ent_leaf.grad().defined() {
+                ent_leaf.grad()
+            } else {
+                ent_leaf.zeros_like()
+            };
             check("grad entropy", &grad_ent, "grad_ent");
-            check("clipfrac", &Tensor::from_slice(&[metrics.pg.clipfrac]), "clipfrac");
-            check("dual clip", &Tensor::from_slice(&[metrics.pg.clipfrac_dual]), "clipfrac_dual");
+            check(
+                "clipfrac",
+                &Tensor::from_slice(&[metrics.pg.clipfrac]),
+                "clipfrac",
+            );
+            check(
+                "dual clip",
+                &Tensor::from_slice(&[metrics.pg.clipfrac_dual]),
+                "clipfrac_dual",
+            );
             check("ppo_kl", &Tensor::from_slice(&[metrics.pg.ppo_kl]), "ppo_kl");
             // The fully masked row gets no gradient at all.
-            assert_eq!(logp_leaf.grad().get(2).abs().sum(Kind::Double).double_value(&[]), 0.0);
+            assert_eq!(
+                logp_leaf.grad().get(2).abs().sum(Kind::Double).double_value(&[]),
+                0.0
+            );
 
             // 2) Through the logits.
-            let batch = PolicyBatch { log_probs: &logp, entropy: Some(&ent), ..batch };
+            let batch = PolicyBatch {
+                log_probs: &logp,
+                entropy: Some(&ent),
+                ..batch
+            };
             let (loss, _) = policy_loss(&batch, cfg, &AggNorm::default()).unwrap();
             loss.backward();
             check("grad logits", &logits.grad(), "grad_logits");
         }
     }
-    assert!(hit.iter().all(|&f| f > 0.0), "low / high / dual clip fractions {hit:?}: some branch never taken");
+    assert!(
+        hit.iter().all(|&f| f > 0.0),
+        "low / high / dual clip fractions {hit:?}: some branch never taken"
+    );
     println!("largest clip fractions (low, high, dual): {hit:?}");
     let mut worst: Vec<_> = worst.into_iter().collect();
     worst.sort_by(|a, b| a.0.cmp(&b.0));
@@ -213,7 +265,11 @@ fn micro_batches_with_global_normalisers_add_up_to_the_mini_batch_loss() {
     // Gradient accumulation sums micro-batch losses; with the mini-batch's token and sequence
     // counts as normalisers the sum must equal the loss of the whole mini-batch.
     let inp = make_inputs();
-    let logp = inp.logits.log_softmax(-1, Kind::Double).gather(-1, &inp.targets.unsqueeze(-1), false).squeeze_dim(-1);
+    let logp = inp
+        .logits
+        .log_softmax(-1, Kind::Double)
+        .gather(-1, &inp.targets.unsqueeze(-1), false)
+        .squeeze_dim(-1);
     let adv = Tensor::from_slice(&group_advantages(&inp.rewards, &GROUPS, true, 1e-6).unwrap());
     let tokens = inp.mask.sum(Kind::Double).double_value(&[]);
     let seqs = inp
@@ -223,13 +279,28 @@ fn micro_batches_with_global_normalisers_add_up_to_the_mini_batch_loss() {
         .to_kind(Kind::Double)
         .sum(Kind::Double)
         .double_value(&[]);
-    let global = AggNorm { batch_num_tokens: Some(tokens), global_batch_size: Some(seqs), loss_scale_factor: None };
-    for mode in [AggMode::TokenMean, AggMode::SeqMeanTokenSum, AggMode::SeqMeanTokenMean, AggMode::SeqMeanTokenSumNorm]
-    {
-        let cfg = GrpoConfig { loss_agg_mode: mode, ..GrpoConfig::default() };
+    let global = AggNorm {
+        batch_num_tokens: Some(tokens),
+        global_batch_size: Some(seqs),
+        loss_scale_factor: None,
+    };
+    for mode in [
+        AggMode::TokenMean,
+        AggMode::SeqMeanTokenSum,
+        AggMode::SeqMeanTokenMean,
+        AggMode::SeqMeanTokenSumNorm,
+    ] {
+        let cfg = GrpoConfig {
+            loss_agg_mode: mode,
+            ..GrpoConfig::default()
+        };
         let loss_of = |lo: i64, n: i64, norm: &AggNorm| {
-            let (lp, old, a, m) =
-                (logp.narrow(0, lo, n), inp.old.narrow(0, lo, n), adv.narrow(0, lo, n), inp.mask.narrow(0, lo, n));
+            let (lp, old, a, m) = (
+                logp.narrow(0, lo, n),
+                inp.old.narrow(0, lo, n),
+                adv.narrow(0, lo, n),
+                inp.mask.narrow(0, lo, n),
+            );
             let b = PolicyBatch {
                 log_probs: &lp,
                 old_log_probs: &old,

@@ -26,17 +26,27 @@ pub enum MetricsError {
     #[error("{path}: metric name `{name}` is reserved for the row's own field")]
     ReservedName { path: PathBuf, name: String },
     #[error("{path}: no metric named `{name}` (present: {present})")]
-    UnknownMetric { path: PathBuf, name: String, present: String },
+    UnknownMetric {
+        path: PathBuf,
+        name: String,
+        present: String,
+    },
     #[error("{path}: cannot draw plot: {msg}")]
     Plot { path: PathBuf, msg: String },
 }
 
 fn io_err(path: &Path) -> impl FnOnce(std::io::Error) -> MetricsError + '_ {
-    move |source| MetricsError::Io { path: path.to_path_buf(), source }
+    move |source| MetricsError::Io {
+        path: path.to_path_buf(),
+        source,
+    }
 }
 
 fn unix_now() -> f64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs_f64()).unwrap_or(0.0)
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs_f64())
+        .unwrap_or(0.0)
 }
 
 /// One row of metrics.jsonl as read back: its step and its metrics by name.
@@ -64,7 +74,11 @@ impl MetricsLogger {
         if jsonl_path.exists() {
             repair_jsonl(&jsonl_path, resume_step)?;
         }
-        let jsonl = OpenOptions::new().create(true).append(true).open(&jsonl_path).map_err(io_err(&jsonl_path))?;
+        let jsonl = OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&jsonl_path)
+            .map_err(io_err(&jsonl_path))?;
 
         let tb_dir = run_dir.join("tb");
         std::fs::create_dir_all(&tb_dir).map_err(io_err(&tb_dir))?;
@@ -84,7 +98,12 @@ impl MetricsLogger {
                 Err(e) => return Err(io_err(&events_path)(e)),
             }
         };
-        let mut logger = MetricsLogger { jsonl_path, jsonl, events_path, events: BufWriter::new(file) };
+        let mut logger = MetricsLogger {
+            jsonl_path,
+            jsonl,
+            events_path,
+            events: BufWriter::new(file),
+        };
         logger.write_event(&tfevents::file_version_event(now))?;
         if let Some(step) = resume_step {
             logger.write_event(&tfevents::session_start_event(now, step.saturating_add(1) as i64))?;
@@ -109,7 +128,10 @@ impl MetricsLogger {
     /// nothing logged).
     pub fn log(&mut self, step: u64, scalars: &BTreeMap<String, f64>) -> Result<(), MetricsError> {
         if let Some(name) = scalars.keys().find(|k| *k == "step" || *k == "time") {
-            return Err(MetricsError::ReservedName { path: self.jsonl_path.clone(), name: name.clone() });
+            return Err(MetricsError::ReservedName {
+                path: self.jsonl_path.clone(),
+                name: name.clone(),
+            });
         }
         let now = unix_now();
         // Written by hand rather than through a serde map so that `step` and `time` lead the
@@ -124,10 +146,15 @@ impl MetricsLogger {
         row.push_str("}\n");
         // A single write of the whole line: an interrupted run leaves at most one torn
         // last line, which `create`/`read_metrics` know to discard.
-        self.jsonl.write_all(row.as_bytes()).map_err(io_err(&self.jsonl_path))?;
+        self.jsonl
+            .write_all(row.as_bytes())
+            .map_err(io_err(&self.jsonl_path))?;
         self.jsonl.flush().map_err(io_err(&self.jsonl_path))?;
 
-        let finite = scalars.iter().filter(|(_, v)| v.is_finite()).map(|(k, &v)| (k.as_str(), v as f32));
+        let finite = scalars
+            .iter()
+            .filter(|(_, v)| v.is_finite())
+            .map(|(k, &v)| (k.as_str(), v as f32));
         let ev = tfevents::scalars_event(now, step as i64, finite);
         self.write_event(&ev)?;
         self.flush_events()
@@ -154,8 +181,22 @@ fn hostname() -> String {
         .or_else(|| std::env::var("HOSTNAME").ok())
         .unwrap_or_default();
     // The name goes into a file name: keep it to characters safe there.
-    let clean: String = raw.trim().chars().map(|c| if c.is_ascii_alphanumeric() || c == '-' || c == '.' { c } else { '_' }).collect();
-    if clean.is_empty() { "localhost".to_string() } else { clean }
+    let clean: String = raw
+        .trim()
+        .chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || c == '-' || c == '.' {
+                c
+            } else {
+                '_'
+            }
+        })
+        .collect();
+    if clean.is_empty() {
+        "localhost".to_string()
+    } else {
+        clean
+    }
 }
 
 /// Rewrites an existing metrics.jsonl without a torn last line (a run killed mid-write) and,
@@ -167,13 +208,21 @@ fn repair_jsonl(path: &Path, resume_step: Option<u64>) -> Result<(), MetricsErro
     if resume_step.is_none() && !torn {
         return Ok(());
     }
-    let complete = if torn { &text[..text.rfind('\n').map_or(0, |i| i + 1)] } else { &text[..] };
+    let complete = if torn {
+        &text[..text.rfind('\n').map_or(0, |i| i + 1)]
+    } else {
+        &text[..]
+    };
     let mut kept = String::with_capacity(complete.len());
     for (i, line) in complete.lines().enumerate() {
         if line.trim().is_empty() {
             continue;
         }
-        let step = row_step(line).map_err(|msg| MetricsError::Row { path: path.to_path_buf(), line: i + 1, msg })?;
+        let step = row_step(line).map_err(|msg| MetricsError::Row {
+            path: path.to_path_buf(),
+            line: i + 1,
+            msg,
+        })?;
         if resume_step.is_none_or(|r| step <= r) {
             kept.push_str(line);
             kept.push('\n');
@@ -190,7 +239,9 @@ fn repair_jsonl(path: &Path, resume_step: Option<u64>) -> Result<(), MetricsErro
 
 fn row_step(line: &str) -> Result<u64, String> {
     let v: serde_json::Value = serde_json::from_str(line).map_err(|e| e.to_string())?;
-    v.get("step").and_then(|s| s.as_u64()).ok_or_else(|| "no non-negative integer `step`".to_string())
+    v.get("step")
+        .and_then(|s| s.as_u64())
+        .ok_or_else(|| "no non-negative integer `step`".to_string())
 }
 
 /// Reads metrics.jsonl: (step, metrics) per row, in file order. `time` is not a metric and is
@@ -205,14 +256,21 @@ pub fn read_metrics(path: &Path) -> Result<Vec<MetricRow>, MetricsError> {
         if line.trim().is_empty() {
             continue;
         }
-        let err = |msg: String| MetricsError::Row { path: path.to_path_buf(), line: i + 1, msg };
+        let err = |msg: String| MetricsError::Row {
+            path: path.to_path_buf(),
+            line: i + 1,
+            msg,
+        };
         let parsed: Result<serde_json::Map<String, serde_json::Value>, _> = serde_json::from_str(line);
         let obj = match parsed {
             Ok(o) => o,
             Err(_) if i + 1 == n_lines && !text.ends_with('\n') => break,
             Err(e) => return Err(err(e.to_string())),
         };
-        let step = obj.get("step").and_then(|s| s.as_u64()).ok_or_else(|| err("no non-negative integer `step`".into()))?;
+        let step = obj
+            .get("step")
+            .and_then(|s| s.as_u64())
+            .ok_or_else(|| err("no non-negative integer `step`".into()))?;
         let mut row = BTreeMap::new();
         for (k, v) in obj {
             if k == "step" || k == "time" {

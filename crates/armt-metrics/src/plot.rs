@@ -47,21 +47,35 @@ fn ensure_font() -> Result<(), String> {
 /// and, when an accuracy metric exists (`reward/accuracy`, `accuracy`, or any name whose
 /// last segment starts with `acc`), the accuracy on a right-hand axis. Then one
 /// `<metric>.png` per metric, `/` in names turned into `_`.
-pub fn plot_metrics(metrics_jsonl: &Path, out_dir: &Path, names: Option<&[String]>) -> Result<Vec<PathBuf>, MetricsError> {
+pub fn plot_metrics(
+    metrics_jsonl: &Path,
+    out_dir: &Path,
+    names: Option<&[String]>,
+) -> Result<Vec<PathBuf>, MetricsError> {
     let rows = read_metrics(metrics_jsonl)?;
-    let plot_err = |msg: String| MetricsError::Plot { path: metrics_jsonl.to_path_buf(), msg };
+    let plot_err = |msg: String| MetricsError::Plot {
+        path: metrics_jsonl.to_path_buf(),
+        msg,
+    };
     if rows.is_empty() {
         return Err(plot_err("no metric rows to plot".into()));
     }
     ensure_font().map_err(plot_err)?;
-    let present: BTreeSet<&str> = rows.iter().flat_map(|(_, m)| m.keys().map(String::as_str)).collect();
+    let present: BTreeSet<&str> = rows
+        .iter()
+        .flat_map(|(_, m)| m.keys().map(String::as_str))
+        .collect();
     let chosen: Vec<&str> = match names {
         Some(ns) => {
             let mut v = Vec::new();
             for n in ns {
                 if !present.contains(n.as_str()) {
                     let present = present.iter().copied().collect::<Vec<_>>().join(", ");
-                    return Err(MetricsError::UnknownMetric { path: metrics_jsonl.to_path_buf(), name: n.clone(), present });
+                    return Err(MetricsError::UnknownMetric {
+                        path: metrics_jsonl.to_path_buf(),
+                        name: n.clone(),
+                        present,
+                    });
                 }
                 v.push(n.as_str());
             }
@@ -78,10 +92,24 @@ pub fn plot_metrics(metrics_jsonl: &Path, out_dir: &Path, names: Option<&[String
         let reward = series(&rows, "reward/mean");
         let acc = acc_name.map(|n| (n, series(&rows, n)));
         render(&path, REWARD_W, REWARD_H, |root| {
-            let title = format!("Reward curve ({} step{})", rows.len(), if rows.len() == 1 { "" } else { "s" });
-            draw_panel(root, &title, ("reward/mean", &reward), acc.as_ref().map(|(n, s)| (*n, s.as_slice())), REWARD_SMOOTHING, 30)
+            let title = format!(
+                "Reward curve ({} step{})",
+                rows.len(),
+                if rows.len() == 1 { "" } else { "s" }
+            );
+            draw_panel(
+                root,
+                &title,
+                ("reward/mean", &reward),
+                acc.as_ref().map(|(n, s)| (*n, s.as_slice())),
+                REWARD_SMOOTHING,
+                30,
+            )
         })
-        .map_err(|m| MetricsError::Plot { path: path.clone(), msg: m })?;
+        .map_err(|m| MetricsError::Plot {
+            path: path.clone(),
+            msg: m,
+        })?;
         written.push(path);
     }
     let mut used = BTreeSet::new();
@@ -95,8 +123,13 @@ pub fn plot_metrics(metrics_jsonl: &Path, out_dir: &Path, names: Option<&[String
         }
         let path = out_dir.join(format!("{stem}.png"));
         let pts = series(&rows, name);
-        render(&path, PANEL_W, PANEL_H, |root| draw_panel(root, name, (name, &pts), None, PANEL_SMOOTHING, 24))
-            .map_err(|m| MetricsError::Plot { path: path.clone(), msg: m })?;
+        render(&path, PANEL_W, PANEL_H, |root| {
+            draw_panel(root, name, (name, &pts), None, PANEL_SMOOTHING, 24)
+        })
+        .map_err(|m| MetricsError::Plot {
+            path: path.clone(),
+            msg: m,
+        })?;
         written.push(path);
     }
     Ok(written)
@@ -108,17 +141,35 @@ fn accuracy_name<'a>(present: &BTreeSet<&'a str>) -> Option<&'a str> {
             return Some(n);
         }
     }
-    present.iter().copied().find(|n| n.rsplit('/').next().is_some_and(|last| last.starts_with("acc")))
+    present
+        .iter()
+        .copied()
+        .find(|n| n.rsplit('/').next().is_some_and(|last| last.starts_with("acc")))
 }
 
 fn file_stem(name: &str) -> String {
-    let s: String = name.chars().map(|c| if c.is_ascii_alphanumeric() || c == '-' || c == '.' { c } else { '_' }).collect();
-    if s.is_empty() || s.starts_with('.') { format!("metric{s}") } else { s }
+    let s: String = name
+        .chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || c == '-' || c == '.' {
+                c
+            } else {
+                '_'
+            }
+        })
+        .collect();
+    if s.is_empty() || s.starts_with('.') {
+        format!("metric{s}")
+    } else {
+        s
+    }
 }
 
 /// (step, value) for every row that has the metric; NaN where it was logged as null.
 fn series(rows: &[MetricRow], name: &str) -> Vec<(f64, f64)> {
-    rows.iter().filter_map(|(s, m)| m.get(name).map(|&v| (*s as f64, v))).collect()
+    rows.iter()
+        .filter_map(|(s, m)| m.get(name).map(|&v| (*s as f64, v)))
+        .collect()
 }
 
 /// TensorBoard's debiased exponential moving average: without the debiasing the line would
@@ -151,7 +202,11 @@ fn segments(points: &[(f64, f64)]) -> Vec<Vec<(f64, f64)>> {
 
 /// Axis range over finite values with 5% padding; a flat or empty series still gets a range.
 fn range(vals: impl Iterator<Item = f64>) -> (f64, f64) {
-    let (lo, hi) = vals.filter(|v| v.is_finite()).fold((f64::INFINITY, f64::NEG_INFINITY), |(a, b), v| (a.min(v), b.max(v)));
+    let (lo, hi) = vals
+        .filter(|v| v.is_finite())
+        .fold((f64::INFINITY, f64::NEG_INFINITY), |(a, b), v| {
+            (a.min(v), b.max(v))
+        });
     if !lo.is_finite() {
         return (0.0, 1.0);
     }
@@ -192,8 +247,13 @@ fn draw_panel(
 ) -> Result<(), String> {
     let e = |e: DrawingAreaErrorKind<_>| e.to_string();
     let (main_name, main_pts) = main;
-    let all_x = main_pts.iter().chain(second.iter().flat_map(|s| s.1.iter())).map(|p| p.0);
-    let (mut x0, mut x1) = all_x.fold((f64::INFINITY, f64::NEG_INFINITY), |(a, b), x| (a.min(x), b.max(x)));
+    let all_x = main_pts
+        .iter()
+        .chain(second.iter().flat_map(|s| s.1.iter()))
+        .map(|p| p.0);
+    let (mut x0, mut x1) = all_x.fold((f64::INFINITY, f64::NEG_INFINITY), |(a, b), x| {
+        (a.min(x), b.max(x))
+    });
     if !x0.is_finite() {
         (x0, x1) = (0.0, 1.0);
     } else if x1 - x0 < 1.0 {
@@ -202,7 +262,11 @@ fn draw_panel(
     let (y0, y1) = range(main_pts.iter().map(|p| p.1));
     let (s0, s1) = second.map_or((0.0, 1.0), |(_, pts)| range(pts.iter().map(|p| p.1)));
     let no_data = main_pts.iter().all(|p| !p.1.is_finite());
-    let caption = if no_data { format!("{title} (no finite values)") } else { title.to_string() };
+    let caption = if no_data {
+        format!("{title} (no finite values)")
+    } else {
+        title.to_string()
+    };
 
     let mut chart = ChartBuilder::on(root)
         .caption(caption, (FONT, title_size))
@@ -232,12 +296,15 @@ fn draw_panel(
     for (i, seg) in segments(main_pts).into_iter().enumerate() {
         let s = chart.draw_series(LineSeries::new(seg, faint)).map_err(e)?;
         if i == 0 {
-            s.label(format!("{main_name} (raw)")).legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 24, y)], faint));
+            s.label(format!("{main_name} (raw)"))
+                .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 24, y)], faint));
         }
     }
     let smoothed = smooth(main_pts, weight);
     if smoothed.len() == 1 {
-        chart.draw_series(std::iter::once(Circle::new(smoothed[0], 5, MAIN_COLOR.filled()))).map_err(e)?;
+        chart
+            .draw_series(std::iter::once(Circle::new(smoothed[0], 5, MAIN_COLOR.filled())))
+            .map_err(e)?;
     }
     chart
         .draw_series(LineSeries::new(smoothed, MAIN_COLOR.stroke_width(3)))
@@ -256,11 +323,15 @@ fn draw_panel(
             .map_err(e)?;
         let faint = ACC_COLOR.mix(0.3).stroke_width(1);
         for seg in segments(pts) {
-            chart.draw_secondary_series(LineSeries::new(seg, faint)).map_err(e)?;
+            chart
+                .draw_secondary_series(LineSeries::new(seg, faint))
+                .map_err(e)?;
         }
         let sm = smooth(pts, weight);
         if sm.len() == 1 {
-            chart.draw_secondary_series(std::iter::once(Circle::new(sm[0], 5, ACC_COLOR.filled()))).map_err(e)?;
+            chart
+                .draw_secondary_series(std::iter::once(Circle::new(sm[0], 5, ACC_COLOR.filled())))
+                .map_err(e)?;
         }
         chart
             .draw_secondary_series(LineSeries::new(sm, ACC_COLOR.stroke_width(3)))

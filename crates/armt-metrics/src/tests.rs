@@ -13,7 +13,8 @@ fn m(pairs: &[(&str, f64)]) -> BTreeMap<String, f64> {
 }
 
 fn python() -> String {
-    std::env::var("ARMT_PYTHON").unwrap_or_else(|_| panic!("ARMT_PYTHON is not set: source ~/.cache/armt/env.sh or run scripts/test"))
+    std::env::var("ARMT_PYTHON")
+        .unwrap_or_else(|_| panic!("ARMT_PYTHON is not set: source ~/.cache/armt/env.sh or run scripts/test"))
 }
 
 /// Reads the run's tb/ folder with TensorBoard's own EventAccumulator and returns
@@ -28,8 +29,17 @@ for tag in sorted(acc.Tags()["scalars"]):
     for e in acc.Scalars(tag):
         print(f"{tag}\t{e.step}\t{e.value!r}")
 "#;
-    let out = Command::new(python()).arg("-c").arg(script).arg(tb_dir).output().expect("run ARMT_PYTHON");
-    assert!(out.status.success(), "tensorboard read failed: {}", String::from_utf8_lossy(&out.stderr));
+    let out = Command::new(python())
+        .arg("-c")
+        .arg(script)
+        .arg(tb_dir)
+        .output()
+        .expect("run ARMT_PYTHON");
+    assert!(
+        out.status.success(),
+        "tensorboard read failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     String::from_utf8(out.stdout)
         .unwrap()
         .lines()
@@ -44,7 +54,15 @@ for tag in sorted(acc.Tags()["scalars"]):
 fn jsonl_rows_have_step_time_and_null_for_non_finite() {
     let dir = tmp_dir("jsonl");
     let mut log = MetricsLogger::create(&dir, None).unwrap();
-    log.log(1, &m(&[("reward/mean", 0.25), ("actor/kl", f64::NAN), ("perf/tokens_per_s", f64::INFINITY)])).unwrap();
+    log.log(
+        1,
+        &m(&[
+            ("reward/mean", 0.25),
+            ("actor/kl", f64::NAN),
+            ("perf/tokens_per_s", f64::INFINITY),
+        ]),
+    )
+    .unwrap();
     log.log(2, &m(&[("reward/mean", 0.5)])).unwrap();
     // No drop(): the rows must already be on disk (flushed per call).
     let text = std::fs::read_to_string(dir.join("metrics.jsonl")).unwrap();
@@ -90,20 +108,31 @@ fn resume_drops_rows_after_checkpoint_and_appends() {
     }
     let rows = read_metrics(&dir.join("metrics.jsonl")).unwrap();
     let got: Vec<(u64, f64)> = rows.iter().map(|(s, m)| (*s, m["reward/mean"])).collect();
-    assert_eq!(got, vec![(1, 1.0), (2, 2.0), (3, 3.0), (4, 40.0), (5, 50.0), (6, 60.0)]);
+    assert_eq!(
+        got,
+        vec![(1, 1.0), (2, 2.0), (3, 3.0), (4, 40.0), (5, 50.0), (6, 60.0)]
+    );
     // Two event files now; TensorBoard must show each step once, with the resumed values.
     let files = std::fs::read_dir(dir.join("tb")).unwrap().count();
     assert_eq!(files, 2);
     let tb = tensorboard_scalars(&dir.join("tb"));
     let got: Vec<(i64, f64)> = tb.iter().map(|(_, s, v)| (*s, *v)).collect();
-    assert_eq!(got, vec![(1, 1.0), (2, 2.0), (3, 3.0), (4, 40.0), (5, 50.0), (6, 60.0)], "{tb:?}");
+    assert_eq!(
+        got,
+        vec![(1, 1.0), (2, 2.0), (3, 3.0), (4, 40.0), (5, 50.0), (6, 60.0)],
+        "{tb:?}"
+    );
 }
 
 #[test]
 fn torn_last_line_is_ignored_and_repaired() {
     let dir = tmp_dir("torn");
     let p = dir.join("metrics.jsonl");
-    std::fs::write(&p, "{\"step\":1,\"time\":1.0,\"reward/mean\":0.5}\n{\"step\":2,\"ti").unwrap();
+    std::fs::write(
+        &p,
+        "{\"step\":1,\"time\":1.0,\"reward/mean\":0.5}\n{\"step\":2,\"ti",
+    )
+    .unwrap();
     assert_eq!(read_metrics(&p).unwrap().len(), 1);
     let mut log = MetricsLogger::create(&dir, None).unwrap();
     log.log(2, &m(&[("reward/mean", 0.75)])).unwrap();
@@ -119,16 +148,36 @@ fn torn_last_line_is_ignored_and_repaired() {
 fn tensorboard_reads_our_event_files() {
     let dir = tmp_dir("tb");
     let mut log = MetricsLogger::create(&dir, None).unwrap();
-    let name = log.events_path().file_name().unwrap().to_string_lossy().into_owned();
+    let name = log
+        .events_path()
+        .file_name()
+        .unwrap()
+        .to_string_lossy()
+        .into_owned();
     assert!(name.starts_with("events.out.tfevents."), "{name}");
     for s in 0..4u64 {
-        log.log(s * 10, &m(&[("reward/mean", 0.5 + s as f64 * 0.125), ("actor/kl", 1e-3 * s as f64), ("actor/bad", f64::NAN)]))
-            .unwrap();
+        log.log(
+            s * 10,
+            &m(&[
+                ("reward/mean", 0.5 + s as f64 * 0.125),
+                ("actor/kl", 1e-3 * s as f64),
+                ("actor/bad", f64::NAN),
+            ]),
+        )
+        .unwrap();
     }
     let tb = tensorboard_scalars(&dir.join("tb"));
     let tags: BTreeSet<&str> = tb.iter().map(|t| t.0.as_str()).collect();
-    assert_eq!(tags, BTreeSet::from(["actor/kl", "reward/mean"]), "NaN-only tag must be skipped");
-    let reward: Vec<(i64, f64)> = tb.iter().filter(|t| t.0 == "reward/mean").map(|t| (t.1, t.2)).collect();
+    assert_eq!(
+        tags,
+        BTreeSet::from(["actor/kl", "reward/mean"]),
+        "NaN-only tag must be skipped"
+    );
+    let reward: Vec<(i64, f64)> = tb
+        .iter()
+        .filter(|t| t.0 == "reward/mean")
+        .map(|t| (t.1, t.2))
+        .collect();
     assert_eq!(reward, vec![(0, 0.5), (10, 0.625), (20, 0.75), (30, 0.875)]);
     let kl: Vec<f64> = tb.iter().filter(|t| t.0 == "actor/kl").map(|t| t.2).collect();
     assert_eq!(kl.len(), 4);
@@ -143,9 +192,15 @@ fn write_run(dir: &Path, n: u64, with_acc: bool) {
     for s in 1..=n {
         let x = s as f64;
         let noise = ((s * 7919) % 13) as f64 / 13.0 - 0.5;
-        let mut row = m(&[("reward/mean", 0.2 + 0.6 * (1.0 - (-x / 30.0).exp()) + 0.1 * noise), ("actor/kl", 1e-3 * x)]);
+        let mut row = m(&[
+            ("reward/mean", 0.2 + 0.6 * (1.0 - (-x / 30.0).exp()) + 0.1 * noise),
+            ("actor/kl", 1e-3 * x),
+        ]);
         if with_acc {
-            row.insert("reward/accuracy".into(), 0.3 + 0.5 * (1.0 - (-x / 40.0).exp()) + 0.05 * noise);
+            row.insert(
+                "reward/accuracy".into(),
+                0.3 + 0.5 * (1.0 - (-x / 40.0).exp()) + 0.05 * noise,
+            );
         }
         if s == 50 {
             row.insert("actor/kl".into(), f64::NAN);
@@ -164,14 +219,31 @@ fn plots_reward_curve_and_panels() {
     write_run(&dir, 120, true);
     let out = dir.join("plots");
     let paths = plot_metrics(&dir.join("metrics.jsonl"), &out, None).unwrap();
-    let names: Vec<String> = paths.iter().map(|p| p.file_name().unwrap().to_string_lossy().into_owned()).collect();
-    assert_eq!(names, vec!["reward_curve.png", "actor_kl.png", "reward_accuracy.png", "reward_mean.png"]);
+    let names: Vec<String> = paths
+        .iter()
+        .map(|p| p.file_name().unwrap().to_string_lossy().into_owned())
+        .collect();
+    assert_eq!(
+        names,
+        vec![
+            "reward_curve.png",
+            "actor_kl.png",
+            "reward_accuracy.png",
+            "reward_mean.png"
+        ]
+    );
 
     let curve = image::open(&paths[0]).unwrap().to_rgb8();
     assert_eq!(curve.dimensions(), (plot::REWARD_W, plot::REWARD_H));
     // The smoothed reward and accuracy lines are solid 3-px lines across the plot width.
-    assert!(count_color(&curve, plot::MAIN_COLOR) > 1500, "reward line missing");
-    assert!(count_color(&curve, plot::ACC_COLOR) > 1500, "accuracy line missing");
+    assert!(
+        count_color(&curve, plot::MAIN_COLOR) > 1500,
+        "reward line missing"
+    );
+    assert!(
+        count_color(&curve, plot::ACC_COLOR) > 1500,
+        "accuracy line missing"
+    );
     // Text was rendered: dark pixels well beyond what axis lines alone give.
     let dark = curve.pixels().filter(|p| p.0.iter().all(|&c| c < 80)).count();
     assert!(dark > 3000, "too few dark (text) pixels: {dark}");
@@ -190,8 +262,13 @@ fn plots_chosen_metrics_and_rejects_unknown() {
     let paths = plot_metrics(&jsonl, &dir.join("p"), Some(&["actor/kl".to_string()])).unwrap();
     assert_eq!(paths.len(), 2, "{paths:?}");
     assert!(paths[0].ends_with("reward_curve.png") && paths[1].ends_with("actor_kl.png"));
-    let err = plot_metrics(&jsonl, &dir.join("p"), Some(&["nope".to_string()])).unwrap_err().to_string();
-    assert!(err.contains("nope") && err.contains("metrics.jsonl") && err.contains("reward/mean"), "{err}");
+    let err = plot_metrics(&jsonl, &dir.join("p"), Some(&["nope".to_string()]))
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("nope") && err.contains("metrics.jsonl") && err.contains("reward/mean"),
+        "{err}"
+    );
 }
 
 #[test]
@@ -200,12 +277,18 @@ fn single_step_run_still_plots() {
     write_run(&dir, 1, false);
     let paths = plot_metrics(&dir.join("metrics.jsonl"), &dir.join("p"), None).unwrap();
     let curve = image::open(&paths[0]).unwrap().to_rgb8();
-    assert!(count_color(&curve, plot::MAIN_COLOR) > 30, "the lone point should be drawn");
+    assert!(
+        count_color(&curve, plot::MAIN_COLOR) > 30,
+        "the lone point should be drawn"
+    );
 }
 
 #[test]
 fn smoothing_is_debiased() {
     let s = plot::smooth(&[(0.0, 1.0), (1.0, f64::NAN), (2.0, 1.0)], 0.9);
     assert_eq!(s.len(), 2);
-    assert!((s[0].1 - 1.0).abs() < 1e-12 && (s[1].1 - 1.0).abs() < 1e-12, "{s:?}");
+    assert!(
+        (s[0].1 - 1.0).abs() < 1e-12 && (s[1].1 - 1.0).abs() < 1e-12,
+        "{s:?}"
+    );
 }

@@ -12,7 +12,11 @@ const CRC32C_TABLE: [u32; 256] = {
         let mut c = i as u32;
         let mut k = 0;
         while k < 8 {
-            c = if c & 1 != 0 { (c >> 1) ^ 0x82F6_3B78 } else { c >> 1 };
+            c = if c & 1 != 0 {
+                (c >> 1) ^ 0x82F6_3B78
+            } else {
+                c >> 1
+            };
             k += 1;
         }
         table[i] = c;
@@ -97,7 +101,11 @@ pub(crate) fn session_start_event(wall_time: f64, step: i64) -> Vec<u8> {
 }
 
 /// `summary { value { tag, simple_value } ... }`; the caller filters out non-finite values.
-pub(crate) fn scalars_event<'a>(wall_time: f64, step: i64, values: impl IntoIterator<Item = (&'a str, f32)>) -> Vec<u8> {
+pub(crate) fn scalars_event<'a>(
+    wall_time: f64,
+    step: i64,
+    values: impl IntoIterator<Item = (&'a str, f32)>,
+) -> Vec<u8> {
     let mut summary = Vec::new();
     for (tag, v) in values {
         let mut value = Vec::new();
@@ -139,8 +147,14 @@ mod tests {
         write_record(&mut out, b"hello").unwrap();
         assert_eq!(out.len(), 8 + 4 + 5 + 4);
         assert_eq!(u64::from_le_bytes(out[..8].try_into().unwrap()), 5);
-        assert_eq!(u32::from_le_bytes(out[8..12].try_into().unwrap()), masked_crc(&5u64.to_le_bytes()));
+        assert_eq!(
+            u32::from_le_bytes(out[8..12].try_into().unwrap()),
+            masked_crc(&5u64.to_le_bytes())
+        );
         assert_eq!(&out[12..17], b"hello");
-        assert_eq!(u32::from_le_bytes(out[17..].try_into().unwrap()), masked_crc(b"hello"));
+        assert_eq!(
+            u32::from_le_bytes(out[17..].try_into().unwrap()),
+            masked_crc(b"hello")
+        );
     }
 }

@@ -89,9 +89,14 @@ pub struct Qwen25VlConfig {
 
 impl Qwen25VlConfig {
     pub fn from_file(path: &Path) -> Result<Self, ModelError> {
-        let text = std::fs::read_to_string(path)
-            .map_err(|e| ModelError::Io { path: path.to_path_buf(), source: e })?;
-        Self::from_json_str(&text).map_err(|msg| ModelError::Config { path: path.to_path_buf(), msg })
+        let text = std::fs::read_to_string(path).map_err(|e| ModelError::Io {
+            path: path.to_path_buf(),
+            source: e,
+        })?;
+        Self::from_json_str(&text).map_err(|msg| ModelError::Config {
+            path: path.to_path_buf(),
+            msg,
+        })
     }
 
     /// Parses either layout. The error is a plain message; `from_file` adds the path.
@@ -111,8 +116,8 @@ impl Qwen25VlConfig {
                 .ok_or_else(|| format!("missing or non-integer field `{key}`"))
         };
         let vision_value = root.get("vision_config").ok_or("missing `vision_config`")?;
-        let vision: VisionConfig = serde_json::from_value(vision_value.clone())
-            .map_err(|e| format!("bad `vision_config`: {e}"))?;
+        let vision: VisionConfig =
+            serde_json::from_value(vision_value.clone()).map_err(|e| format!("bad `vision_config`: {e}"))?;
 
         let num_attention_heads = usize_field("num_attention_heads")?;
         let hidden_size = usize_field("hidden_size")?;
@@ -125,14 +130,22 @@ impl Qwen25VlConfig {
         let rope_params = get("rope_parameters").or_else(|| get("rope_scaling"));
         let rope_theta = get("rope_theta")
             .and_then(Value::as_f64)
-            .or_else(|| rope_params.and_then(|r| r.get("rope_theta")).and_then(Value::as_f64))
+            .or_else(|| {
+                rope_params
+                    .and_then(|r| r.get("rope_theta"))
+                    .and_then(Value::as_f64)
+            })
             .unwrap_or(1_000_000.0);
         let mrope_section: Vec<usize> = rope_params
             .and_then(|r| r.get("mrope_section"))
             .and_then(Value::as_array)
             .ok_or("missing `mrope_section` (in rope_scaling or rope_parameters)")?
             .iter()
-            .map(|v| v.as_u64().map(|x| x as usize).ok_or("non-integer in `mrope_section`"))
+            .map(|v| {
+                v.as_u64()
+                    .map(|x| x as usize)
+                    .ok_or("non-integer in `mrope_section`")
+            })
             .collect::<Result<_, _>>()?;
         if mrope_section.iter().sum::<usize>() * 2 != head_dim {
             return Err(format!(
@@ -150,7 +163,10 @@ impl Qwen25VlConfig {
             rms_norm_eps: get("rms_norm_eps").and_then(Value::as_f64).unwrap_or(1e-6),
             rope_theta,
             mrope_section,
-            hidden_act: get("hidden_act").and_then(Value::as_str).unwrap_or("silu").to_string(),
+            hidden_act: get("hidden_act")
+                .and_then(Value::as_str)
+                .unwrap_or("silu")
+                .to_string(),
         };
         if !text.num_attention_heads.is_multiple_of(text.num_key_value_heads) {
             return Err(format!(
@@ -167,7 +183,10 @@ impl Qwen25VlConfig {
             }
         }
         let token = |key: &str, default: i64| {
-            root.get(key).or_else(|| text_obj.get(key)).and_then(Value::as_i64).unwrap_or(default)
+            root.get(key)
+                .or_else(|| text_obj.get(key))
+                .and_then(Value::as_i64)
+                .unwrap_or(default)
         };
         // tie_word_embeddings sits at the top level in both layouts; 5.x may repeat it in text_config.
         let tie_word_embeddings = root
@@ -231,6 +250,8 @@ mod tests {
         let err = Qwen25VlConfig::from_json_str(&bad).unwrap_err();
         assert!(err.contains("mrope_section"), "{err}");
         let missing = FLAT.replace("\"vocab_size\": 1000,", "");
-        assert!(Qwen25VlConfig::from_json_str(&missing).unwrap_err().contains("vocab_size"));
+        assert!(Qwen25VlConfig::from_json_str(&missing)
+            .unwrap_err()
+            .contains("vocab_size"));
     }
 }

@@ -31,7 +31,10 @@ pub struct RmsNorm {
 
 impl RmsNorm {
     pub fn new(p: nn::Path, dim: usize, eps: f64) -> Self {
-        Self { weight: p.var("weight", &[dim as i64], nn::Init::Const(1.)), eps }
+        Self {
+            weight: p.var("weight", &[dim as i64], nn::Init::Const(1.)),
+            eps,
+        }
     }
 
     pub fn forward(&self, x: &Tensor) -> Tensor {
@@ -61,7 +64,8 @@ impl SwiGluMlp {
     }
 
     pub fn forward(&self, x: &Tensor) -> Tensor {
-        self.down_proj.forward(&(self.gate_proj.forward(x).silu() * self.up_proj.forward(x)))
+        self.down_proj
+            .forward(&(self.gate_proj.forward(x).silu() * self.up_proj.forward(x)))
     }
 }
 

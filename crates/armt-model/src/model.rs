@@ -50,7 +50,10 @@ pub struct Qwen25Vl {
 
 impl std::fmt::Debug for Qwen25Vl {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Qwen25Vl").field("config", &self.config).field("layout", &self.layout).finish()
+        f.debug_struct("Qwen25Vl")
+            .field("config", &self.config)
+            .field("layout", &self.layout)
+            .finish()
     }
 }
 
@@ -63,9 +66,22 @@ impl Qwen25Vl {
         let root = vs.root();
         let visual = VisionTransformer::new(&root / "visual", &config.vision);
         let text = TextModel::new(&root / "model", &config.text);
-        let lm_head = (!config.tie_word_embeddings)
-            .then(|| Linear::new(&root / "lm_head", config.text.hidden_size, config.text.vocab_size, false));
-        Self { vs, config, visual, text, lm_head, layout: WeightLayout::Hub }
+        let lm_head = (!config.tie_word_embeddings).then(|| {
+            Linear::new(
+                &root / "lm_head",
+                config.text.hidden_size,
+                config.text.vocab_size,
+                false,
+            )
+        });
+        Self {
+            vs,
+            config,
+            visual,
+            text,
+            lm_head,
+            layout: WeightLayout::Hub,
+        }
     }
 
     /// Loads `dir/config.json` and the safetensors checkpoint in `dir`.
@@ -73,7 +89,11 @@ impl Qwen25Vl {
         let config = Qwen25VlConfig::from_file(&dir.join("config.json"))?;
         let mut model = Self::new(config, device, kind);
         // A tied checkpoint may still carry lm_head.weight (a copy of the embeddings).
-        let optional: &[&str] = if model.lm_head.is_none() { &["lm_head.weight"] } else { &[] };
+        let optional: &[&str] = if model.lm_head.is_none() {
+            &["lm_head.weight"]
+        } else {
+            &[]
+        };
         model.layout = load_into(dir, &model.vs.variables(), optional)?;
         Ok(model)
     }
@@ -124,7 +144,10 @@ impl Qwen25Vl {
             }
         }
         if next_grid != grid_thw.len() {
-            return Err(ModelError::Input(format!("{} image grids for {next_grid} images in the rows", grid_thw.len())));
+            return Err(ModelError::Input(format!(
+                "{} image grids for {next_grid} images in the rows",
+                grid_thw.len()
+            )));
         }
         let device = self.device();
         let ids = Tensor::from_slice(&ids).view([b, t]).to_device(device);
@@ -137,7 +160,10 @@ impl Qwen25Vl {
         let embeds = self.embed(&ids, image_embeds.as_ref())?;
         let q = Tensor::arange(t, (Kind::Int64, device)).view([t, 1]);
         let k = Tensor::arange(t, (Kind::Int64, device)).view([1, t]);
-        let mask = k.le_tensor(&q).view([1, 1, t, t]).logical_and(&valid.view([b, 1, 1, t]));
+        let mask = k
+            .le_tensor(&q)
+            .view([1, 1, t, t])
+            .logical_and(&valid.view([b, 1, 1, t]));
         let hidden = self.text.forward_embeds(&embeds, &positions, Some(&mask), None);
         Ok(self.logits(&hidden))
     }
@@ -164,7 +190,12 @@ impl Qwen25Vl {
     }
 
     pub fn new_cache(&self) -> KvCache {
-        KvCache { layers: (0..self.text.num_layers()).map(|_| LayerCache::default()).collect(), len: 0 }
+        KvCache {
+            layers: (0..self.text.num_layers())
+                .map(|_| LayerCache::default())
+                .collect(),
+            len: 0,
+        }
     }
 
     /// Encodes images: `[merged tokens, hidden]` in the order of `grid_thw`.
@@ -213,10 +244,16 @@ impl Qwen25Vl {
     }
 
     /// M-RoPE positions `[3, B, S]` of unpadded rows and each row's decode offset.
-    pub fn positions(&self, input_ids: &Tensor, grid_thw: &[[i64; 3]]) -> Result<(Tensor, Vec<i64>), ModelError> {
+    pub fn positions(
+        &self,
+        input_ids: &Tensor,
+        grid_thw: &[[i64; 3]],
+    ) -> Result<(Tensor, Vec<i64>), ModelError> {
         let size = input_ids.size();
         if size.len() != 2 {
-            return Err(ModelError::Input(format!("input_ids must be [batch, seq], got {size:?}")));
+            return Err(ModelError::Input(format!(
+                "input_ids must be [batch, seq], got {size:?}"
+            )));
         }
         let ids = input_ids.to_device(Device::Cpu).to_kind(Kind::Int64);
         let mut next_grid = 0usize;
@@ -242,7 +279,12 @@ impl Qwen25Vl {
         for axis in per_axis {
             all.extend(axis);
         }
-        Ok((Tensor::from_slice(&all).view([3, size[0], size[1]]).to_device(self.device()), deltas))
+        Ok((
+            Tensor::from_slice(&all)
+                .view([3, size[0], size[1]])
+                .to_device(self.device()),
+            deltas,
+        ))
     }
 
     /// Runs `embeds` `[B, S, hidden]` at `positions` `[3, B, S]` after the tokens in `cache`,
@@ -271,14 +313,21 @@ impl Qwen25Vl {
             }
             Some(m)
         };
-        let hidden = self.text.forward_embeds(embeds, positions, mask.as_ref(), Some(&mut cache.layers));
+        let hidden = self
+            .text
+            .forward_embeds(embeds, positions, mask.as_ref(), Some(&mut cache.layers));
         cache.len = total;
         hidden
     }
 
     /// M-RoPE positions of one unpadded row whose images are the next grids of `grid_thw`
     /// (from `*next_grid` on, as many as its image-token runs need); advances `*next_grid`.
-    fn row_rope_index(&self, row: &[i64], grid_thw: &[[i64; 3]], next_grid: &mut usize) -> Result<RopeIndex, ModelError> {
+    fn row_rope_index(
+        &self,
+        row: &[i64],
+        grid_thw: &[[i64; 3]],
+        next_grid: &mut usize,
+    ) -> Result<RopeIndex, ModelError> {
         let merge = self.config.vision.spatial_merge_size as i64;
         let pads = row.iter().filter(|&&t| t == self.config.image_token_id).count() as i64;
         let (start, mut taken) = (*next_grid, 0i64);
@@ -287,7 +336,12 @@ impl Qwen25Vl {
             taken += g[0] * g[1] * g[2] / (merge * merge);
             *next_grid += 1;
         }
-        rope_index(row, &grid_thw[start..*next_grid], self.config.image_token_id, merge)
+        rope_index(
+            row,
+            &grid_thw[start..*next_grid],
+            self.config.image_token_id,
+            merge,
+        )
     }
 
     /// LM head (or the tied embeddings) over hidden states.

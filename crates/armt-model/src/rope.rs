@@ -67,8 +67,15 @@ pub fn rope_index(
     for i in 0..(input_ids.len() - st) as i64 {
         positions.push([next + i; 3]);
     }
-    let max = positions.iter().flat_map(|p| p.iter().copied()).max().unwrap_or(-1);
-    Ok(RopeIndex { positions, delta: max + 1 - input_ids.len() as i64 })
+    let max = positions
+        .iter()
+        .flat_map(|p| p.iter().copied())
+        .max()
+        .unwrap_or(-1);
+    Ok(RopeIndex {
+        positions,
+        delta: max + 1 - input_ids.len() as i64,
+    })
 }
 
 /// Rotary tables of the decoder: `inv_freq[j] = θ^(-2j/d)`, with the half-dimension split
@@ -83,8 +90,15 @@ impl MultimodalRotary {
     pub fn new(head_dim: usize, theta: f64, mrope_section: &[usize], device: Device) -> Self {
         let half = (head_dim / 2) as i64;
         let exponents = Tensor::arange(half, (Kind::Float, device)) * 2.0 / head_dim as f64;
-        let inv_freq = Tensor::from(theta).to_kind(Kind::Float).to_device(device).pow(&exponents).reciprocal();
-        Self { inv_freq, mrope_section: mrope_section.iter().map(|&s| s as i64).collect() }
+        let inv_freq = Tensor::from(theta)
+            .to_kind(Kind::Float)
+            .to_device(device)
+            .pow(&exponents)
+            .reciprocal();
+        Self {
+            inv_freq,
+            mrope_section: mrope_section.iter().map(|&s| s as i64).collect(),
+        }
     }
 
     /// `positions` is `[3, B, S]` (i64). Returns `(cos, sin)` of shape `[B, S, head_dim]` in f32.
@@ -121,9 +135,17 @@ mod tests {
         let ids = [10, 11, 12, 13, P, P, P, P, 14, 15, 16];
         let r = rope_index(&ids, &[[1, 4, 4]], P, 2).unwrap();
         let expected: Vec<[i64; 3]> = vec![
-            [0; 3], [1; 3], [2; 3], [3; 3],
-            [4, 4, 4], [4, 4, 5], [4, 5, 4], [4, 5, 5],
-            [6; 3], [7; 3], [8; 3],
+            [0; 3],
+            [1; 3],
+            [2; 3],
+            [3; 3],
+            [4, 4, 4],
+            [4, 4, 5],
+            [4, 5, 4],
+            [4, 5, 5],
+            [6; 3],
+            [7; 3],
+            [8; 3],
         ];
         assert_eq!(r.positions, expected);
         assert_eq!(r.delta, -2);

@@ -68,14 +68,19 @@ impl TextAttention {
         // GQA: each key/value head serves num_heads / num_kv_heads query heads.
         let rep = self.num_heads / self.num_kv_heads;
         let (k, v) = if rep > 1 {
-            (k.repeat_interleave_self_int(rep, 1, None), v.repeat_interleave_self_int(rep, 1, None))
+            (
+                k.repeat_interleave_self_int(rep, 1, None),
+                v.repeat_interleave_self_int(rep, 1, None),
+            )
         } else {
             (k, v)
         };
         let scale = (self.head_dim as f64).powf(-0.5);
         let out = match mask {
             Some(m) => Tensor::scaled_dot_product_attention(&q, &k, &v, Some(m), 0.0, false, scale, false),
-            None => Tensor::scaled_dot_product_attention::<Tensor>(&q, &k, &v, None, 0.0, s > 1, scale, false),
+            None => {
+                Tensor::scaled_dot_product_attention::<Tensor>(&q, &k, &v, None, 0.0, s > 1, scale, false)
+            }
         };
         self.o_proj.forward(&out.transpose(1, 2).reshape([b, s, -1]))
     }
@@ -94,7 +99,11 @@ impl DecoderLayer {
         Self {
             input_layernorm: RmsNorm::new(&p / "input_layernorm", cfg.hidden_size, cfg.rms_norm_eps),
             self_attn: TextAttention::new(&p / "self_attn", cfg),
-            post_attention_layernorm: RmsNorm::new(&p / "post_attention_layernorm", cfg.hidden_size, cfg.rms_norm_eps),
+            post_attention_layernorm: RmsNorm::new(
+                &p / "post_attention_layernorm",
+                cfg.hidden_size,
+                cfg.rms_norm_eps,
+            ),
             mlp: SwiGluMlp::new(&p / "mlp", cfg.hidden_size, cfg.intermediate_size, false),
         }
     }
@@ -107,7 +116,9 @@ impl DecoderLayer {
         mask: Option<&Tensor>,
         cache: Option<&mut LayerCache>,
     ) -> Tensor {
-        let x = x + self.self_attn.forward(&self.input_layernorm.forward(x), cos, sin, mask, cache);
+        let x = x + self
+            .self_attn
+            .forward(&self.input_layernorm.forward(x), cos, sin, mask, cache);
         &x + self.mlp.forward(&self.post_attention_layernorm.forward(&x))
     }
 }
@@ -128,9 +139,16 @@ impl TextModel {
             &[cfg.vocab_size as i64, cfg.hidden_size as i64],
             nn::Init::Const(0.),
         );
-        let layers = (0..cfg.num_hidden_layers).map(|i| DecoderLayer::new(&p / "layers" / i, cfg)).collect();
+        let layers = (0..cfg.num_hidden_layers)
+            .map(|i| DecoderLayer::new(&p / "layers" / i, cfg))
+            .collect();
         let rotary = MultimodalRotary::new(cfg.head_dim, cfg.rope_theta, &cfg.mrope_section, p.device());
-        Self { embed_tokens, layers, norm: RmsNorm::new(&p / "norm", cfg.hidden_size, cfg.rms_norm_eps), rotary }
+        Self {
+            embed_tokens,
+            layers,
+            norm: RmsNorm::new(&p / "norm", cfg.hidden_size, cfg.rms_norm_eps),
+            rotary,
+        }
     }
 
     pub fn num_layers(&self) -> usize {

@@ -36,7 +36,11 @@ impl VisionAttention {
     /// `x`: `[S, hidden]`; attention only within each `segments` range.
     fn forward(&self, x: &Tensor, segments: &Segments, cos: &Tensor, sin: &Tensor) -> Tensor {
         let s = x.size()[0];
-        let qkv = self.qkv.forward(x).view([s, 3, self.num_heads, self.head_dim]).permute([1, 0, 2, 3]);
+        let qkv = self
+            .qkv
+            .forward(x)
+            .view([s, 3, self.num_heads, self.head_dim])
+            .permute([1, 0, 2, 3]);
         let (q, k, v) = (qkv.get(0), qkv.get(1), qkv.get(2));
         // Rotary in f32, as transformers does for the vision tower, then back to the weights' dtype.
         let kind = q.kind();
@@ -126,11 +130,21 @@ impl VisionTransformer {
             ],
             nn::Init::Const(0.),
         );
-        let blocks = (0..cfg.depth).map(|i| VisionBlock::new(&p / "blocks" / i, cfg)).collect();
+        let blocks = (0..cfg.depth)
+            .map(|i| VisionBlock::new(&p / "blocks" / i, cfg))
+            .collect();
         // Rotary over half the head dimension: half for row positions, half for columns.
         let dim = cfg.hidden_size / cfg.num_heads / 2;
-        let inv_freq = (0..dim / 2).map(|j| 1.0 / 10000f64.powf((2 * j) as f64 / dim as f64)).collect();
-        Self { patch_embed, blocks, merger: PatchMerger::new(&p / "merger", cfg), cfg: cfg.clone(), inv_freq }
+        let inv_freq = (0..dim / 2)
+            .map(|j| 1.0 / 10000f64.powf((2 * j) as f64 / dim as f64))
+            .collect();
+        Self {
+            patch_embed,
+            blocks,
+            merger: PatchMerger::new(&p / "merger", cfg),
+            cfg: cfg.clone(),
+            inv_freq,
+        }
     }
 
     /// `pixel_values`: `[patches, C·T·P·P]` in processor order; `grid_thw`: per image (t, h, w)
@@ -149,7 +163,9 @@ impl VisionTransformer {
         }
         let m = self.cfg.spatial_merge_size as i64;
         if grid_thw.iter().any(|g| g[1] % m != 0 || g[2] % m != 0) {
-            return Err(ModelError::Input(format!("image grid {grid_thw:?} not divisible by the merge size {m}")));
+            return Err(ModelError::Input(format!(
+                "image grid {grid_thw:?} not divisible by the merge size {m}"
+            )));
         }
         // Conv3d with kernel == stride over exactly one patch is a matmul with the flattened kernel.
         let w = self.patch_embed.reshape([self.patch_embed.size()[0], -1]);
@@ -159,8 +175,14 @@ impl VisionTransformer {
         let (window_index, cu_window) = window_index(grid_thw, &self.cfg);
         let window_index = Tensor::from_slice(&window_index).to_device(device);
         let hidden = x.size()[1];
-        let x = x.view([n / unit, unit, hidden]).index_select(0, &window_index).view([n, hidden]);
-        let rope = rope.view([n / unit, unit, -1]).index_select(0, &window_index).view([n, -1]);
+        let x = x
+            .view([n / unit, unit, hidden])
+            .index_select(0, &window_index)
+            .view([n, hidden]);
+        let rope = rope
+            .view([n / unit, unit, -1])
+            .index_select(0, &window_index)
+            .view([n, -1]);
         let emb = Tensor::cat(&[&rope, &rope], -1);
         let (cos, sin) = (emb.cos(), emb.sin());
 
@@ -175,7 +197,11 @@ impl VisionTransformer {
         let windows = Segments::new(&cu_window, device);
         let mut x = x;
         for (i, block) in self.blocks.iter().enumerate() {
-            let seg = if self.cfg.fullatt_block_indexes.contains(&i) { &full } else { &windows };
+            let seg = if self.cfg.fullatt_block_indexes.contains(&i) {
+                &full
+            } else {
+                &windows
+            };
             x = block.forward(&x, seg, &cos, &sin);
         }
         let merged = self.merger.forward(&x);
@@ -205,7 +231,9 @@ impl VisionTransformer {
                 out.extend_from_slice(&frame);
             }
         }
-        Tensor::from_slice(&out).view([-1, 2 * nf as i64]).to_device(device)
+        Tensor::from_slice(&out)
+            .view([-1, 2 * nf as i64])
+            .to_device(device)
     }
 }
 
@@ -280,7 +308,9 @@ impl Segments {
             n,
             max_len,
             gather: Tensor::from_slice(&gather).to_device(device),
-            key_mask: Tensor::from_slice(&mask).view([n, 1, 1, max_len]).to_device(device),
+            key_mask: Tensor::from_slice(&mask)
+                .view([n, 1, 1, max_len])
+                .to_device(device),
             valid: Tensor::from_slice(&valid).to_device(device),
         }
     }
@@ -291,12 +321,23 @@ impl Segments {
         let scale = (head_dim as f64).powf(-0.5);
         if self.single {
             let t = |x: &Tensor| x.transpose(0, 1).unsqueeze(0);
-            let o = Tensor::scaled_dot_product_attention::<Tensor>(&t(q), &t(k), &t(v), None, 0.0, false, scale, false);
+            let o = Tensor::scaled_dot_product_attention::<Tensor>(
+                &t(q),
+                &t(k),
+                &t(v),
+                None,
+                0.0,
+                false,
+                scale,
+                false,
+            );
             return o.squeeze_dim(0).transpose(0, 1);
         }
         let heads = q.size()[1];
         let batch = |x: &Tensor| {
-            x.index_select(0, &self.gather).view([self.n, self.max_len, heads, head_dim]).transpose(1, 2)
+            x.index_select(0, &self.gather)
+                .view([self.n, self.max_len, heads, head_dim])
+                .transpose(1, 2)
         };
         let o = Tensor::scaled_dot_product_attention(
             &batch(q),
@@ -308,7 +349,9 @@ impl Segments {
             scale,
             false,
         );
-        o.transpose(1, 2).reshape([self.n * self.max_len, heads, head_dim]).index_select(0, &self.valid)
+        o.transpose(1, 2)
+            .reshape([self.n * self.max_len, heads, head_dim])
+            .index_select(0, &self.valid)
     }
 }
 
@@ -350,7 +393,10 @@ mod tests {
         for (a, b) in [(0i64, 3i64), (3, 7)] {
             let part = |x: &Tensor| x.narrow(0, a, b - a);
             let scores = part(&q).transpose(0, 1).matmul(&part(&k).permute([1, 2, 0])) / (d as f64).sqrt();
-            let expect = scores.softmax(-1, Kind::Float).matmul(&part(&v).transpose(0, 1)).transpose(0, 1);
+            let expect = scores
+                .softmax(-1, Kind::Float)
+                .matmul(&part(&v).transpose(0, 1))
+                .transpose(0, 1);
             let diff = (got.narrow(0, a, b - a) - expect).abs().max().double_value(&[]);
             assert!(diff < 1e-5, "segment {a}..{b}: {diff}");
         }

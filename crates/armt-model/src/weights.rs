@@ -65,13 +65,21 @@ impl WeightLayout {
 pub fn checkpoint_files(dir: &Path) -> Result<Vec<PathBuf>, ModelError> {
     let index = dir.join("model.safetensors.index.json");
     if index.exists() {
-        let text = std::fs::read_to_string(&index).map_err(|e| ModelError::Io { path: index.clone(), source: e })?;
-        let json: serde_json::Value = serde_json::from_str(&text)
-            .map_err(|e| ModelError::Checkpoint { path: index.clone(), msg: format!("invalid JSON: {e}") })?;
-        let map = json.get("weight_map").and_then(|m| m.as_object()).ok_or_else(|| ModelError::Checkpoint {
+        let text = std::fs::read_to_string(&index).map_err(|e| ModelError::Io {
             path: index.clone(),
-            msg: "no `weight_map` object".into(),
+            source: e,
         })?;
+        let json: serde_json::Value = serde_json::from_str(&text).map_err(|e| ModelError::Checkpoint {
+            path: index.clone(),
+            msg: format!("invalid JSON: {e}"),
+        })?;
+        let map = json
+            .get("weight_map")
+            .and_then(|m| m.as_object())
+            .ok_or_else(|| ModelError::Checkpoint {
+                path: index.clone(),
+                msg: "no `weight_map` object".into(),
+            })?;
         let shards: BTreeSet<&str> = map.values().filter_map(|v| v.as_str()).collect();
         let files: Vec<PathBuf> = shards.iter().map(|s| dir.join(s)).collect();
         for f in &files {
@@ -116,19 +124,30 @@ pub fn load_into(
     let files = checkpoint_files(dir)?;
     let mut maps = Vec::with_capacity(files.len());
     for f in &files {
-        let file = std::fs::File::open(f).map_err(|e| ModelError::Io { path: f.clone(), source: e })?;
+        let file = std::fs::File::open(f).map_err(|e| ModelError::Io {
+            path: f.clone(),
+            source: e,
+        })?;
         // SAFETY: the file is only read; a checkpoint changed under a running process is the
         // same hazard transformers and candle accept when they memory-map safetensors.
-        let mmap = unsafe { memmap2::Mmap::map(&file) }.map_err(|e| ModelError::Io { path: f.clone(), source: e })?;
+        let mmap = unsafe { memmap2::Mmap::map(&file) }.map_err(|e| ModelError::Io {
+            path: f.clone(),
+            source: e,
+        })?;
         maps.push((f.clone(), mmap));
     }
     let mut parsed = Vec::with_capacity(maps.len());
     for (path, mmap) in &maps {
-        let st = SafeTensors::deserialize(mmap)
-            .map_err(|e| ModelError::Checkpoint { path: path.clone(), msg: format!("not a safetensors file: {e}") })?;
+        let st = SafeTensors::deserialize(mmap).map_err(|e| ModelError::Checkpoint {
+            path: path.clone(),
+            msg: format!("not a safetensors file: {e}"),
+        })?;
         parsed.push((path, st));
     }
-    let all_names: Vec<String> = parsed.iter().flat_map(|(_, st)| st.names().into_iter().cloned()).collect();
+    let all_names: Vec<String> = parsed
+        .iter()
+        .flat_map(|(_, st)| st.names().into_iter().cloned())
+        .collect();
     let layout = WeightLayout::detect(&all_names);
 
     let mut found: BTreeMap<String, (&PathBuf, String)> = BTreeMap::new();
@@ -146,7 +165,11 @@ pub fn load_into(
             };
             let shape: Vec<i64> = view.shape().iter().map(|&d| d as i64).collect();
             if shape != var.size() {
-                misshaped.push(format!("  {file_name}: checkpoint {:?}, model {:?}", shape, var.size()));
+                misshaped.push(format!(
+                    "  {file_name}: checkpoint {:?}, model {:?}",
+                    shape,
+                    var.size()
+                ));
             } else if kind_of(view.dtype()).is_none() {
                 bad_dtype.push(format!("  {file_name}: unsupported dtype {:?}", view.dtype()));
             }
@@ -172,7 +195,10 @@ pub fn load_into(
                 report.push_str(&format!("{} tensors {title}:\n{}\n", list.len(), list.join("\n")));
             }
         }
-        return Err(ModelError::WeightMismatch { dir: dir.to_path_buf(), report });
+        return Err(ModelError::WeightMismatch {
+            dir: dir.to_path_buf(),
+            report,
+        });
     }
 
     let _guard = tch::no_grad_guard();
@@ -182,8 +208,11 @@ pub fn load_into(
             let Some(var) = vars.get(&name) else { continue };
             let kind = kind_of(view.dtype()).expect("dtype checked above");
             let shape: Vec<i64> = view.shape().iter().map(|&d| d as i64).collect();
-            let src = Tensor::f_from_data_size(view.data(), &shape, kind)
-                .map_err(|e| ModelError::Checkpoint { path: (*path).clone(), msg: format!("{file_name}: {e}") })?;
+            let src =
+                Tensor::f_from_data_size(view.data(), &shape, kind).map_err(|e| ModelError::Checkpoint {
+                    path: (*path).clone(),
+                    msg: format!("{file_name}: {e}"),
+                })?;
             let mut dst = var.shallow_clone();
             dst.f_copy_(&src.to_device(var.device()).to_kind(var.kind()))?;
         }
@@ -198,9 +227,18 @@ mod tests {
     #[test]
     fn names_round_trip_between_layouts() {
         for (file, model) in [
-            ("model.visual.blocks.0.attn.qkv.weight", "visual.blocks.0.attn.qkv.weight"),
-            ("model.language_model.layers.3.mlp.up_proj.weight", "model.layers.3.mlp.up_proj.weight"),
-            ("model.language_model.embed_tokens.weight", "model.embed_tokens.weight"),
+            (
+                "model.visual.blocks.0.attn.qkv.weight",
+                "visual.blocks.0.attn.qkv.weight",
+            ),
+            (
+                "model.language_model.layers.3.mlp.up_proj.weight",
+                "model.layers.3.mlp.up_proj.weight",
+            ),
+            (
+                "model.language_model.embed_tokens.weight",
+                "model.embed_tokens.weight",
+            ),
             ("lm_head.weight", "lm_head.weight"),
         ] {
             assert_eq!(WeightLayout::to_model_name(file), model);
@@ -215,6 +253,9 @@ mod tests {
         let dir = std::env::temp_dir().join("armt-no-weights-here");
         std::fs::create_dir_all(&dir).unwrap();
         let err = checkpoint_files(&dir).unwrap_err().to_string();
-        assert!(err.contains("armt-no-weights-here") && err.contains("model.safetensors"), "{err}");
+        assert!(
+            err.contains("armt-no-weights-here") && err.contains("model.safetensors"),
+            "{err}"
+        );
     }
 }

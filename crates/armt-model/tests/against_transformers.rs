@@ -18,12 +18,18 @@ fn cases() -> Vec<PathBuf> {
         .filter(|p| p.join("model").is_dir())
         .collect();
     cases.sort();
-    assert!(cases.len() >= 2, "expected several reference checkpoints in {:?}", refs_dir());
+    assert!(
+        cases.len() >= 2,
+        "expected several reference checkpoints in {:?}",
+        refs_dir()
+    );
     cases
 }
 
 fn relative_error(a: &Tensor, b: &Tensor) -> f64 {
-    let diff = (a.to_kind(Kind::Double) - b.to_kind(Kind::Double)).norm().double_value(&[]);
+    let diff = (a.to_kind(Kind::Double) - b.to_kind(Kind::Double))
+        .norm()
+        .double_value(&[]);
     diff / b.to_kind(Kind::Double).norm().double_value(&[])
 }
 
@@ -45,13 +51,20 @@ fn logits_match_transformers_on_identical_inputs() {
                 Tensor::read_safetensors(&r).unwrap().into_iter().collect();
             let ids = tensors["input_ids"].view([1, -1]);
             let grid: Vec<[i64; 3]> = match tensors.get("image_grid_thw") {
-                Some(g) => Vec::<Vec<i64>>::try_from(g).unwrap().into_iter().map(|v| [v[0], v[1], v[2]]).collect(),
+                Some(g) => Vec::<Vec<i64>>::try_from(g)
+                    .unwrap()
+                    .into_iter()
+                    .map(|v| [v[0], v[1], v[2]])
+                    .collect(),
                 None => vec![],
             };
             let logits = tch::no_grad(|| model.forward(&ids, tensors.get("pixel_values"), &grid)).unwrap();
             let err = relative_error(&logits.squeeze_dim(0), &tensors["logits"]);
-            println!("{}/{}: logits relative error {err:.3e}", case.file_name().unwrap().to_string_lossy(),
-                r.file_name().unwrap().to_string_lossy());
+            println!(
+                "{}/{}: logits relative error {err:.3e}",
+                case.file_name().unwrap().to_string_lossy(),
+                r.file_name().unwrap().to_string_lossy()
+            );
             if err > 1e-4 {
                 failures.push(format!("{}: relative error {err:.3e} > 1e-4", r.display()));
             }
@@ -71,26 +84,43 @@ fn kv_cache_decoding_matches_the_full_forward() {
         .map(|e| e.unwrap().path())
         .find(|p| p.extension().is_some_and(|x| x == "safetensors"))
         .unwrap();
-    let tensors: std::collections::HashMap<String, Tensor> = Tensor::read_safetensors(&r).unwrap().into_iter().collect();
+    let tensors: std::collections::HashMap<String, Tensor> =
+        Tensor::read_safetensors(&r).unwrap().into_iter().collect();
     let ids = tensors["input_ids"].view([1, -1]);
     let grid: Vec<[i64; 3]> = match tensors.get("image_grid_thw") {
-        Some(g) => Vec::<Vec<i64>>::try_from(g).unwrap().into_iter().map(|v| [v[0], v[1], v[2]]).collect(),
+        Some(g) => Vec::<Vec<i64>>::try_from(g)
+            .unwrap()
+            .into_iter()
+            .map(|v| [v[0], v[1], v[2]])
+            .collect(),
         None => vec![],
     };
     let _g = tch::no_grad_guard();
     let full = model.forward(&ids, tensors.get("pixel_values"), &grid).unwrap();
     let (positions, _) = model.positions(&ids, &grid).unwrap();
-    let image_embeds = tensors.get("pixel_values").map(|pv| model.encode_images(pv, &grid).unwrap());
+    let image_embeds = tensors
+        .get("pixel_values")
+        .map(|pv| model.encode_images(pv, &grid).unwrap());
     let embeds = model.embed(&ids, image_embeds.as_ref()).unwrap();
     let len = ids.size()[1];
     let split = len - 6;
     let mut cache = model.new_cache();
-    let h = model.forward_cached(&embeds.narrow(1, 0, split), &positions.narrow(2, 0, split), None, &mut cache);
+    let h = model.forward_cached(
+        &embeds.narrow(1, 0, split),
+        &positions.narrow(2, 0, split),
+        None,
+        &mut cache,
+    );
     let mut worst = relative_error(&model.logits(&h), &full.narrow(1, 0, split));
     // Two tokens at once (as when a tool response is appended), then one at a time.
     let mut at = split;
     for step in [2, 1, 1, 1, 1] {
-        let h = model.forward_cached(&embeds.narrow(1, at, step), &positions.narrow(2, at, step), None, &mut cache);
+        let h = model.forward_cached(
+            &embeds.narrow(1, at, step),
+            &positions.narrow(2, at, step),
+            None,
+            &mut cache,
+        );
         worst = worst.max(relative_error(&model.logits(&h), &full.narrow(1, at, step)));
         at += step;
     }

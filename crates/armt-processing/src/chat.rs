@@ -115,11 +115,7 @@ pub struct Chat {
     pub add_generation_prompt: bool,
 }
 
-fn chat_err(
-    path: &Path,
-    location: impl Into<String>,
-    reason: impl Into<String>,
-) -> ProcessingError {
+fn chat_err(path: &Path, location: impl Into<String>, reason: impl Into<String>) -> ProcessingError {
     ProcessingError::Chat {
         path: path.to_path_buf(),
         location: location.into(),
@@ -147,13 +143,9 @@ impl Chat {
     }
 
     fn from_value(root: &Value, path: &Path, base: &Path) -> Result<Chat> {
-        let obj = root.as_object().ok_or_else(|| {
-            chat_err(
-                path,
-                "top level",
-                "expected a JSON object with \"messages\"",
-            )
-        })?;
+        let obj = root
+            .as_object()
+            .ok_or_else(|| chat_err(path, "top level", "expected a JSON object with \"messages\""))?;
         let msgs = obj
             .get("messages")
             .ok_or_else(|| chat_err(path, "top level", "missing \"messages\""))?
@@ -323,8 +315,7 @@ fn parse_part(p: &Value, loc: &str, path: &Path, base: &Path) -> Result<ContentP
                     ))
                 }
             };
-            if raw.starts_with("data:") || raw.starts_with("http://") || raw.starts_with("https://")
-            {
+            if raw.starts_with("data:") || raw.starts_with("http://") || raw.starts_with("https://") {
                 return Err(chat_err(
                     path,
                     loc,
@@ -366,11 +357,7 @@ fn render_content(out: &mut String, content: &Content) {
 
 /// Renders the chat exactly as `configs/chat_template.jinja` does, with one
 /// `<|image_pad|>` per image (not yet expanded).
-pub fn render_chat(
-    messages: &[Message],
-    tools: Option<&[Value]>,
-    add_generation_prompt: bool,
-) -> String {
+pub fn render_chat(messages: &[Message], tools: Option<&[Value]>, add_generation_prompt: bool) -> String {
     let tools = tools.filter(|t| !t.is_empty());
     let first_is_system = messages.first().is_some_and(|m| m.role == "system");
     let mut out = String::new();
@@ -492,9 +479,7 @@ fn py_float_repr(f: f64) -> String {
         };
     }
     let sci = format!("{f:e}"); // shortest digits, e.g. "-1.25e-7", "1e16"
-    let (mant, exp) = sci
-        .split_once('e')
-        .expect("LowerExp always has an exponent");
+    let (mant, exp) = sci.split_once('e').expect("LowerExp always has an exponent");
     let exp: i32 = exp.parse().expect("integer exponent");
     let (sign, mant) = mant.strip_prefix('-').map_or(("", mant), |m| ("-", m));
     let digits: String = mant.chars().filter(|c| *c != '.').collect();
@@ -505,11 +490,7 @@ fn py_float_repr(f: f64) -> String {
         } else if point as usize >= digits.len() {
             format!("{}{}.0", digits, "0".repeat(point as usize - digits.len()))
         } else {
-            format!(
-                "{}.{}",
-                &digits[..point as usize],
-                &digits[point as usize..]
-            )
+            format!("{}.{}", &digits[..point as usize], &digits[point as usize..])
         };
         format!("{sign}{body}")
     } else {
@@ -518,11 +499,7 @@ fn py_float_repr(f: f64) -> String {
         } else {
             digits
         };
-        format!(
-            "{sign}{m}e{}{:02}",
-            if exp < 0 { '-' } else { '+' },
-            exp.abs()
-        )
+        format!("{sign}{m}e{}{:02}", if exp < 0 { '-' } else { '+' }, exp.abs())
     }
 }
 
@@ -587,10 +564,7 @@ mod tests {
             s.starts_with("<|im_start|>system\nYou are a helpful assistant.\n\n# Tools\n"),
             "{s}"
         );
-        assert!(
-            s.contains("<tools>\n{\"type\": \"function\"}\n</tools>"),
-            "{s}"
-        );
+        assert!(s.contains("<tools>\n{\"type\": \"function\"}\n</tools>"), "{s}");
         assert!(s.ends_with(
             "<|im_start|>user\nhi<|im_end|>\n<|im_start|>assistant\n<tool_call>\n{\"name\": \"zoom\", \
              \"arguments\": {\"bbox\": [1, 2]}}\n</tool_call><|im_end|>\n<|im_start|>user\n<tool_response>\nr1\n\
@@ -599,8 +573,7 @@ mod tests {
     }
 
     fn write_chat(name: &str, body: &str) -> PathBuf {
-        let dir =
-            std::env::temp_dir().join(format!("armt-proc-test-{}-{name}", std::process::id()));
+        let dir = std::env::temp_dir().join(format!("armt-proc-test-{}-{name}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();
         let p = dir.join("CHAT.json");
         std::fs::write(&p, body).unwrap();
@@ -632,10 +605,7 @@ mod tests {
             "bad-type",
             r#"{"messages": [{"role": "user", "content": [{"type": "audio"}]}]}"#,
         );
-        assert!(
-            e.contains("messages[0].content[0]") && e.contains("audio"),
-            "{e}"
-        );
+        assert!(e.contains("messages[0].content[0]") && e.contains("audio"), "{e}");
         let e = err_of("no-role", r#"{"messages": [{"content": "x"}]}"#);
         assert!(e.contains("messages[0]") && e.contains("role"), "{e}");
         let e = err_of(

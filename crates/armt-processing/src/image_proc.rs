@@ -101,11 +101,10 @@ struct RawConfig {
 impl ImageProcessorConfig {
     /// Parses the JSON text of a `preprocessor_config.json`. `origin` names the source in errors.
     pub fn from_json_str(text: &str, origin: &Path) -> Result<Self> {
-        let raw: RawConfig =
-            serde_json::from_str(text).map_err(|source| ProcessingError::Json {
-                path: origin.to_path_buf(),
-                source,
-            })?;
+        let raw: RawConfig = serde_json::from_str(text).map_err(|source| ProcessingError::Json {
+            path: origin.to_path_buf(),
+            source,
+        })?;
         let d = Self::default();
         let size = raw.size.unwrap_or_default();
         // Same precedence as the transformers constructor: top-level min/max_pixels override `size`.
@@ -142,9 +141,7 @@ impl ImageProcessorConfig {
             do_convert_rgb: raw.do_convert_rgb.unwrap_or(d.do_convert_rgb),
         };
         cfg.validate().map_err(|e| match e {
-            ProcessingError::Config(m) => {
-                ProcessingError::Config(format!("{}: {m}", origin.display()))
-            }
+            ProcessingError::Config(m) => ProcessingError::Config(format!("{}: {m}", origin.display())),
             other => other,
         })?;
         Ok(cfg)
@@ -409,13 +406,7 @@ fn clip8(acc: i64) -> u8 {
 /// Resizes an interleaved RGB8 buffer of `w0`x`h0` to `w1`x`h1` as PIL's
 /// `Image.resize((w1, h1), BICUBIC)` does. A pass whose size does not change is skipped,
 /// as in Pillow.
-pub(crate) fn pil_bicubic_resize_rgb(
-    src: &[u8],
-    w0: usize,
-    h0: usize,
-    w1: usize,
-    h1: usize,
-) -> Vec<u8> {
+pub(crate) fn pil_bicubic_resize_rgb(src: &[u8], w0: usize, h0: usize, w1: usize, h1: usize) -> Vec<u8> {
     let half: i64 = 1 << (PRECISION_BITS - 1);
     let mut cur = src.to_vec();
     let mut cw = w0;
@@ -487,10 +478,7 @@ mod tests {
         // beta = sqrt(3136/400) = 2.8, 20*2.8/28 = 2 -> 56x56.
         assert_eq!(smart_resize(20, 20, 28, 3136, 200_704).unwrap(), (56, 56));
         // 1000x1000 with max 200704 (=448^2): beta = sqrt(1e6/200704), 1000/beta/28 = 16 -> 448.
-        assert_eq!(
-            smart_resize(1000, 1000, 28, 3136, 200_704).unwrap(),
-            (448, 448)
-        );
+        assert_eq!(smart_resize(1000, 1000, 28, 3136, 200_704).unwrap(), (448, 448));
     }
 
     #[test]
@@ -535,8 +523,7 @@ mod tests {
         )
         .unwrap();
         assert_eq!((c.min_pixels, c.max_pixels), (7, 9));
-        let e = ImageProcessorConfig::from_json_str(r#"{"min_pixels": 10, "max_pixels": 9}"#, p)
-            .unwrap_err();
+        let e = ImageProcessorConfig::from_json_str(r#"{"min_pixels": 10, "max_pixels": 9}"#, p).unwrap_err();
         assert!(e.to_string().contains("pp.json"), "{e}");
     }
 
@@ -551,8 +538,7 @@ mod tests {
         };
         let (h, w) = (28u32, 56u32);
         // Encode (y, x) into the red channel so each patch's origin is recoverable.
-        let img =
-            image::RgbImage::from_fn(w, h, |x, y| image::Rgb([(y / 14 * 4 + x / 14) as u8, 0, 0]));
+        let img = image::RgbImage::from_fn(w, h, |x, y| image::Rgb([(y / 14 * 4 + x / 14) as u8, 0, 0]));
         let out = ImageProcessor::new(cfg)
             .preprocess(&image::DynamicImage::ImageRgb8(img))
             .unwrap();

@@ -20,8 +20,8 @@ mod image_proc;
 mod processor;
 
 pub use chat::{
-    render_chat, write_py_json, Chat, Content, ContentPart, ImageSource, Message, ToolCall,
-    DEFAULT_SYSTEM, IMAGE_PAD, IMAGE_PLACEHOLDER,
+    render_chat, write_py_json, Chat, Content, ContentPart, ImageSource, Message, ToolCall, DEFAULT_SYSTEM,
+    IMAGE_PAD, IMAGE_PLACEHOLDER,
 };
 pub use error::{ProcessingError, Result};
 pub use image_proc::{smart_resize, ImageProcessor, ImageProcessorConfig, ProcessedImage};

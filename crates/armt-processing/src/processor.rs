@@ -31,27 +31,20 @@ pub struct Processor {
 impl Processor {
     /// Loads `tokenizer.json` and `preprocessor_config.json` from a model folder.
     pub fn from_model_dir(dir: &Path) -> Result<Self> {
-        Self::from_files(
-            &dir.join("tokenizer.json"),
-            &dir.join("preprocessor_config.json"),
-        )
+        Self::from_files(&dir.join("tokenizer.json"), &dir.join("preprocessor_config.json"))
     }
 
     pub fn from_files(tokenizer_json: &Path, preprocessor_json: &Path) -> Result<Self> {
         if !tokenizer_json.is_file() {
             return Err(ProcessingError::Io {
                 path: tokenizer_json.to_path_buf(),
-                source: std::io::Error::new(
-                    std::io::ErrorKind::NotFound,
-                    "tokenizer.json not found",
-                ),
+                source: std::io::Error::new(std::io::ErrorKind::NotFound, "tokenizer.json not found"),
             });
         }
-        let tokenizer =
-            Tokenizer::from_file(tokenizer_json).map_err(|e| ProcessingError::Tokenizer {
-                context: format!("loading {}", tokenizer_json.display()),
-                message: e.to_string(),
-            })?;
+        let tokenizer = Tokenizer::from_file(tokenizer_json).map_err(|e| ProcessingError::Tokenizer {
+            context: format!("loading {}", tokenizer_json.display()),
+            message: e.to_string(),
+        })?;
         Ok(Self::new(
             tokenizer,
             ImageProcessor::from_file(preprocessor_json)?,
@@ -76,11 +69,7 @@ impl Processor {
     /// Renders, preprocesses every image, expands each `<|image_pad|>` to `t·h·w/merge²` pads,
     /// and tokenizes without adding special tokens (Qwen adds none anyway).
     pub fn encode_chat(&self, chat: &Chat) -> Result<EncodedChat> {
-        let text = render_chat(
-            &chat.messages,
-            chat.tools.as_deref(),
-            chat.add_generation_prompt,
-        );
+        let text = render_chat(&chat.messages, chat.tools.as_deref(), chat.add_generation_prompt);
         let mut pixel_values = Vec::new();
         let mut grids = Vec::new();
         let mut pads_per_image = Vec::new();
@@ -107,13 +96,13 @@ impl Processor {
             }
         }
         let expanded = expand_image_pads(&text, &pads_per_image)?;
-        let enc = self
-            .tokenizer
-            .encode(expanded.as_str(), false)
-            .map_err(|e| ProcessingError::Tokenizer {
-                context: "encoding the rendered chat".into(),
-                message: e.to_string(),
-            })?;
+        let enc =
+            self.tokenizer
+                .encode(expanded.as_str(), false)
+                .map_err(|e| ProcessingError::Tokenizer {
+                    context: "encoding the rendered chat".into(),
+                    message: e.to_string(),
+                })?;
         let num_patches = pixel_values.len().checked_div(patch_dim).unwrap_or(0);
         Ok(EncodedChat {
             text,

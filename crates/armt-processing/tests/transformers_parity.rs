@@ -25,8 +25,7 @@ fn fixtures_dir() -> PathBuf {
 
 fn chat_names(refs: &Path) -> Vec<String> {
     let m: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(refs.join("manifest.json")).unwrap())
-            .unwrap();
+        serde_json::from_str(&std::fs::read_to_string(refs.join("manifest.json")).unwrap()).unwrap();
     let names: Vec<String> = m["chats"]
         .as_array()
         .unwrap()
@@ -67,10 +66,9 @@ fn encode_chat_matches_transformers() {
     for name in chat_names(&refs) {
         let chat = Chat::from_json_file(&fixtures_dir().join(format!("{name}.json"))).unwrap();
         let enc = processor.encode_chat(&chat).unwrap();
-        let meta: serde_json::Value = serde_json::from_str(
-            &std::fs::read_to_string(refs.join(format!("{name}.json"))).unwrap(),
-        )
-        .unwrap();
+        let meta: serde_json::Value =
+            serde_json::from_str(&std::fs::read_to_string(refs.join(format!("{name}.json"))).unwrap())
+                .unwrap();
         let bytes = std::fs::read(refs.join(format!("{name}.safetensors"))).unwrap();
         let st = SafeTensors::deserialize(&bytes).unwrap();
 
@@ -122,9 +120,7 @@ fn encode_chat_matches_transformers() {
                 n_diff += (d > 1e-6) as usize;
             }
             if max_diff > 0.02 {
-                failures.push(format!(
-                    "{name}: pixel_values max abs diff {max_diff} > 0.02"
-                ));
+                failures.push(format!("{name}: pixel_values max abs diff {max_diff} > 0.02"));
             }
         }
         println!(
@@ -136,32 +132,22 @@ fn encode_chat_matches_transformers() {
             pix.len()
         );
     }
-    assert!(
-        failures.is_empty(),
-        "parity failures:\n{}",
-        failures.join("\n")
-    );
+    assert!(failures.is_empty(), "parity failures:\n{}", failures.join("\n"));
 }
 
 #[test]
 fn smart_resize_matches_transformers() {
     let refs = refs_dir();
     let cases: Vec<serde_json::Value> =
-        serde_json::from_str(&std::fs::read_to_string(refs.join("smart_resize.json")).unwrap())
-            .unwrap();
+        serde_json::from_str(&std::fs::read_to_string(refs.join("smart_resize.json")).unwrap()).unwrap();
     assert!(cases.len() > 100, "too few smart_resize cases");
     let mut errors = 0;
     for c in &cases {
         let g = |k: &str| c[k].as_u64().unwrap() as usize;
-        let ours =
-            armt_processing::smart_resize(g("h"), g("w"), 28, g("min_pixels"), g("max_pixels"))
-                .ok();
-        let want = c["result"].as_array().map(|r| {
-            (
-                r[0].as_u64().unwrap() as usize,
-                r[1].as_u64().unwrap() as usize,
-            )
-        });
+        let ours = armt_processing::smart_resize(g("h"), g("w"), 28, g("min_pixels"), g("max_pixels")).ok();
+        let want = c["result"]
+            .as_array()
+            .map(|r| (r[0].as_u64().unwrap() as usize, r[1].as_u64().unwrap() as usize));
         errors += want.is_none() as usize;
         assert_eq!(ours, want, "smart_resize case {c}");
     }
@@ -186,8 +172,7 @@ fn loaded_images_encode_like_files() {
             for p in parts {
                 if let ContentPart::Image(src) = p {
                     if let ImageSource::Path(path) = src {
-                        *src =
-                            ImageSource::Loaded(std::sync::Arc::new(image::open(&*path).unwrap()));
+                        *src = ImageSource::Loaded(std::sync::Arc::new(image::open(&*path).unwrap()));
                         swapped += 1;
                     }
                 }

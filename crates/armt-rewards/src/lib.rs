@@ -33,7 +33,11 @@ pub enum RewardError {
     #[error("trajectory is for sample `{traj}` but was scored against sample `{sample}`")]
     SampleMismatch { traj: String, sample: String },
     #[error("sample `{id}`: ground truth `{gt}` does not fit its judgment {judgment:?}")]
-    GroundTruth { id: String, gt: String, judgment: Judgment },
+    GroundTruth {
+        id: String,
+        gt: String,
+        judgment: Judgment,
+    },
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -77,7 +81,10 @@ impl Default for TaskTools {
     fn default() -> Self {
         Self {
             zoom: vec!["image_zoom_in_tool".into()],
-            document: vec!["doc_page_retrieval_by_query".into(), "doc_page_retrieval_by_index".into()],
+            document: vec![
+                "doc_page_retrieval_by_query".into(),
+                "doc_page_retrieval_by_index".into(),
+            ],
             instruction: INSTRUCTION_VALIDATORS.iter().map(|s| s.to_string()).collect(),
         }
     }
@@ -113,7 +120,11 @@ pub struct CallBudget {
 impl Default for CallBudget {
     fn default() -> Self {
         // One zoom, one retrieval, one validator answer the typical question; more is exploration.
-        Self { zoom: 1, document: 1, instruction: 1 }
+        Self {
+            zoom: 1,
+            document: 1,
+            instruction: 1,
+        }
     }
 }
 
@@ -145,7 +156,12 @@ pub struct Stage1Config {
 
 impl Default for Stage1Config {
     fn default() -> Self {
-        Self { format: 0.3, right_tool: 0.1, other_tool: 0.0, bonus_requires_format: true }
+        Self {
+            format: 0.3,
+            right_tool: 0.1,
+            other_tool: 0.0,
+            bonus_requires_format: true,
+        }
     }
 }
 
@@ -225,7 +241,9 @@ impl RewardConfig {
         }
         for task in [TaskKind::Zoom, TaskKind::Document, TaskKind::Instruction] {
             if self.task_tools.for_task(task).is_empty() {
-                return Err(RewardError::Config(format!("task_tools has no tool for {task:?}")));
+                return Err(RewardError::Config(format!(
+                    "task_tools has no tool for {task:?}"
+                )));
             }
         }
         Ok(())
@@ -267,7 +285,9 @@ impl FormatCheck {
 
 fn strict_format_re() -> &'static Regex {
     static RE: OnceLock<Regex> = OnceLock::new();
-    RE.get_or_init(|| Regex::new(r"(?is)\A\s*<think>\s*(.*?)\s*</think>\s*<answer>\s*(.*?)\s*</answer>\s*\z").unwrap())
+    RE.get_or_init(|| {
+        Regex::new(r"(?is)\A\s*<think>\s*(.*?)\s*</think>\s*<answer>\s*(.*?)\s*</answer>\s*\z").unwrap()
+    })
 }
 
 /// Checks the last assistant turn: strict think/answer shape, no tool call.
@@ -278,7 +298,10 @@ pub fn check_format(final_text: &str) -> FormatCheck {
         return FormatCheck::Bad(FormatProblem::ToolCallInFinalTurn);
     }
     match strict_format_re().captures(final_text) {
-        Some(c) => FormatCheck::Ok { think: c[1].to_string(), answer: c[2].to_string() },
+        Some(c) => FormatCheck::Ok {
+            think: c[1].to_string(),
+            answer: c[2].to_string(),
+        },
         None => FormatCheck::Bad(FormatProblem::Shape),
     }
 }
@@ -301,7 +324,8 @@ fn last_answer_re() -> &'static Regex {
 fn pair_re() -> &'static Regex {
     static RE: OnceLock<Regex> = OnceLock::new();
     RE.get_or_init(|| {
-        Regex::new(r"(?i)Answer\s*(\d+)\s*is\s*(?:the\s*)?(?:slightly\s*)?(?:better|preferred|correct)").unwrap()
+        Regex::new(r"(?i)Answer\s*(\d+)\s*is\s*(?:the\s*)?(?:slightly\s*)?(?:better|preferred|correct)")
+            .unwrap()
     })
 }
 
@@ -316,7 +340,11 @@ fn single_re() -> &'static Regex {
 /// paper's v8 compares the raw answer with the ground truth when the phrase is missing).
 /// Single judgments take the last `Overall Judgment: True|False`, or a bare `True`/`False`.
 pub fn parse_verdict(text: &str, judgment: Judgment) -> Option<Verdict> {
-    let body = last_answer_re().captures_iter(text).last().map(|c| c.get(1).map_or("", |m| m.as_str())).unwrap_or(text);
+    let body = last_answer_re()
+        .captures_iter(text)
+        .last()
+        .map(|c| c.get(1).map_or("", |m| m.as_str()))
+        .unwrap_or(text);
     let bare = body.trim().trim_end_matches('.').trim();
     match judgment {
         Judgment::Pair { candidates } => {
@@ -326,10 +354,15 @@ pub fn parse_verdict(text: &str, judgment: Judgment) -> Option<Verdict> {
                 .filter_map(|c| c[1].parse::<usize>().ok())
                 .filter(|&k| in_range(k))
                 .last();
-            phrased.or_else(|| bare.parse::<usize>().ok().filter(|&k| in_range(k))).map(Verdict::Candidate)
+            phrased
+                .or_else(|| bare.parse::<usize>().ok().filter(|&k| in_range(k)))
+                .map(Verdict::Candidate)
         }
         Judgment::Single => {
-            let phrased = single_re().captures_iter(body).last().map(|c| c[1].eq_ignore_ascii_case("true"));
+            let phrased = single_re()
+                .captures_iter(body)
+                .last()
+                .map(|c| c[1].eq_ignore_ascii_case("true"));
             let bare_bool = || match bare.to_ascii_lowercase().as_str() {
                 "true" => Some(true),
                 "false" => Some(false),
@@ -349,9 +382,12 @@ pub fn expected_verdict(sample: &Sample) -> Result<Verdict, RewardError> {
         judgment: sample.judgment,
     };
     match sample.judgment {
-        Judgment::Pair { candidates } => {
-            gt.parse::<usize>().ok().filter(|k| (1..=candidates).contains(k)).map(Verdict::Candidate).ok_or_else(bad)
-        }
+        Judgment::Pair { candidates } => gt
+            .parse::<usize>()
+            .ok()
+            .filter(|k| (1..=candidates).contains(k))
+            .map(Verdict::Candidate)
+            .ok_or_else(bad),
         Judgment::Single => match gt.as_str() {
             "true" => Ok(Verdict::Truth(true)),
             "false" => Ok(Verdict::Truth(false)),
@@ -419,7 +455,10 @@ struct Observed {
 
 fn observe(traj: &Trajectory, sample: &Sample, tools: &TaskTools) -> Result<Observed, RewardError> {
     if traj.sample_id != sample.id {
-        return Err(RewardError::SampleMismatch { traj: traj.sample_id.clone(), sample: sample.id.clone() });
+        return Err(RewardError::SampleMismatch {
+            traj: traj.sample_id.clone(),
+            sample: sample.id.clone(),
+        });
     }
     let expected = expected_verdict(sample)?;
     let format = check_format(&traj.final_text);
@@ -430,7 +469,11 @@ fn observe(traj: &Trajectory, sample: &Sample, tools: &TaskTools) -> Result<Obse
     };
     // A malformed `<tool_call>` also got a tool response back (its error), which is what the
     // paper's code counts as an attempt (`<tool_response>` occurrences).
-    let tool_calls = traj.turns.iter().filter(|t| t.tool_call.is_some() || t.tool_error.is_some()).count();
+    let tool_calls = traj
+        .turns
+        .iter()
+        .filter(|t| t.tool_call.is_some() || t.tool_error.is_some())
+        .count();
     let right = |name: &str| tools.is_right_tool(sample.task, name);
     Ok(Observed {
         format,
@@ -444,7 +487,11 @@ fn observe(traj: &Trajectory, sample: &Sample, tools: &TaskTools) -> Result<Obse
 
 /// Stage 1: `R_f·1[format] + bonus`, the bonus `right_tool` when a task-kind tool was called
 /// (`other_tool` when only other tools were).
-pub fn stage1_reward(traj: &Trajectory, sample: &Sample, cfg: &RewardConfig) -> Result<RewardBreakdown, RewardError> {
+pub fn stage1_reward(
+    traj: &Trajectory,
+    sample: &Sample,
+    cfg: &RewardConfig,
+) -> Result<RewardBreakdown, RewardError> {
     let o = observe(traj, sample, &cfg.task_tools)?;
     let c = &cfg.stage1;
     let format_ok = o.format.is_ok();
@@ -472,10 +519,18 @@ pub fn stage1_reward(traj: &Trajectory, sample: &Sample, cfg: &RewardConfig) -> 
 
 /// Stage 2, the paper's v8 table (see the crate docs) minus
 /// `call_cost·max(0, tool_calls − free_calls[task])` when the format holds.
-pub fn stage2_reward(traj: &Trajectory, sample: &Sample, cfg: &RewardConfig) -> Result<RewardBreakdown, RewardError> {
+pub fn stage2_reward(
+    traj: &Trajectory,
+    sample: &Sample,
+    cfg: &RewardConfig,
+) -> Result<RewardBreakdown, RewardError> {
     let o = observe(traj, sample, &cfg.task_tools)?;
     let c = &cfg.stage2;
-    let successful = if c.success_needs_task_tool { o.successful_right } else { o.successful_any };
+    let successful = if c.success_needs_task_tool {
+        o.successful_right
+    } else {
+        o.successful_any
+    };
     let mut r = RewardBreakdown {
         format_ok: o.format.is_ok(),
         correct: o.correct,
@@ -550,7 +605,11 @@ mod tests {
                 tool_error: None,
             })
             .collect();
-        turns.push(Turn { assistant_text: final_text.into(), tool_call: None, tool_error: None });
+        turns.push(Turn {
+            assistant_text: final_text.into(),
+            tool_call: None,
+            tool_error: None,
+        });
         Trajectory {
             sample_id: "s1".into(),
             group_index: 0,
@@ -574,13 +633,37 @@ mod tests {
     #[test]
     fn format_accepts_the_strict_shape_only() {
         let ok = check_format("  <think> a\nb </think>\n<answer> Overall Judgment: True </answer>\n");
-        assert_eq!(ok, FormatCheck::Ok { think: "a\nb".into(), answer: "Overall Judgment: True".into() });
-        assert_eq!(check_format("<THINK>x</THINK><ANSWER>y</ANSWER>").answer(), Some("y"));
-        assert_eq!(check_format("<answer>y</answer>"), FormatCheck::Bad(FormatProblem::Shape));
-        assert_eq!(check_format("<think>x</think>"), FormatCheck::Bad(FormatProblem::Shape));
-        assert_eq!(check_format("Sure! <think>x</think><answer>y</answer>"), FormatCheck::Bad(FormatProblem::Shape));
-        assert_eq!(check_format("<think>x</think><answer>y</answer> trailing"), FormatCheck::Bad(FormatProblem::Shape));
-        assert_eq!(check_format("<think>x</think><answer>y"), FormatCheck::Bad(FormatProblem::Shape));
+        assert_eq!(
+            ok,
+            FormatCheck::Ok {
+                think: "a\nb".into(),
+                answer: "Overall Judgment: True".into()
+            }
+        );
+        assert_eq!(
+            check_format("<THINK>x</THINK><ANSWER>y</ANSWER>").answer(),
+            Some("y")
+        );
+        assert_eq!(
+            check_format("<answer>y</answer>"),
+            FormatCheck::Bad(FormatProblem::Shape)
+        );
+        assert_eq!(
+            check_format("<think>x</think>"),
+            FormatCheck::Bad(FormatProblem::Shape)
+        );
+        assert_eq!(
+            check_format("Sure! <think>x</think><answer>y</answer>"),
+            FormatCheck::Bad(FormatProblem::Shape)
+        );
+        assert_eq!(
+            check_format("<think>x</think><answer>y</answer> trailing"),
+            FormatCheck::Bad(FormatProblem::Shape)
+        );
+        assert_eq!(
+            check_format("<think>x</think><answer>y"),
+            FormatCheck::Bad(FormatProblem::Shape)
+        );
         assert_eq!(
             check_format("<think>x <tool_call>{}</tool_call></think><answer>y</answer>"),
             FormatCheck::Bad(FormatProblem::ToolCallInFinalTurn)
@@ -591,10 +674,19 @@ mod tests {
     fn pair_verdicts_follow_the_papers_phrase() {
         let p = |t: &str| parse_verdict(t, PAIR);
         assert_eq!(p(SAYS_2), Some(Verdict::Candidate(2)));
-        assert_eq!(p("<answer>answer 1 is the slightly preferred one</answer>"), Some(Verdict::Candidate(1)));
-        assert_eq!(p("<answer>Answer1 is correct</answer>"), Some(Verdict::Candidate(1)));
+        assert_eq!(
+            p("<answer>answer 1 is the slightly preferred one</answer>"),
+            Some(Verdict::Candidate(1))
+        );
+        assert_eq!(
+            p("<answer>Answer1 is correct</answer>"),
+            Some(Verdict::Candidate(1))
+        );
         // The last phrase wins, and only the last answer block is read.
-        assert_eq!(p("<answer>Answer 1 is better... no, Answer 2 is better</answer>"), Some(Verdict::Candidate(2)));
+        assert_eq!(
+            p("<answer>Answer 1 is better... no, Answer 2 is better</answer>"),
+            Some(Verdict::Candidate(2))
+        );
         assert_eq!(
             p("<answer>Answer 2 is better</answer> later <answer>Answer 1 is better</answer>"),
             Some(Verdict::Candidate(1))
@@ -605,7 +697,10 @@ mod tests {
         assert_eq!(p("<answer>Answer 3 is better</answer>"), None);
         assert_eq!(p("<answer>Both are fine</answer>"), None);
         assert_eq!(
-            parse_verdict("<answer>Answer 3 is better</answer>", Judgment::Pair { candidates: 4 }),
+            parse_verdict(
+                "<answer>Answer 3 is better</answer>",
+                Judgment::Pair { candidates: 4 }
+            ),
             Some(Verdict::Candidate(3))
         );
         // Without an answer block the whole text is read.
@@ -615,9 +710,18 @@ mod tests {
     #[test]
     fn single_verdicts_read_true_or_false() {
         let s = |t: &str| parse_verdict(t, Judgment::Single);
-        assert_eq!(s("<answer>Overall Judgment: True</answer>"), Some(Verdict::Truth(true)));
-        assert_eq!(s("<answer>overall judgment:false.</answer>"), Some(Verdict::Truth(false)));
-        assert_eq!(s("<answer>Overall Judgment: **False**</answer>"), Some(Verdict::Truth(false)));
+        assert_eq!(
+            s("<answer>Overall Judgment: True</answer>"),
+            Some(Verdict::Truth(true))
+        );
+        assert_eq!(
+            s("<answer>overall judgment:false.</answer>"),
+            Some(Verdict::Truth(false))
+        );
+        assert_eq!(
+            s("<answer>Overall Judgment: **False**</answer>"),
+            Some(Verdict::Truth(false))
+        );
         assert_eq!(s("<answer>TRUE</answer>"), Some(Verdict::Truth(true)));
         assert_eq!(s("<answer>Overall Judgment: Truely not</answer>"), None);
         assert_eq!(s("<answer>Answer 1 is better</answer>"), None);
@@ -629,26 +733,51 @@ mod tests {
         let s = sample(TaskKind::Zoom, PAIR, "2");
         let r2 = |t: Trajectory| stage2_reward(&t, &s, &cfg).unwrap();
         // Bad format: 0, even when right and with a successful zoom.
-        let bad = r2(traj(TaskKind::Zoom, vec![call("image_zoom_in_tool", true)], "Answer 2 is better"));
+        let bad = r2(traj(
+            TaskKind::Zoom,
+            vec![call("image_zoom_in_tool", true)],
+            "Answer 2 is better",
+        ));
         assert_eq!((bad.total, bad.format_ok, bad.correct), (0.0, false, Some(true)));
         // Wrong, no tool: R_f.
         let r = r2(traj(TaskKind::Zoom, vec![], SAYS_1));
         assert_eq!((r.total, r.format, r.correct), (0.3, 0.3, Some(false)));
         // Wrong with a (failed) tool call: R_f + R_try.
-        let r = r2(traj(TaskKind::Zoom, vec![call("image_zoom_in_tool", false)], SAYS_1));
+        let r = r2(traj(
+            TaskKind::Zoom,
+            vec![call("image_zoom_in_tool", false)],
+            SAYS_1,
+        ));
         assert!((r.total - 0.4).abs() < 1e-6 && r.tool_try == 0.1, "{r:?}");
         // Right without a successful result: R_f + R_a.
-        let r = r2(traj(TaskKind::Zoom, vec![call("image_zoom_in_tool", false)], SAYS_2));
+        let r = r2(traj(
+            TaskKind::Zoom,
+            vec![call("image_zoom_in_tool", false)],
+            SAYS_2,
+        ));
         assert!((r.total - 1.0).abs() < 1e-6 && r.tool_success == 0.0, "{r:?}");
         let r = r2(traj(TaskKind::Zoom, vec![], SAYS_2));
         assert!((r.total - 1.0).abs() < 1e-6, "{r:?}");
         // Right with a successful zoom: R_f + R_a + R_succ.
-        let r =
-            r2(traj(TaskKind::Zoom, vec![call("image_zoom_in_tool", false), call("image_zoom_in_tool", true)], SAYS_2));
+        let r = r2(traj(
+            TaskKind::Zoom,
+            vec![
+                call("image_zoom_in_tool", false),
+                call("image_zoom_in_tool", true),
+            ],
+            SAYS_2,
+        ));
         assert!((r.total - 1.5).abs() < 1e-6, "{r:?}");
-        assert_eq!((r.tool_calls, r.right_tool_calls, r.successful_tool_calls), (2, 2, 1));
+        assert_eq!(
+            (r.tool_calls, r.right_tool_calls, r.successful_tool_calls),
+            (2, 2, 1)
+        );
         // An unreadable verdict counts as wrong.
-        let r = r2(traj(TaskKind::Zoom, vec![], "<think>x</think><answer>no idea</answer>"));
+        let r = r2(traj(
+            TaskKind::Zoom,
+            vec![],
+            "<think>x</think><answer>no idea</answer>",
+        ));
         assert_eq!((r.total, r.correct), (0.3, None));
     }
 
@@ -659,7 +788,10 @@ mod tests {
         // A successful zoom on a document task is not the retrieval the reward asks for.
         let t = traj(TaskKind::Document, vec![call("image_zoom_in_tool", true)], right);
         let r = stage2_reward(&t, &s, &RewardConfig::default()).unwrap();
-        assert!((r.total - 1.0).abs() < 1e-6 && r.successful_tool_calls == 0, "{r:?}");
+        assert!(
+            (r.total - 1.0).abs() < 1e-6 && r.successful_tool_calls == 0,
+            "{r:?}"
+        );
         let mut cfg = RewardConfig::default();
         cfg.stage2.success_needs_task_tool = false;
         let r = stage2_reward(&t, &s, &cfg).unwrap();
@@ -667,7 +799,12 @@ mod tests {
         // The success text alone does not count: `success` does.
         let mut c = call("doc_page_retrieval_by_query", false);
         c.result_text = "Concatenated page images for query 'x'".into();
-        let r = stage2_reward(&traj(TaskKind::Document, vec![c], right), &s, &RewardConfig::default()).unwrap();
+        let r = stage2_reward(
+            &traj(TaskKind::Document, vec![c], right),
+            &s,
+            &RewardConfig::default(),
+        )
+        .unwrap();
         assert!((r.total - 1.0).abs() < 1e-6, "{r:?}");
     }
 
@@ -677,11 +814,18 @@ mod tests {
         cfg.stage2.call_cost = 0.05;
         let s = sample(TaskKind::Zoom, PAIR, "2");
         let calls = || {
-            vec![call("image_zoom_in_tool", true), call("image_zoom_in_tool", true), call("image_zoom_in_tool", false)]
+            vec![
+                call("image_zoom_in_tool", true),
+                call("image_zoom_in_tool", true),
+                call("image_zoom_in_tool", false),
+            ]
         };
         // 3 calls, 1 free: 1.5 − 2·0.05 = 1.4.
         let r = stage2_reward(&traj(TaskKind::Zoom, calls(), SAYS_2), &s, &cfg).unwrap();
-        assert!((r.total - 1.4).abs() < 1e-6 && (r.call_cost - 0.1).abs() < 1e-6, "{r:?}");
+        assert!(
+            (r.total - 1.4).abs() < 1e-6 && (r.call_cost - 0.1).abs() < 1e-6,
+            "{r:?}"
+        );
         // A malformed call that got an error back is a call too: 4 calls → 1.5 − 3·0.05.
         let mut t = traj(TaskKind::Zoom, calls(), SAYS_2);
         t.turns.insert(
@@ -695,7 +839,12 @@ mod tests {
         let r = stage2_reward(&t, &s, &cfg).unwrap();
         assert!((r.total - 1.35).abs() < 1e-6 && r.tool_calls == 4, "{r:?}");
         // Within budget: no cost. Bad format: still 0.
-        let r = stage2_reward(&traj(TaskKind::Zoom, vec![call("image_zoom_in_tool", true)], SAYS_2), &s, &cfg).unwrap();
+        let r = stage2_reward(
+            &traj(TaskKind::Zoom, vec![call("image_zoom_in_tool", true)], SAYS_2),
+            &s,
+            &cfg,
+        )
+        .unwrap();
         assert!((r.total - 1.5).abs() < 1e-6 && r.call_cost == 0.0);
         let r = stage2_reward(&traj(TaskKind::Zoom, calls(), "no tags"), &s, &cfg).unwrap();
         assert_eq!(r.total, 0.0);
@@ -709,21 +858,40 @@ mod tests {
         let r1 = |t: Trajectory, c: &RewardConfig| stage1_reward(&t, &s, c).unwrap();
         // Format only (wrong verdict does not matter in stage 1).
         let r = r1(traj(TaskKind::Instruction, vec![], answer), &cfg);
-        assert_eq!((r.total, r.format, r.tool_bonus, r.correct), (0.3, 0.3, 0.0, Some(false)));
+        assert_eq!(
+            (r.total, r.format, r.tool_bonus, r.correct),
+            (0.3, 0.3, 0.0, Some(false))
+        );
         // A validator call, even one that failed, earns the bonus: 0.4.
         let r = r1(
-            traj(TaskKind::Instruction, vec![call("check_whether_response_word_count_in_range", false)], answer),
+            traj(
+                TaskKind::Instruction,
+                vec![call("check_whether_response_word_count_in_range", false)],
+                answer,
+            ),
             &cfg,
         );
         assert!((r.total - 0.4).abs() < 1e-6 && r.tool_bonus == 0.1, "{r:?}");
         // The wrong tool earns nothing by default, the paper's "any tool" with other_tool = 0.1.
-        let zoom_only = || traj(TaskKind::Instruction, vec![call("image_zoom_in_tool", true)], answer);
+        let zoom_only = || {
+            traj(
+                TaskKind::Instruction,
+                vec![call("image_zoom_in_tool", true)],
+                answer,
+            )
+        };
         assert_eq!(r1(zoom_only(), &cfg).total, 0.3);
         let mut any = cfg.clone();
         any.stage1.other_tool = 0.1;
         assert!((r1(zoom_only(), &any).total - 0.4).abs() < 1e-6);
         // Bad format: no bonus unless configured otherwise.
-        let bad = || traj(TaskKind::Instruction, vec![call("check_number_precision_in_response", true)], "True");
+        let bad = || {
+            traj(
+                TaskKind::Instruction,
+                vec![call("check_number_precision_in_response", true)],
+                "True",
+            )
+        };
         assert_eq!(r1(bad(), &cfg).total, 0.0);
         let mut loose = cfg.clone();
         loose.stage1.bonus_requires_format = false;
@@ -736,19 +904,29 @@ mod tests {
         assert!(tools.is_right_tool(TaskKind::Zoom, "image_zoom_in_tool"));
         assert!(tools.is_right_tool(TaskKind::Document, "doc_page_retrieval_by_index"));
         assert!(!tools.is_right_tool(TaskKind::Document, "image_zoom_in_tool"));
-        assert!(tools.is_right_tool(TaskKind::Instruction, "check_whether_has_no_arabic_number_in_response"));
+        assert!(tools.is_right_tool(
+            TaskKind::Instruction,
+            "check_whether_has_no_arabic_number_in_response"
+        ));
         let cfg = RewardConfig::from_json(
             r#"{"task_tools": {"zoom": ["image_zoom_in_tool", "extract_text_*"]}, "stage2": {"call_cost": 0.02}}"#,
         )
         .unwrap();
-        assert!(cfg.task_tools.is_right_tool(TaskKind::Zoom, "extract_text_from_image_with_mineru"));
+        assert!(cfg
+            .task_tools
+            .is_right_tool(TaskKind::Zoom, "extract_text_from_image_with_mineru"));
         assert_eq!(cfg.task_tools.document, TaskTools::default().document);
-        assert_eq!((cfg.stage2.call_cost, cfg.stage2.accuracy, cfg.stage1.format), (0.02, 0.7, 0.3));
+        assert_eq!(
+            (cfg.stage2.call_cost, cfg.stage2.accuracy, cfg.stage1.format),
+            (0.02, 0.7, 0.3)
+        );
     }
 
     #[test]
     fn config_rejects_unknown_and_invalid_fields() {
-        let err = RewardConfig::from_json(r#"{"stage2": {"acuracy": 1.0}}"#).unwrap_err().to_string();
+        let err = RewardConfig::from_json(r#"{"stage2": {"acuracy": 1.0}}"#)
+            .unwrap_err()
+            .to_string();
         assert!(err.contains("acuracy"), "{err}");
         assert!(RewardConfig::from_json(r#"{"stage2": {"call_cost": -0.1}}"#).is_err());
         assert!(RewardConfig::from_json(r#"{"task_tools": {"zoom": []}}"#).is_err());
@@ -761,9 +939,15 @@ mod tests {
         let s = sample(TaskKind::Zoom, PAIR, "2");
         let mut t = traj(TaskKind::Zoom, vec![], SAYS_2);
         t.sample_id = "other".into();
-        assert!(matches!(stage2_reward(&t, &s, &RewardConfig::default()), Err(RewardError::SampleMismatch { .. })));
+        assert!(matches!(
+            stage2_reward(&t, &s, &RewardConfig::default()),
+            Err(RewardError::SampleMismatch { .. })
+        ));
         let bad_gt = sample(TaskKind::Zoom, PAIR, "3");
         let t = traj(TaskKind::Zoom, vec![], SAYS_2);
-        assert!(matches!(stage1_reward(&t, &bad_gt, &RewardConfig::default()), Err(RewardError::GroundTruth { .. })));
+        assert!(matches!(
+            stage1_reward(&t, &bad_gt, &RewardConfig::default()),
+            Err(RewardError::GroundTruth { .. })
+        ));
     }
 }

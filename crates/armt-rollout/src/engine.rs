@@ -78,7 +78,11 @@ struct Row<'s> {
 }
 
 impl<'a> RolloutEnv<'a> {
-    fn encode_text_with_images(&self, text: &str, images: &[Arc<image::DynamicImage>]) -> Result<Chunk, RolloutError> {
+    fn encode_text_with_images(
+        &self,
+        text: &str,
+        images: &[Arc<image::DynamicImage>],
+    ) -> Result<Chunk, RolloutError> {
         let ip = self.processor.image_processor();
         let merge = ip.config().merge_size;
         let mut processed = Vec::with_capacity(images.len());
@@ -86,7 +90,9 @@ impl<'a> RolloutEnv<'a> {
         let mut pieces = text.split("<|image_pad|>");
         expanded.push_str(pieces.next().unwrap_or(""));
         for (k, piece) in pieces.enumerate() {
-            let img = images.get(k).ok_or_else(|| RolloutError::State("more image slots than images".into()))?;
+            let img = images
+                .get(k)
+                .ok_or_else(|| RolloutError::State("more image slots than images".into()))?;
             let p = ip.preprocess(img)?;
             let n = p.grid_thw.iter().product::<usize>() / (merge * merge);
             for _ in 0..n {
@@ -100,13 +106,19 @@ impl<'a> RolloutEnv<'a> {
             .tokenizer()
             .encode(expanded.as_str(), false)
             .map_err(|e| RolloutError::State(format!("tokenizing: {e}")))?;
-        Ok(Chunk { ids: enc.get_ids().iter().map(|&i| i as i64).collect(), images: processed })
+        Ok(Chunk {
+            ids: enc.get_ids().iter().map(|&i| i as i64).collect(),
+            images: processed,
+        })
     }
 
     /// The first messages of a sample: its images, prompt and the per-turn instruction.
     pub fn prompt_messages(&self, sample: &Sample) -> Vec<Message> {
-        let mut parts: Vec<ContentPart> =
-            sample.images.iter().map(|p| ContentPart::Image(ImageSource::Path(p.clone()))).collect();
+        let mut parts: Vec<ContentPart> = sample
+            .images
+            .iter()
+            .map(|p| ContentPart::Image(ImageSource::Path(p.clone())))
+            .collect();
         let mut text = sample.prompt.clone();
         if !self.config.cot_prompt.is_empty() {
             text.push_str("\n\n");
@@ -122,7 +134,9 @@ impl<'a> RolloutEnv<'a> {
         let text = render_chat(&messages, Some(&schemas), true);
         let mut images = Vec::new();
         for p in &sample.images {
-            let img = image::open(p).map_err(|e| RolloutError::Data(format!("sample {}: image {}: {e}", sample.id, p.display())))?;
+            let img = image::open(p).map_err(|e| {
+                RolloutError::Data(format!("sample {}: image {}: {e}", sample.id, p.display()))
+            })?;
             images.push(Arc::new(img));
         }
         Ok((self.encode_text_with_images(&text, &images)?, images))
@@ -159,14 +173,27 @@ impl<'a> RolloutEnv<'a> {
             for g in 0..n {
                 let mut ctx = ToolContext::from_sample(sample);
                 for (k, img) in images.iter().enumerate() {
-                    let key = if k == 0 { "original_image".to_string() } else { format!("original_image_{k}") };
+                    let key = if k == 0 {
+                        "original_image".to_string()
+                    } else {
+                        format!("original_image_{k}")
+                    };
                     ctx.add_image(key, img.clone());
                 }
                 let image_keys = sample
                     .images
                     .iter()
                     .enumerate()
-                    .map(|(k, p)| (if k == 0 { "original_image".to_string() } else { format!("original_image_{k}") }, p.clone()))
+                    .map(|(k, p)| {
+                        (
+                            if k == 0 {
+                                "original_image".to_string()
+                            } else {
+                                format!("original_image_{k}")
+                            },
+                            p.clone(),
+                        )
+                    })
                     .collect();
                 rows.push(Row {
                     sample,
@@ -223,29 +250,48 @@ impl<'a> RolloutEnv<'a> {
                 r.ids.extend_from_slice(&s.ids);
                 r.mask.extend(std::iter::repeat_n(1u8, s.ids.len()));
                 r.logprobs.extend_from_slice(&s.logprobs);
-                let body: Vec<u32> = s.ids.iter().filter(|&&t| t != ids.im_end && t != ids.endoftext).map(|&t| t as u32).collect();
+                let body: Vec<u32> = s
+                    .ids
+                    .iter()
+                    .filter(|&&t| t != ids.im_end && t != ids.endoftext)
+                    .map(|&t| t as u32)
+                    .collect();
                 let text = self
                     .processor
                     .tokenizer()
                     .decode(&body, false)
                     .map_err(|e| RolloutError::State(format!("decoding: {e}")))?;
                 let last = s.ids.last().copied();
-                r.turns.push(Turn { assistant_text: text.clone(), tool_call: None, tool_error: None });
+                r.turns.push(Turn {
+                    assistant_text: text.clone(),
+                    tool_call: None,
+                    tool_error: None,
+                });
                 if last == Some(ids.tool_call_end) {
                     if r.forced_last {
                         r.stop = Some(StopReason::MaxTurns);
                     } else {
-                        calls.push((i, parse_tool_call(&text).unwrap_or_else(|| Err("Error: no <tool_call> found.".into()))));
+                        calls.push((
+                            i,
+                            parse_tool_call(&text)
+                                .unwrap_or_else(|| Err("Error: no <tool_call> found.".into())),
+                        ));
                     }
                 } else if last == Some(ids.im_end) || last == Some(ids.endoftext) {
-                    r.stop = Some(if r.forced_last { StopReason::MaxTurns } else { StopReason::Answered });
+                    r.stop = Some(if r.forced_last {
+                        StopReason::MaxTurns
+                    } else {
+                        StopReason::Answered
+                    });
                 } else if s.ids.len() >= budget {
                     let used = r.ids.len() - r.prompt_len;
-                    r.stop = Some(if r.ids.len() >= cfg.max_context && used < cfg.max_response_tokens {
-                        StopReason::ContextFull
-                    } else {
-                        StopReason::MaxTokens
-                    });
+                    r.stop = Some(
+                        if r.ids.len() >= cfg.max_context && used < cfg.max_response_tokens {
+                            StopReason::ContextFull
+                        } else {
+                            StopReason::MaxTokens
+                        },
+                    );
                 } else {
                     r.stop = Some(StopReason::Answered);
                 }
@@ -255,7 +301,12 @@ impl<'a> RolloutEnv<'a> {
             // As ARM-Thinker: a call in the max_turns-th turn is not run; the model is told to answer.
             let turn_limit_reached = |r: &Row| r.turns.len() >= cfg.max_turns;
             // Each call gets its row's tool context (moved out and back, so nothing is copied).
-            let jobs: Vec<(usize, Result<armt_tools::ParsedToolCall, String>, ToolContext, bool)> = calls
+            let jobs: Vec<(
+                usize,
+                Result<armt_tools::ParsedToolCall, String>,
+                ToolContext,
+                bool,
+            )> = calls
                 .into_iter()
                 .map(|(i, parsed)| {
                     let last = turn_limit_reached(&rows[i]);
@@ -273,7 +324,11 @@ impl<'a> RolloutEnv<'a> {
                             Ok(call) => {
                                 let started = Instant::now();
                                 let out = self.tools.call(&call, &mut ctx);
-                                ToolResult::Ran { call, out: Box::new(out), ms: started.elapsed().as_secs_f64() * 1e3 }
+                                ToolResult::Ran {
+                                    call,
+                                    out: Box::new(out),
+                                    ms: started.elapsed().as_secs_f64() * 1e3,
+                                }
                             }
                         }
                     };
@@ -311,8 +366,14 @@ impl<'a> RolloutEnv<'a> {
                         for (img, key) in images.iter().zip(&keys) {
                             let path = match &self.image_dir {
                                 Some(dir) => {
-                                    let p = dir.join(format!("{}-{}-{key}.png", sanitize(&r.sample.id), r.group_index));
-                                    img.save(&p).map_err(|e| RolloutError::Data(format!("saving {}: {e}", p.display())))?;
+                                    let p = dir.join(format!(
+                                        "{}-{}-{key}.png",
+                                        sanitize(&r.sample.id),
+                                        r.group_index
+                                    ));
+                                    img.save(&p).map_err(|e| {
+                                        RolloutError::Data(format!("saving {}: {e}", p.display()))
+                                    })?;
                                     p
                                 }
                                 None => PathBuf::new(),
@@ -336,7 +397,8 @@ impl<'a> RolloutEnv<'a> {
                         (text, images)
                     }
                 };
-                let chunk = self.encode_text_with_images(&self.tool_turn_text(images.len(), &text), &images)?;
+                let chunk =
+                    self.encode_text_with_images(&self.tool_turn_text(images.len(), &text), &images)?;
                 if r.ids.len() + chunk.ids.len() >= cfg.max_context {
                     r.stop = Some(StopReason::ContextFull);
                     continue;
@@ -361,7 +423,11 @@ impl<'a> RolloutEnv<'a> {
         Ok(rows
             .into_iter()
             .map(|r| {
-                let final_text = r.turns.last().map(|t| t.assistant_text.clone()).unwrap_or_default();
+                let final_text = r
+                    .turns
+                    .last()
+                    .map(|t| t.assistant_text.clone())
+                    .unwrap_or_default();
                 Rollout {
                     trajectory: Trajectory {
                         sample_id: r.sample.id.clone(),
@@ -387,9 +453,21 @@ impl<'a> RolloutEnv<'a> {
 enum ToolResult {
     LastTurn,
     Malformed(String),
-    Ran { call: armt_tools::ParsedToolCall, out: Box<armt_tools::ToolOutput>, ms: f64 },
+    Ran {
+        call: armt_tools::ParsedToolCall,
+        out: Box<armt_tools::ToolOutput>,
+        ms: f64,
+    },
 }
 
 fn sanitize(id: &str) -> String {
-    id.chars().map(|c| if c.is_ascii_alphanumeric() || c == '-' || c == '_' { c } else { '_' }).collect()
+    id.chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || c == '-' || c == '_' {
+                c
+            } else {
+                '_'
+            }
+        })
+        .collect()
 }

@@ -28,7 +28,12 @@ pub trait Generator {
 
     /// Samples the next turn of each row in `rows`, at most `budgets[i]` tokens, stopping after
     /// any of `stop_ids`. The stop token is part of the turn.
-    fn generate(&mut self, rows: &[usize], budgets: &[usize], stop_ids: &[i64]) -> Result<Vec<Sampled>, RolloutError>;
+    fn generate(
+        &mut self,
+        rows: &[usize],
+        budgets: &[usize],
+        stop_ids: &[i64],
+    ) -> Result<Vec<Sampled>, RolloutError>;
 }
 
 /// Sampling on the model: one KV cache for the whole batch. Rows grow by different amounts, so
@@ -77,7 +82,8 @@ impl SplitMix64 {
 
 impl<'m> ModelGenerator<'m> {
     pub fn new(model: &'m Qwen25Vl, batch: usize, sampling: SamplingConfig, pad_id: i64) -> Self {
-        let banned = Tensor::from_slice(&[model.config.image_token_id, model.config.video_token_id]).to_device(model.device());
+        let banned = Tensor::from_slice(&[model.config.image_token_id, model.config.video_token_id])
+            .to_device(model.device());
         Self {
             banned,
             rng: SplitMix64(sampling.seed),
@@ -134,7 +140,9 @@ impl<'m> ModelGenerator<'m> {
             Some(v) => Tensor::cat(&[v, &valid_t], 1),
             None => valid_t,
         };
-        let hidden = self.model.forward_cached(&embeds, &pos_t, Some(&all_valid), &mut self.cache);
+        let hidden = self
+            .model
+            .forward_cached(&embeds, &pos_t, Some(&all_valid), &mut self.cache);
         self.valid = Some(all_valid);
         // One LM-head matmul for all rows' last real positions: per-row products would read the
         // whole head matrix once per row, which dominates decoding for large vocabularies.
@@ -176,11 +184,21 @@ impl Generator for ModelGenerator<'_> {
             let grids: Vec<[i64; 3]> = chunk
                 .images
                 .iter()
-                .map(|im| [im.grid_thw[0] as i64, im.grid_thw[1] as i64, im.grid_thw[2] as i64])
+                .map(|im| {
+                    [
+                        im.grid_thw[0] as i64,
+                        im.grid_thw[1] as i64,
+                        im.grid_thw[2] as i64,
+                    ]
+                })
                 .collect();
             let index = rope_index(&row_ids, &grids, image_token, merge)?;
             let base = self.next_pos[r];
-            positions[r] = index.positions.iter().map(|p| [p[0] + base, p[1] + base, p[2] + base]).collect();
+            positions[r] = index
+                .positions
+                .iter()
+                .map(|p| [p[0] + base, p[1] + base, p[2] + base])
+                .collect();
             self.next_pos[r] = base + index.positions.len() as i64 + index.delta;
             order.extend(chunk.images.iter().map(|im| (r, im)));
             ids[r] = row_ids;
@@ -195,18 +213,29 @@ impl Generator for ModelGenerator<'_> {
         Ok(())
     }
 
-    fn generate(&mut self, rows: &[usize], budgets: &[usize], stop_ids: &[i64]) -> Result<Vec<Sampled>, RolloutError> {
+    fn generate(
+        &mut self,
+        rows: &[usize],
+        budgets: &[usize],
+        stop_ids: &[i64],
+    ) -> Result<Vec<Sampled>, RolloutError> {
         let _g = tch::no_grad_guard();
         let mut out = vec![Sampled::default(); rows.len()];
         let mut active: Vec<usize> = (0..rows.len()).filter(|&i| budgets[i] > 0).collect();
         for &i in &active {
             if !self.pending[rows[i]].is_empty() || self.last_logits[rows[i]].is_none() {
-                return Err(RolloutError::State(format!("row {} has no context to continue from", rows[i])));
+                return Err(RolloutError::State(format!(
+                    "row {} has no context to continue from",
+                    rows[i]
+                )));
             }
         }
         while !active.is_empty() {
             let logits = Tensor::stack(
-                &active.iter().map(|&i| self.last_logits[rows[i]].as_ref().unwrap().shallow_clone()).collect::<Vec<_>>(),
+                &active
+                    .iter()
+                    .map(|&i| self.last_logits[rows[i]].as_ref().unwrap().shallow_clone())
+                    .collect::<Vec<_>>(),
                 0,
             );
             let uniforms: Vec<f64> = (0..active.len()).map(|_| self.rng.next_f64()).collect();
@@ -246,13 +275,19 @@ impl Generator for ModelGenerator<'_> {
 
 /// The pixels of `images` stacked in order (`[patches, patch_dim]`) with their grids, as the
 /// vision tower takes them; None for no images.
-pub fn pixel_batch<'a>(images: impl IntoIterator<Item = &'a ProcessedImage>) -> Option<(Tensor, Vec<[i64; 3]>)> {
+pub fn pixel_batch<'a>(
+    images: impl IntoIterator<Item = &'a ProcessedImage>,
+) -> Option<(Tensor, Vec<[i64; 3]>)> {
     let mut pixels = Vec::new();
     let mut grids = Vec::new();
     let mut dim = 0;
     for im in images {
         pixels.extend_from_slice(&im.pixel_values);
-        grids.push([im.grid_thw[0] as i64, im.grid_thw[1] as i64, im.grid_thw[2] as i64]);
+        grids.push([
+            im.grid_thw[0] as i64,
+            im.grid_thw[1] as i64,
+            im.grid_thw[2] as i64,
+        ]);
         dim = im.patch_dim as i64;
     }
     (!grids.is_empty()).then(|| (Tensor::from_slice(&pixels).view([-1, dim]), grids))
@@ -263,8 +298,17 @@ pub fn pixel_batch<'a>(images: impl IntoIterator<Item = &'a ProcessedImage>) -> 
 /// temperature-scaled full distribution (what the trainer recomputes as the old policy's
 /// log-prob). Temperature 0 means greedy. `banned` ids are never drawn (their mass still counts
 /// in the log-prob, as the trainer's recomputation sees the full distribution).
-pub fn sample(logits: &Tensor, cfg: &SamplingConfig, uniforms: &[f64], banned: Option<&Tensor>) -> (Tensor, Tensor) {
-    let t = if cfg.temperature > 0.0 { cfg.temperature } else { 1.0 };
+pub fn sample(
+    logits: &Tensor,
+    cfg: &SamplingConfig,
+    uniforms: &[f64],
+    banned: Option<&Tensor>,
+) -> (Tensor, Tensor) {
+    let t = if cfg.temperature > 0.0 {
+        cfg.temperature
+    } else {
+        1.0
+    };
     let full = logits.to_kind(Kind::Float) / t;
     let logp = full.log_softmax(-1, Kind::Float);
     let scaled = match banned {
@@ -290,10 +334,15 @@ pub fn sample(logits: &Tensor, cfg: &SamplingConfig, uniforms: &[f64], banned: O
             let remove = remove_sorted.scatter(-1, &idx, &remove_sorted);
             filtered = filtered.masked_fill(&remove, f64::NEG_INFINITY);
         }
-        let cdf = filtered.to_kind(Kind::Double).softmax(-1, Kind::Double).cumsum(-1, Kind::Double);
+        let cdf = filtered
+            .to_kind(Kind::Double)
+            .softmax(-1, Kind::Double)
+            .cumsum(-1, Kind::Double);
         let u = Tensor::from_slice(uniforms).to_device(cdf.device()).view([-1, 1]);
         // First index whose cumulative probability exceeds u (never a filtered, zero-mass token).
-        let idx = u.searchsorted(&cdf, false, true, "right", None::<&Tensor>).squeeze_dim(-1);
+        let idx = u
+            .searchsorted(&cdf, false, true, "right", None::<&Tensor>)
+            .squeeze_dim(-1);
         idx.clamp_max(vocab - 1)
     };
     let chosen = logp.gather(-1, &tokens.unsqueeze(-1), false).squeeze_dim(-1);
@@ -313,7 +362,11 @@ impl ScriptedGenerator {
     /// `turns[r]`: the token ids of row r's assistant turns, each ending with its stop token.
     pub fn new(turns: Vec<Vec<Vec<i64>>>) -> Self {
         let n = turns.len();
-        Self { turns, next: vec![0; n], appended: vec![Vec::new(); n] }
+        Self {
+            turns,
+            next: vec![0; n],
+            appended: vec![Vec::new(); n],
+        }
     }
 }
 
@@ -325,7 +378,12 @@ impl Generator for ScriptedGenerator {
         Ok(())
     }
 
-    fn generate(&mut self, rows: &[usize], budgets: &[usize], stop_ids: &[i64]) -> Result<Vec<Sampled>, RolloutError> {
+    fn generate(
+        &mut self,
+        rows: &[usize],
+        budgets: &[usize],
+        stop_ids: &[i64],
+    ) -> Result<Vec<Sampled>, RolloutError> {
         let mut out = Vec::with_capacity(rows.len());
         for (&r, &budget) in rows.iter().zip(budgets) {
             let turn = self.turns[r].get(self.next[r]).cloned().unwrap_or_default();
@@ -337,7 +395,10 @@ impl Generator for ScriptedGenerator {
                     break;
                 }
             }
-            out.push(Sampled { logprobs: vec![0.0; ids.len()], ids });
+            out.push(Sampled {
+                logprobs: vec![0.0; ids.len()],
+                ids,
+            });
         }
         Ok(out)
     }
@@ -350,7 +411,10 @@ mod tests {
     #[test]
     fn greedy_picks_the_argmax_with_its_log_prob() {
         let logits = Tensor::from_slice(&[0.0f32, 2.0, 1.0, 3.0, 0.0, 0.0]).view([2, 3]);
-        let cfg = SamplingConfig { temperature: 0.0, ..SamplingConfig::default() };
+        let cfg = SamplingConfig {
+            temperature: 0.0,
+            ..SamplingConfig::default()
+        };
         let (tok, lp) = sample(&logits, &cfg, &[0.5, 0.5], None);
         assert_eq!(Vec::<i64>::try_from(tok).unwrap(), vec![1, 0]);
         let lp: Vec<f32> = Vec::try_from(lp).unwrap();
@@ -363,12 +427,24 @@ mod tests {
         let mut rng = SplitMix64(0);
         let u: Vec<f64> = (0..2000).map(|_| rng.next_f64()).collect();
         // probabilities ~ [0.64, 0.24, 0.09, 0.03]
-        let logits = Tensor::from_slice(&[3.0f32, 2.0, 1.0, -0.2]).view([1, 4]).repeat([2000, 1]);
-        let k2 = SamplingConfig { temperature: 1.0, top_k: 2, top_p: 1.0, seed: 0 };
+        let logits = Tensor::from_slice(&[3.0f32, 2.0, 1.0, -0.2])
+            .view([1, 4])
+            .repeat([2000, 1]);
+        let k2 = SamplingConfig {
+            temperature: 1.0,
+            top_k: 2,
+            top_p: 1.0,
+            seed: 0,
+        };
         let toks: Vec<i64> = Vec::try_from(sample(&logits, &k2, &u, None).0).unwrap();
         assert!(toks.iter().all(|&t| t < 2));
         assert!(toks.contains(&1));
-        let p = SamplingConfig { temperature: 1.0, top_k: 0, top_p: 0.7, seed: 0 };
+        let p = SamplingConfig {
+            temperature: 1.0,
+            top_k: 0,
+            top_p: 0.7,
+            seed: 0,
+        };
         let toks: Vec<i64> = Vec::try_from(sample(&logits, &p, &u, None).0).unwrap();
         // 0.64 < 0.7, so the second token is still in; the third is out.
         assert!(toks.iter().all(|&t| t < 2) && toks.contains(&1));

@@ -7,7 +7,9 @@ mod engine;
 mod generator;
 
 pub use engine::{Rollout, RolloutEnv, TemplateIds, DEFAULT_COT_PROMPT, LAST_TURN_MESSAGE};
-pub use generator::{pixel_batch, sample, Chunk, Generator, ModelGenerator, Sampled, ScriptedGenerator, SplitMix64};
+pub use generator::{
+    pixel_batch, sample, Chunk, Generator, ModelGenerator, Sampled, ScriptedGenerator, SplitMix64,
+};
 
 use serde::{Deserialize, Serialize};
 
@@ -40,7 +42,12 @@ pub struct SamplingConfig {
 impl Default for SamplingConfig {
     fn default() -> Self {
         // ARM-Thinker's GRPO rollouts: temperature 1.0, no top-p/top-k filtering.
-        Self { temperature: 1.0, top_p: 1.0, top_k: 0, seed: 0 }
+        Self {
+            temperature: 1.0,
+            top_p: 1.0,
+            top_k: 0,
+            seed: 0,
+        }
     }
 }
 

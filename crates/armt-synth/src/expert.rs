@@ -120,10 +120,7 @@ pub fn expert_script(sample: &Sample, style: ExpertStyle, seed: u64) -> Vec<Expe
     let v = verdict(sample);
     let mut turns = Vec::new();
     match spec {
-        TaskSpec::Zoom {
-            quadrant,
-            candidates,
-        } => {
+        TaskSpec::Zoom { quadrant, candidates } => {
             let place = QUADRANTS[quadrant];
             let zoom = |q: usize| -> ToolArgs {
                 vec![
@@ -169,10 +166,7 @@ pub fn expert_script(sample: &Sample, style: ExpertStyle, seed: u64) -> Vec<Expe
             candidates,
             ..
         } => {
-            let doc = sample
-                .document
-                .as_ref()
-                .expect("document task has a document");
+            let doc = sample.document.as_ref().expect("document task has a document");
             let by_query: ToolArgs = vec![("filename", json!(name)), ("query", json!(subject))];
             if style == ExpertStyle::Retry {
                 let fact_page = doc
@@ -200,9 +194,7 @@ pub fn expert_script(sample: &Sample, style: ExpertStyle, seed: u64) -> Vec<Expe
                 ));
             } else {
                 turns.push(tool_call_turn(
-                    &format!(
-                        "I need the page about the {subject}. I will search the document for it."
-                    ),
+                    &format!("I need the page about the {subject}. I will search the document for it."),
                     "doc_page_retrieval_by_query",
                     &by_query,
                 ));

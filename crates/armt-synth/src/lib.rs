@@ -22,15 +22,15 @@ pub use expert::{
     ExpertStyle, ExpertTurn, ToolArgs,
 };
 pub use model_files::{
-    padded_vocab_size, tiny_config, tiny_model_files, tiny_model_files_with,
-    tiny_preprocessor_config, TinyModelSpec,
+    padded_vocab_size, tiny_config, tiny_model_files, tiny_model_files_with, tiny_preprocessor_config,
+    TinyModelSpec,
 };
 pub use tasks::{
-    generate_tasks, generate_tasks_with, task_spec, tools_used, Constraint, DocFact, SynthConfig,
-    TaskSpec, COLOURS, DOC_FACTS, FIXED_COT_PROMPT, INSTRUCTION_VALIDATORS, QUADRANTS,
-    QUADRANT_BBOXES, SHORT_COT_PROMPT,
+    generate_tasks, generate_tasks_with, task_spec, tools_used, Constraint, DocFact, SynthConfig, TaskSpec,
+    COLOURS, DOC_FACTS, FIXED_COT_PROMPT, INSTRUCTION_VALIDATORS, QUADRANTS, QUADRANT_BBOXES,
+    SHORT_COT_PROMPT,
 };
 pub use tokenizer::{
-    build_tiny_tokenizer, build_tiny_tokenizer_with, build_tiny_tokenizer_opts, default_corpus, fixed_corpus, full_vocab_size,
-    special_token_ids, SpecialTokenIds, ADDED_TOKENS, DEFAULT_VOCAB, SPECIAL_TOKENS,
+    build_tiny_tokenizer, build_tiny_tokenizer_opts, build_tiny_tokenizer_with, default_corpus, fixed_corpus,
+    full_vocab_size, special_token_ids, SpecialTokenIds, ADDED_TOKENS, DEFAULT_VOCAB, SPECIAL_TOKENS,
 };

@@ -85,9 +85,7 @@ pub fn tiny_config(tok: &Tokenizer, spec: &TinyModelSpec) -> Result<Value> {
     {
         bail!("num_attention_heads must be a multiple of num_key_value_heads");
     }
-    if spec.vision_hidden_size / spec.vision_num_heads * spec.vision_num_heads
-        != spec.vision_hidden_size
-    {
+    if spec.vision_hidden_size / spec.vision_num_heads * spec.vision_num_heads != spec.vision_hidden_size {
         bail!("vision hidden_size must be a multiple of vision num_heads");
     }
     let text = json!({
@@ -174,11 +172,7 @@ pub fn tiny_model_files(dir: &Path, tokenizer: &Tokenizer) -> Result<()> {
 
 /// Writes `config.json`, `preprocessor_config.json`, `tokenizer.json`,
 /// `tokenizer_config.json` and `generation_config.json` into `dir` (created if needed).
-pub fn tiny_model_files_with(
-    dir: &Path,
-    tokenizer: &Tokenizer,
-    spec: &TinyModelSpec,
-) -> Result<()> {
+pub fn tiny_model_files_with(dir: &Path, tokenizer: &Tokenizer, spec: &TinyModelSpec) -> Result<()> {
     std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
     let ids = special_token_ids(tokenizer)?;
     let write = |name: &str, v: &Value| -> Result<()> {

@@ -72,13 +72,7 @@ pub const COLOURS: [(&str, [u8; 3]); 4] = [
 
 /// One kind of document fact: (subject = the retrieval query, statement with `{}` for the
 /// value, question, answer with `{}`, value range).
-pub type DocFact = (
-    &'static str,
-    &'static str,
-    &'static str,
-    &'static str,
-    (u32, u32),
-);
+pub type DocFact = (&'static str, &'static str, &'static str, &'static str, (u32, u32));
 
 /// The document facts; each page of a document states a different one.
 pub const DOC_FACTS: [DocFact; 12] = [
@@ -353,9 +347,7 @@ const FORBIDDEN: [&str; 8] = [
 const STARTERS: [&str; 6] = ["Yes", "Today", "Sure", "Well", "Indeed", "Sadly"];
 /// Words an "end with" instruction asks for.
 const ENDERS: [&str; 6] = ["home", "again", "now", "there", "together", "slowly"];
-const NUMBER_WORDS: [&str; 8] = [
-    "two", "three", "four", "five", "six", "seven", "eight", "nine",
-];
+const NUMBER_WORDS: [&str; 8] = ["two", "three", "four", "five", "six", "seven", "eight", "nine"];
 
 fn sentence(rng: &mut ChaCha8Rng) -> String {
     let s = SUBJECTS.choose(rng).unwrap();
@@ -440,9 +432,7 @@ fn instruction_case(rng: &mut ChaCha8Rng, want: bool) -> (Constraint, String) {
                 } else {
                     n.to_string()
                 };
-                let noun = ["apples", "birds", "books", "cars", "stars"]
-                    .choose(rng)
-                    .unwrap();
+                let noun = ["apples", "birds", "books", "cars", "stars"].choose(rng).unwrap();
                 let s = SUBJECTS.choose(rng).unwrap();
                 (
                     Constraint::NoDigits,
@@ -464,9 +454,7 @@ fn instruction_case(rng: &mut ChaCha8Rng, want: bool) -> (Constraint, String) {
 fn per_sample_rng(seed: u64, i: usize) -> ChaCha8Rng {
     ChaCha8Rng::seed_from_u64(
         seed.wrapping_mul(0x9E37_79B9_7F4A_7C15)
-            ^ (i as u64)
-                .wrapping_add(1)
-                .wrapping_mul(0xBF58_476D_1CE4_E5B9),
+            ^ (i as u64).wrapping_add(1).wrapping_mul(0xBF58_476D_1CE4_E5B9),
     )
 }
 
@@ -476,11 +464,7 @@ fn pair_prompt(head: &str, question: &str, a1: &str, a2: &str) -> String {
 
 /// Zoom image: light noisy background, a few faint grey blobs, and one coloured dot per
 /// quadrant (four different colours), each well inside its quadrant.
-fn zoom_image(
-    rng: &mut ChaCha8Rng,
-    cfg: &SynthConfig,
-    colours: &[usize; 4],
-) -> (RgbImage, [[u32; 4]; 4]) {
+fn zoom_image(rng: &mut ChaCha8Rng, cfg: &SynthConfig, colours: &[usize; 4]) -> (RgbImage, [[u32; 4]; 4]) {
     let s = cfg.zoom_image_size;
     let mut img = RgbImage::new(s, s);
     for p in img.pixels_mut() {
@@ -551,12 +535,7 @@ pub fn generate_tasks(dir: &Path, n: usize, seed: u64) -> Result<Vec<Sample>> {
 /// `dir/images/` and `dir/docs/`, rows in `dir/tasks.jsonl`. Returns the samples as
 /// `armt_data::read_samples` reads them back (paths resolved against `dir`).
 /// Sample `i` depends only on `(seed, i)`, so a larger `n` extends a smaller set.
-pub fn generate_tasks_with(
-    dir: &Path,
-    n: usize,
-    seed: u64,
-    cfg: &SynthConfig,
-) -> Result<Vec<Sample>> {
+pub fn generate_tasks_with(dir: &Path, n: usize, seed: u64, cfg: &SynthConfig) -> Result<Vec<Sample>> {
     if cfg.min_pages < 2 || cfg.max_pages < cfg.min_pages || cfg.max_pages > DOC_FACTS.len() {
         bail!("bad page range {}..={}", cfg.min_pages, cfg.max_pages);
     }
@@ -567,8 +546,7 @@ pub fn generate_tasks_with(
             cfg.dot_size
         );
     }
-    std::fs::create_dir_all(dir.join("images"))
-        .with_context(|| format!("creating {}", dir.display()))?;
+    std::fs::create_dir_all(dir.join("images")).with_context(|| format!("creating {}", dir.display()))?;
     std::fs::create_dir_all(dir.join("docs"))?;
     let mut rows = Vec::with_capacity(n);
     for i in 0..n {
@@ -610,11 +588,7 @@ fn zoom_sample(dir: &Path, i: usize, rng: &mut ChaCha8Rng, cfg: &SynthConfig) ->
         }
     };
     let gt_first = rng.gen_bool(0.5);
-    let (a1, a2) = if gt_first {
-        (right, wrong)
-    } else {
-        (wrong, right)
-    };
+    let (a1, a2) = if gt_first { (right, wrong) } else { (wrong, right) };
     let prompt = pair_prompt(
         "The given image is `original_image`.\n",
         &format!("What colour is the dot in the {}?", QUADRANTS[q]),
@@ -633,12 +607,7 @@ fn zoom_sample(dir: &Path, i: usize, rng: &mut ChaCha8Rng, cfg: &SynthConfig) ->
     })
 }
 
-fn document_sample(
-    dir: &Path,
-    i: usize,
-    rng: &mut ChaCha8Rng,
-    cfg: &SynthConfig,
-) -> Result<Sample> {
+fn document_sample(dir: &Path, i: usize, rng: &mut ChaCha8Rng, cfg: &SynthConfig) -> Result<Sample> {
     let n_pages = rng.gen_range(cfg.min_pages..=cfg.max_pages);
     let mut facts: Vec<usize> = (0..DOC_FACTS.len()).collect();
     facts.shuffle(rng);
@@ -731,10 +700,7 @@ pub enum TaskSpec {
 }
 
 fn field<'a>(prompt: &'a str, key: &str) -> Option<&'a str> {
-    prompt
-        .lines()
-        .find_map(|l| l.strip_prefix(key))
-        .map(str::trim)
+    prompt.lines().find_map(|l| l.strip_prefix(key)).map(str::trim)
 }
 
 /// Parses a synthetic sample's prompt; `None` for prompts this crate did not write.
@@ -748,10 +714,7 @@ pub fn task_spec(sample: &Sample) -> Option<TaskSpec> {
                 .position(|name| q.ends_with(&format!("the {name}?")))?;
             Some(TaskSpec::Zoom {
                 quadrant,
-                candidates: [
-                    field(p, "Answer 1: ")?.into(),
-                    field(p, "Answer 2: ")?.into(),
-                ],
+                candidates: [field(p, "Answer 1: ")?.into(), field(p, "Answer 2: ")?.into()],
             })
         }
         TaskKind::Document => {
@@ -761,10 +724,7 @@ pub fn task_spec(sample: &Sample) -> Option<TaskSpec> {
                 name: sample.document.as_ref()?.name.clone(),
                 subject: subject.to_string(),
                 question: q.to_string(),
-                candidates: [
-                    field(p, "Answer 1: ")?.into(),
-                    field(p, "Answer 2: ")?.into(),
-                ],
+                candidates: [field(p, "Answer 1: ")?.into(), field(p, "Answer 2: ")?.into()],
             })
         }
         TaskKind::Instruction => Some(TaskSpec::Instruction {

@@ -5,8 +5,8 @@ use armt_data::Sample;
 use tokenizers::models::bpe::{BpeTrainerBuilder, BPE};
 use tokenizers::pre_tokenizers::byte_level::ByteLevel;
 use tokenizers::{
-    AddedToken, DecoderWrapper, NormalizerWrapper, PostProcessorWrapper, PreTokenizerWrapper,
-    Tokenizer, TokenizerBuilder,
+    AddedToken, DecoderWrapper, NormalizerWrapper, PostProcessorWrapper, PreTokenizerWrapper, Tokenizer,
+    TokenizerBuilder,
 };
 
 use crate::expert::{expert_script, ExpertStyle};
@@ -165,7 +165,11 @@ pub fn build_tiny_tokenizer_with(corpus: &[String], vocab_size: usize) -> Result
 /// not split text into words first, so merges may cross spaces and punctuation: recurring
 /// passages (the system prompt with its tool schemas, tool answers) become a few long tokens,
 /// which keeps a tiny model's sequences short. Still byte-level, so any text round-trips.
-pub fn build_tiny_tokenizer_opts(corpus: &[String], vocab_size: usize, split_words: bool) -> Result<Tokenizer> {
+pub fn build_tiny_tokenizer_opts(
+    corpus: &[String],
+    vocab_size: usize,
+    split_words: bool,
+) -> Result<Tokenizer> {
     let alphabet = ByteLevel::alphabet().into_iter().collect();
     let mut trainer = BpeTrainerBuilder::new()
         .vocab_size(vocab_size)
@@ -187,10 +191,7 @@ pub fn build_tiny_tokenizer_opts(corpus: &[String], vocab_size: usize, split_wor
     .with_decoder(Some(ByteLevel::new(false, true, split_words).into()))
     .build()
     .map_err(|e| anyhow!("building tokenizer: {e}"))?;
-    let pieces: Vec<String> = corpus
-        .iter()
-        .flat_map(|line| split_out_specials(line))
-        .collect();
+    let pieces: Vec<String> = corpus.iter().flat_map(|line| split_out_specials(line)).collect();
     impl_
         .train(&mut trainer, pieces.iter())
         .map_err(|e| anyhow!("training BPE: {e}"))?;

@@ -48,11 +48,7 @@ fn generation_is_deterministic_and_readable() {
     // Rows are identical apart from the folder the paths resolve against.
     let strip = |s: &[Sample], d: &Path| -> Vec<String> {
         s.iter()
-            .map(|x| {
-                serde_json::to_string(x)
-                    .unwrap()
-                    .replace(d.to_str().unwrap(), "")
-            })
+            .map(|x| serde_json::to_string(x).unwrap().replace(d.to_str().unwrap(), ""))
             .collect()
     };
     assert_eq!(strip(&sa, &a), strip(&sb, &b));
@@ -64,11 +60,11 @@ fn generation_is_deterministic_and_readable() {
         assert_eq!(sa.iter().filter(|s| s.task == k).count(), 10);
     }
     for s in &sa {
-        for p in s.images.iter().chain(
-            s.document
-                .iter()
-                .flat_map(|d| d.pages.iter().map(|p| &p.image)),
-        ) {
+        for p in s
+            .images
+            .iter()
+            .chain(s.document.iter().flat_map(|d| d.pages.iter().map(|p| &p.image)))
+        {
             assert!(p.is_file(), "{} missing", p.display());
             image::open(p).unwrap();
         }
@@ -79,11 +75,7 @@ fn generation_is_deterministic_and_readable() {
 fn labels_are_balanced() {
     let d = tmp("balance");
     let s = generate_tasks(&d, 300, 1).unwrap();
-    let count = |k: TaskKind, gt: &str| {
-        s.iter()
-            .filter(|x| x.task == k && x.ground_truth == gt)
-            .count()
-    };
+    let count = |k: TaskKind, gt: &str| s.iter().filter(|x| x.task == k && x.ground_truth == gt).count();
     for (k, a, b) in [
         (TaskKind::Zoom, "1", "2"),
         (TaskKind::Document, "1", "2"),
@@ -131,10 +123,7 @@ fn tool_call_of(text: &str) -> (String, Value) {
     let v: Value = serde_json::from_str(body).unwrap();
     assert_eq!(v.as_object().unwrap().len(), 2);
     assert!(body.starts_with("{\"name\": \""), "{body}");
-    (
-        v["name"].as_str().unwrap().to_string(),
-        v["arguments"].clone(),
-    )
+    (v["name"].as_str().unwrap().to_string(), v["arguments"].clone())
 }
 
 #[test]
@@ -229,10 +218,8 @@ fn zoom_detail_lies_inside_expert_bbox() {
         for c in COLOURS.iter().filter(|c| c.0 != colour) {
             for (x, y, p) in img.enumerate_pixels() {
                 if p.0 == c.1 {
-                    let inside = bx[0] <= x as f64
-                        && (x as f64) < bx[2]
-                        && bx[1] <= y as f64
-                        && (y as f64) < bx[3];
+                    let inside =
+                        bx[0] <= x as f64 && (x as f64) < bx[2] && bx[1] <= y as f64 && (y as f64) < bx[3];
                     assert!(!inside, "{}: a {} dot is inside the box", s.id, c.0);
                 }
             }
@@ -326,9 +313,9 @@ fn independent_check(name: &str, args: &Value, text: &str) -> bool {
             let (t, w) = (clean(text), clean(&sub()));
             t.len() >= w.len() && t[t.len() - w.len()..] == w
         }
-        "check_whether_has_no_arabic_number_in_response" => !words(text)
-            .iter()
-            .any(|w| w.chars().all(|c| c.is_ascii_digit())),
+        "check_whether_has_no_arabic_number_in_response" => {
+            !words(text).iter().any(|w| w.chars().all(|c| c.is_ascii_digit()))
+        }
         other => panic!("unexpected validator {other}"),
     }
 }
@@ -395,11 +382,7 @@ fn tokenizer_round_trips_and_keeps_special_tokens_whole() {
         let enc = tok
             .encode(format!("ab{sp}cd {sp}\n{sp}").as_str(), false)
             .unwrap();
-        assert_eq!(
-            enc.get_ids().iter().filter(|&&i| i == id).count(),
-            3,
-            "{sp}"
-        );
+        assert_eq!(enc.get_ids().iter().filter(|&&i| i == id).count(), 3, "{sp}");
         let alone = tok.encode(*sp, false).unwrap();
         assert_eq!(alone.get_ids(), &[id], "{sp}");
     }
@@ -419,8 +402,7 @@ fn model_files_are_consistent() {
     let tok = build_tiny_tokenizer(&default_corpus(&samples)).unwrap();
     let m = d.join("model");
     tiny_model_files(&m, &tok).unwrap();
-    let cfg: Value =
-        serde_json::from_str(&std::fs::read_to_string(m.join("config.json")).unwrap()).unwrap();
+    let cfg: Value = serde_json::from_str(&std::fs::read_to_string(m.join("config.json")).unwrap()).unwrap();
     let ids = special_token_ids(&tok).unwrap();
     let vocab = cfg["vocab_size"].as_u64().unwrap() as usize;
     assert_eq!(vocab % 64, 0);
@@ -442,23 +424,13 @@ fn model_files_are_consistent() {
     assert_eq!(cfg["vision_config"]["out_hidden_size"], cfg["hidden_size"]);
     assert_eq!(cfg["vision_config"]["patch_size"], 14);
     let pp: Value =
-        serde_json::from_str(&std::fs::read_to_string(m.join("preprocessor_config.json")).unwrap())
-            .unwrap();
+        serde_json::from_str(&std::fs::read_to_string(m.join("preprocessor_config.json")).unwrap()).unwrap();
     assert!(pp["max_pixels"].as_u64().unwrap() <= 112 * 112);
     let back = tokenizers::Tokenizer::from_file(m.join("tokenizer.json")).unwrap();
-    assert_eq!(
-        back.to_string(false).unwrap(),
-        tok.to_string(false).unwrap()
-    );
-    assert!(
-        m.join("generation_config.json").is_file() && m.join("tokenizer_config.json").is_file()
-    );
+    assert_eq!(back.to_string(false).unwrap(), tok.to_string(false).unwrap());
+    assert!(m.join("generation_config.json").is_file() && m.join("tokenizer_config.json").is_file());
     // Writing twice gives the same bytes.
     let m2 = d.join("model2");
-    tiny_model_files(
-        &m2,
-        &build_tiny_tokenizer(&default_corpus(&samples)).unwrap(),
-    )
-    .unwrap();
+    tiny_model_files(&m2, &build_tiny_tokenizer(&default_corpus(&samples)).unwrap()).unwrap();
     assert_eq!(files(&m), files(&m2));
 }

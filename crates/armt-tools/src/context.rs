@@ -45,10 +45,7 @@ impl ImageSlot {
     fn get(&self) -> Result<Arc<DynamicImage>, String> {
         self.cell
             .get_or_init(|| {
-                let path = self
-                    .path
-                    .as_ref()
-                    .expect("a slot without an image has a path");
+                let path = self.path.as_ref().expect("a slot without an image has a path");
                 image::open(path)
                     .map(Arc::new)
                     .map_err(|e| format!("cannot load image {}: {e}", path.display()))
@@ -140,10 +137,7 @@ impl ToolContext {
     /// The image under `key`: `None` if the key is unknown, `Some(Err)` if its file cannot be
     /// decoded.
     pub fn image(&self, key: &str) -> Option<Result<Arc<DynamicImage>, String>> {
-        self.images
-            .iter()
-            .find(|(k, _)| k == key)
-            .map(|(_, s)| s.get())
+        self.images.iter().find(|(k, _)| k == key).map(|(_, s)| s.get())
     }
 
     /// Registers (or replaces) a named text (`text_0`, …).
@@ -157,10 +151,7 @@ impl ToolContext {
 
     /// The named text, if any.
     pub fn text(&self, key: &str) -> Option<&str> {
-        self.texts
-            .iter()
-            .find(|(k, _)| k == key)
-            .map(|(_, t)| t.as_str())
+        self.texts.iter().find(|(k, _)| k == key).map(|(_, t)| t.as_str())
     }
 
     /// Text keys in insertion order.
@@ -237,10 +228,7 @@ mod tests {
         assert_eq!(ctx.document().unwrap().name, "doc");
         // Lazy: the missing file only fails when asked for.
         let err = ctx.image("original_image").unwrap().unwrap_err();
-        assert!(
-            err.starts_with("cannot load image /nonexistent/a.png"),
-            "{err}"
-        );
+        assert!(err.starts_with("cannot load image /nonexistent/a.png"), "{err}");
         assert!(ctx.image("observation_1").is_none());
         assert!(ctx.page_image(0).is_err());
         assert_eq!(ctx.page_image(1).unwrap_err(), "page 2 does not exist");

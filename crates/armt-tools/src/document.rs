@@ -69,8 +69,8 @@ impl PageScorer for Bm25Scorer {
                 if let Some(&tf) = m.get(term.as_str()) {
                     let tf = tf as f64;
                     let len = pages[i].len() as f64;
-                    scores[i] += idf * tf * (self.k1 + 1.0)
-                        / (tf + self.k1 * (1.0 - self.b + self.b * len / avg_len));
+                    scores[i] +=
+                        idf * tf * (self.k1 + 1.0) / (tf + self.k1 * (1.0 - self.b + self.b * len / avg_len));
                 }
             }
         }
@@ -187,9 +187,7 @@ impl DocConfig {
     pub fn validate(&self) -> Result<(), String> {
         if let Some(k) = &self.kind {
             if k != "native" {
-                return Err(format!(
-                    "config.type `{k}` is not supported (only `native`)"
-                ));
+                return Err(format!("config.type `{k}` is not supported (only `native`)"));
             }
         }
         if self.scorer != "bm25" {
@@ -408,11 +406,7 @@ impl DocPageByIndexTool {
     pub fn new(config: DocConfig, schema: Option<Value>) -> Self {
         let schema = schema.unwrap_or_else(Self::default_schema);
         let name = crate::function_name(&schema, "doc_page_retrieval_by_index");
-        Self {
-            schema,
-            name,
-            config,
-        }
+        Self { schema, name, config }
     }
 
     pub fn default_schema() -> Value {
@@ -472,15 +466,11 @@ impl Tool for DocPageByIndexTool {
             DocOutputMode::Text => ToolOutput::ok(format!(
                 "Here is the text of page #{idx} for document '{filename}'."
             )),
-            DocOutputMode::Image | DocOutputMode::Both => {
-                match fitted_page(ctx, i, self.config.max_side) {
-                    Ok(img) => ToolOutput::ok(format!(
-                        "Here is page image #{idx} for document '{filename}'."
-                    ))
+            DocOutputMode::Image | DocOutputMode::Both => match fitted_page(ctx, i, self.config.max_side) {
+                Ok(img) => ToolOutput::ok(format!("Here is page image #{idx} for document '{filename}'."))
                     .with_image(Arc::new(img)),
-                    Err(e) => return ToolOutput::error(format!("Retrieval error: {e}")),
-                }
-            }
+                Err(e) => return ToolOutput::error(format!("Retrieval error: {e}")),
+            },
         };
         if self.config.output != DocOutputMode::Image {
             o.text.push_str(&format!(
@@ -542,10 +532,7 @@ mod tests {
     fn bm25_ranks_by_term_frequency() {
         let c = ctx();
         let s = Bm25Scorer::default().score("Revenue", c.document().unwrap());
-        assert!(
-            s[1] > s[0] && s[0] > 0.0 && s[2] == 0.0 && s[3] == 0.0,
-            "{s:?}"
-        );
+        assert!(s[1] > s[0] && s[0] > 0.0 && s[2] == 0.0 && s[3] == 0.0, "{s:?}");
         assert_eq!(
             tokenize("Hello, World! 2023年报"),
             vec!["hello", "world", "2023", "年", "报"]
@@ -611,11 +598,7 @@ mod tests {
         let o = run(json!({"query": "x"}));
         assert_eq!(
             (o.text.as_str(), o.success, o.reward),
-            (
-                "Error: missing required parameter 'filename'.",
-                false,
-                -0.05
-            )
+            ("Error: missing required parameter 'filename'.", false, -0.05)
         );
         assert_eq!(
             run(json!({"filename": "report.pdf"})).text,

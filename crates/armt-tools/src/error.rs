@@ -5,10 +5,7 @@ use std::path::PathBuf;
 #[derive(Debug, thiserror::Error)]
 pub enum ToolError {
     #[error("cannot read tool config {path}: {source}")]
-    Io {
-        path: PathBuf,
-        source: std::io::Error,
-    },
+    Io { path: PathBuf, source: std::io::Error },
     #[error("tool config {path}: {msg}")]
     Yaml { path: PathBuf, msg: String },
     #[error("tool config {path}: tools[{index}] ({entry}): {msg}")]

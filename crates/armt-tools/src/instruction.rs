@@ -77,10 +77,7 @@ impl InstructionCheck {
     /// The check a YAML `class_name` names (dotted Python path or bare class name).
     pub fn from_class_name(class: &str) -> Option<Self> {
         let short = class.rsplit('.').next().unwrap_or(class);
-        INSTRUCTION_CHECKS
-            .iter()
-            .find(|e| e.1 == short)
-            .map(|e| e.0)
+        INSTRUCTION_CHECKS.iter().find(|e| e.1 == short).map(|e| e.0)
     }
 
     fn entry(self) -> &'static (InstructionCheck, &'static str, &'static str, &'static str) {
@@ -125,21 +122,13 @@ impl InstructionCheck {
             C::EachSentenceBeginsWith => {
                 Params::Substring("The substring that each sentence must start with.")
             }
-            C::EachSentenceEndsWith => {
-                Params::Substring("The substring that each sentence must end with.")
-            }
+            C::EachSentenceEndsWith => Params::Substring("The substring that each sentence must end with."),
             C::EachParagraphBeginsWith => {
                 Params::Substring("The substring that each paragraph must start with.")
             }
-            C::EachParagraphEndsWith => {
-                Params::Substring("The substring that each paragraph must end with.")
-            }
-            C::ResponseBeginsWith => {
-                Params::Substring("The substring that the response must start with.")
-            }
-            C::ResponseEndsWith => {
-                Params::Substring("The substring that the response must end with.")
-            }
+            C::EachParagraphEndsWith => Params::Substring("The substring that each paragraph must end with."),
+            C::ResponseBeginsWith => Params::Substring("The substring that the response must start with."),
+            C::ResponseEndsWith => Params::Substring("The substring that the response must end with."),
             C::EachKeywordMentionedInRange => Params::Keywords(
                 "The minimum number of times each keyword must appear.",
                 "The maximum number of times each keyword must appear.",
@@ -151,9 +140,7 @@ impl InstructionCheck {
             C::PercentagePrecision => {
                 Params::Precision("The required number of decimal places for percentages.")
             }
-            C::NumberPrecision => {
-                Params::Precision("The required number of decimal places for all numbers.")
-            }
+            C::NumberPrecision => Params::Precision("The required number of decimal places for all numbers."),
             C::NoArabicNumber => Params::Nothing,
         }
     }
@@ -181,10 +168,7 @@ impl InstructionCheck {
                 required.push("substrings");
             }
             Params::Substring(d) => {
-                props.insert(
-                    "substring".into(),
-                    json!({"type": "string", "description": d}),
-                );
+                props.insert("substring".into(), json!({"type": "string", "description": d}));
                 required.push("substring");
             }
             Params::Keywords(lo, hi) => {
@@ -215,11 +199,7 @@ impl InstructionTool {
     pub fn new(check: InstructionCheck, schema: Option<Value>) -> Self {
         let schema = schema.unwrap_or_else(|| check.default_schema());
         let name = crate::function_name(&schema, check.default_name());
-        Self {
-            check,
-            schema,
-            name,
-        }
+        Self { check, schema, name }
     }
 
     pub fn check(&self) -> InstructionCheck {
@@ -305,10 +285,8 @@ fn str_list_arg(args: &Value, name: &str) -> Result<Vec<String>, String> {
 }
 
 fn ranges_arg(args: &Value) -> Result<Vec<(i64, i64)>, String> {
-    let bad = || {
-        "Error: 'ranges' must be a list of [lower_bound, upper_bound] pairs of integers."
-            .to_string()
-    };
+    let bad =
+        || "Error: 'ranges' must be a list of [lower_bound, upper_bound] pairs of integers.".to_string();
     let a = match args.get("ranges") {
         None | Some(Value::Null) => return Err(missing("ranges")),
         Some(Value::Array(a)) => a,
@@ -350,10 +328,7 @@ fn is_poetry(paragraph: &str) -> bool {
         return false;
     }
     let n = lines.len() as f64;
-    let short = lines
-        .iter()
-        .filter(|l| l.trim().chars().count() < 60)
-        .count() as f64;
+    let short = lines.iter().filter(|l| l.trim().chars().count() < 60).count() as f64;
     let dash = lines.iter().filter(|l| l.trim().ends_with('-')).count() as f64;
     let spaced_dash = lines.iter().filter(|l| l.trim().ends_with(" -")).count() as f64;
     short / n * 0.4 + dash / n * 0.4 + spaced_dash / n * 0.2 > 0.6
@@ -387,15 +362,10 @@ fn in_range(n: i64, lo: i64, hi: i64) -> bool {
 }
 
 /// Runs a check: `Ok((passed, reason))`, or `Err(error text)` for bad arguments.
-fn evaluate(
-    check: InstructionCheck,
-    response: &str,
-    args: &Value,
-) -> Result<(bool, String), String> {
+fn evaluate(check: InstructionCheck, response: &str, args: &Value) -> Result<(bool, String), String> {
     let clean = clean_text(response);
-    let bounds = |lo: &str, hi: &str| -> Result<(i64, i64), String> {
-        Ok((int_arg(args, lo)?, int_arg(args, hi)?))
-    };
+    let bounds =
+        |lo: &str, hi: &str| -> Result<(i64, i64), String> { Ok((int_arg(args, lo)?, int_arg(args, hi)?)) };
     Ok(match check {
         C::ParagraphNumberInRange | C::SentenceNumberInRange | C::WordCountInRange => {
             let (lo, hi) = bounds("lower_bound", "upper_bound")?;
@@ -500,10 +470,7 @@ fn evaluate(
                     "none of the given substrings appears in the response.".into(),
                 )
             } else {
-                (
-                    false,
-                    format!("the response contains {}.", py_str_list(&found)),
-                )
+                (false, format!("the response contains {}.", py_str_list(&found)))
             }
         }
         C::EachSentenceBeginsWith
@@ -512,15 +479,10 @@ fn evaluate(
         | C::EachParagraphEndsWith => {
             let sub = normalize_for_matching(str_arg(args, "substring")?);
             let (units, unit) = match check {
-                C::EachSentenceBeginsWith | C::EachSentenceEndsWith => {
-                    (split_sentences(&clean), "sentence")
-                }
+                C::EachSentenceBeginsWith | C::EachSentenceEndsWith => (split_sentences(&clean), "sentence"),
                 _ => (paragraphs(&clean), "paragraph"),
             };
-            let begins = matches!(
-                check,
-                C::EachSentenceBeginsWith | C::EachParagraphBeginsWith
-            );
+            let begins = matches!(check, C::EachSentenceBeginsWith | C::EachParagraphBeginsWith);
             let verb = if begins { "begin" } else { "end" };
             for (i, u) in units.iter().enumerate() {
                 let n = normalize_for_matching(u);
@@ -532,11 +494,7 @@ fn evaluate(
                 if !ok {
                     return Ok((
                         false,
-                        format!(
-                            "{unit} {} ({}) does not {verb} with \"{sub}\".",
-                            i + 1,
-                            snip(u)
-                        ),
+                        format!("{unit} {} ({}) does not {verb} with \"{sub}\".", i + 1, snip(u)),
                     ));
                 }
             }
@@ -583,7 +541,13 @@ fn evaluate(
                 .join(", ");
             if check == C::TotalKeywordsMentionedInRange {
                 let total: usize = counts.iter().sum();
-                (in_range(total as i64, lo, hi), format!("the keywords appear {} in total ({listing}); the required range is [{lo}, {hi}].", plural(total, "time")))
+                (
+                    in_range(total as i64, lo, hi),
+                    format!(
+                        "the keywords appear {} in total ({listing}); the required range is [{lo}, {hi}].",
+                        plural(total, "time")
+                    ),
+                )
             } else {
                 let ok = counts.iter().all(|&c| in_range(c as i64, lo, hi));
                 (
@@ -660,8 +624,7 @@ mod tests {
         assert_eq!(o.text, want);
     }
 
-    const TEXT: &str =
-        "First sentence here. Second one!\n\nThird sentence? Yes.\n\n  Final paragraph.  ";
+    const TEXT: &str = "First sentence here. Second one!\n\nThird sentence? Yes.\n\n  Final paragraph.  ";
 
     #[test]
     fn table_is_complete_and_unique() {
@@ -670,9 +633,7 @@ mod tests {
         names.dedup();
         assert_eq!(names.len(), 19);
         assert_eq!(
-            InstructionCheck::from_class_name(
-                "verl.tools.instruction_following_tool.NoArabicNumberTool"
-            ),
+            InstructionCheck::from_class_name("verl.tools.instruction_following_tool.NoArabicNumberTool"),
             Some(C::NoArabicNumber)
         );
         assert_eq!(
@@ -685,17 +646,42 @@ mod tests {
     #[test]
     fn counts() {
         let b = |lo: i64, hi: i64| json!({"lower_bound": lo, "upper_bound": hi});
-        expect(C::ParagraphNumberInRange, TEXT, b(1, 3), "Check result: True\nReason: the response has 3 paragraphs; the required range is [1, 3].");
-        expect(C::ParagraphNumberInRange, TEXT, b(4, 9), "Check result: False\nReason: the response has 3 paragraphs; the required range is [4, 9].");
-        expect(C::SentenceNumberInRange, TEXT, b(5, 5), "Check result: True\nReason: the response has 5 sentences; the required range is [5, 5].");
+        expect(
+            C::ParagraphNumberInRange,
+            TEXT,
+            b(1, 3),
+            "Check result: True\nReason: the response has 3 paragraphs; the required range is [1, 3].",
+        );
+        expect(
+            C::ParagraphNumberInRange,
+            TEXT,
+            b(4, 9),
+            "Check result: False\nReason: the response has 3 paragraphs; the required range is [4, 9].",
+        );
+        expect(
+            C::SentenceNumberInRange,
+            TEXT,
+            b(5, 5),
+            "Check result: True\nReason: the response has 5 sentences; the required range is [5, 5].",
+        );
         expect(
             C::WordCountInRange,
             TEXT,
             b(0, 5),
             "Check result: False\nReason: the response has 10 words; the required range is [0, 5].",
         );
-        expect(C::EachParagraphSentenceNumberInRange, TEXT, b(1, 2), "Check result: True\nReason: all 3 paragraphs have 1 to 2 sentences (counts: [2, 2, 1]).");
-        expect(C::EachParagraphSentenceNumberInRange, TEXT, b(2, 2), "Check result: False\nReason: paragraph 3 has 1 sentence; the required range is [2, 2].");
+        expect(
+            C::EachParagraphSentenceNumberInRange,
+            TEXT,
+            b(1, 2),
+            "Check result: True\nReason: all 3 paragraphs have 1 to 2 sentences (counts: [2, 2, 1]).",
+        );
+        expect(
+            C::EachParagraphSentenceNumberInRange,
+            TEXT,
+            b(2, 2),
+            "Check result: False\nReason: paragraph 3 has 1 sentence; the required range is [2, 2].",
+        );
         // Verse: lines are counted.
         expect(
             C::EachParagraphSentenceNumberInRange,
@@ -704,7 +690,12 @@ mod tests {
             "Check result: True\nReason: all 1 paragraph have 3 to 3 sentences (counts: [3]).",
         );
         // Short lines alone do not make verse (the paper's score tops out at 0.4 for them).
-        expect(C::EachParagraphSentenceNumberInRange, "Roses are red\nViolets are blue\nSugar is sweet", b(3, 3), "Check result: False\nReason: paragraph 1 has 1 sentence; the required range is [3, 3].");
+        expect(
+            C::EachParagraphSentenceNumberInRange,
+            "Roses are red\nViolets are blue\nSugar is sweet",
+            b(3, 3),
+            "Check result: False\nReason: paragraph 1 has 1 sentence; the required range is [3, 3].",
+        );
         expect(
             C::EachParagraphWordCountInRange,
             TEXT,
@@ -723,7 +714,12 @@ mod tests {
             json!({"ranges": [[2, 2], [1, 2], [1, 1]]}),
             "Check result: True\nReason: each of the 3 paragraphs is within its range.",
         );
-        expect(C::EachParagraphSentenceNumberInRangeList, TEXT, json!({"ranges": [[2, 2], [3, 4], [1, 1]]}), "Check result: False\nReason: paragraph 2 has 2 sentences; its required range is [3, 4].");
+        expect(
+            C::EachParagraphSentenceNumberInRangeList,
+            TEXT,
+            json!({"ranges": [[2, 2], [3, 4], [1, 1]]}),
+            "Check result: False\nReason: paragraph 2 has 2 sentences; its required range is [3, 4].",
+        );
         expect(
             C::EachParagraphSentenceNumberInRangeList,
             TEXT,
@@ -786,8 +782,18 @@ mod tests {
     fn keywords_and_numbers() {
         let t = "The cat sat. A category is not a cat. #Cats and #cats! CAT";
         let k = |kw: Value, lo: i64, hi: i64| json!({"keywords": kw, "lower_bound_times": lo, "upper_bound_times": hi});
-        expect(C::EachKeywordMentionedInRange, t, k(json!(["cat", "#cats"]), 2, 3), "Check result: True\nReason: keyword counts: \"cat\": 3, \"#cats\": 2; each must be in [2, 3].");
-        expect(C::EachKeywordMentionedInRange, t, k(json!(["cat", "dog"]), 1, 3), "Check result: False\nReason: keyword counts: \"cat\": 3, \"dog\": 0; each must be in [1, 3].");
+        expect(
+            C::EachKeywordMentionedInRange,
+            t,
+            k(json!(["cat", "#cats"]), 2, 3),
+            "Check result: True\nReason: keyword counts: \"cat\": 3, \"#cats\": 2; each must be in [2, 3].",
+        );
+        expect(
+            C::EachKeywordMentionedInRange,
+            t,
+            k(json!(["cat", "dog"]), 1, 3),
+            "Check result: False\nReason: keyword counts: \"cat\": 3, \"dog\": 0; each must be in [1, 3].",
+        );
         expect(C::TotalKeywordsMentionedInRange, t, k(json!("cat"), 4, 9), "Check result: False\nReason: the keywords appear 3 times in total (\"cat\": 3); the required range is [4, 9].");
         expect(C::TotalKeywordsMentionedInRange, t, k(json!(["cat", "sat"]), 4, 4), "Check result: True\nReason: the keywords appear 4 times in total (\"cat\": 3, \"sat\": 1); the required range is [4, 4].");
         expect(

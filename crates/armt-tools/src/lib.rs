@@ -56,9 +56,7 @@ use std::sync::Arc;
 use serde_json::{Map, Value};
 
 pub use context::ToolContext;
-pub use document::{
-    Bm25Scorer, DocConfig, DocOutputMode, DocPageByIndexTool, DocPageSearchTool, PageScorer,
-};
+pub use document::{Bm25Scorer, DocConfig, DocOutputMode, DocPageByIndexTool, DocPageSearchTool, PageScorer};
 pub use error::ToolError;
 pub use instruction::{InstructionCheck, InstructionTool, INSTRUCTION_CHECKS};
 pub use parse::{
@@ -70,7 +68,10 @@ pub use zoom::{ImageZoomInTool, ZoomConfig};
 
 /// The function name a tool schema declares (`schema.function.name`), else `fallback`.
 pub(crate) fn function_name(schema: &Value, fallback: &str) -> String {
-    schema["function"]["name"].as_str().unwrap_or(fallback).to_string()
+    schema["function"]["name"]
+        .as_str()
+        .unwrap_or(fallback)
+        .to_string()
 }
 
 /// Step reward for a failed call (validation or execution), the ARM tools' convention.
@@ -97,11 +98,7 @@ pub struct ToolOutput {
 // By hand: the derived Debug would print every pixel of the images.
 impl std::fmt::Debug for ToolOutput {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        let sizes: Vec<(u32, u32)> = self
-            .images
-            .iter()
-            .map(|i| (i.width(), i.height()))
-            .collect();
+        let sizes: Vec<(u32, u32)> = self.images.iter().map(|i| (i.width(), i.height())).collect();
         f.debug_struct("ToolOutput")
             .field("text", &self.text)
             .field("images", &sizes)

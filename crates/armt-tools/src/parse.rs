@@ -90,15 +90,8 @@ pub fn truncate_tool_text(text: &str, max_chars: usize) -> String {
     let head = max_chars / 2;
     let tail = max_chars - head;
     let head_end = text.char_indices().nth(head).map_or(text.len(), |(i, _)| i);
-    let tail_start = text
-        .char_indices()
-        .nth(n - tail)
-        .map_or(text.len(), |(i, _)| i);
-    format!(
-        "{}{TRUNCATION_MARKER}{}",
-        &text[..head_end],
-        &text[tail_start..]
-    )
+    let tail_start = text.char_indices().nth(n - tail).map_or(text.len(), |(i, _)| i);
+    format!("{}{TRUNCATION_MARKER}{}", &text[..head_end], &text[tail_start..])
 }
 
 /// ARM-Thinker's `CommonSystemTemplate` with the tools' schemas, one per line, printed like
@@ -183,9 +176,7 @@ fn write_py_str(out: &mut String, s: &str) {
                 out.push('\\');
                 out.push(c);
             }
-            c if (c as u32) < 0x20 || c as u32 == 0x7f => {
-                out.push_str(&format!("\\x{:02x}", c as u32))
-            }
+            c if (c as u32) < 0x20 || c as u32 == 0x7f => out.push_str(&format!("\\x{:02x}", c as u32)),
             c => out.push(c),
         }
     }
@@ -226,11 +217,10 @@ mod tests {
 
     #[test]
     fn string_arguments_accepted() {
-        let c = parse_tool_call(
-            "<tool_call>{\"name\": \"t\", \"arguments\": \"{\\\"a\\\": 1}\"}</tool_call>",
-        )
-        .unwrap()
-        .unwrap();
+        let c =
+            parse_tool_call("<tool_call>{\"name\": \"t\", \"arguments\": \"{\\\"a\\\": 1}\"}</tool_call>")
+                .unwrap()
+                .unwrap();
         assert_eq!(c.arguments, json!({"a": 1}));
     }
 
@@ -243,10 +233,7 @@ mod tests {
         let e = parse_tool_call("<tool_call>{\"name\": \"t\", \"arguments\": {</tool_call>")
             .unwrap()
             .unwrap_err();
-        assert!(
-            e.starts_with("Error: the tool call is not valid JSON ("),
-            "{e}"
-        );
+        assert!(e.starts_with("Error: the tool call is not valid JSON ("), "{e}");
         let e = parse_tool_call("<tool_call>[1]</tool_call>")
             .unwrap()
             .unwrap_err();
@@ -285,10 +272,7 @@ mod tests {
         assert_eq!(truncate_tool_text("abcdefgh", 5), "ab...(truncated)...fgh");
         // Multi-byte characters are counted, never split.
         assert_eq!(truncate_tool_text("ééééé", 2), "é...(truncated)...é");
-        assert_eq!(
-            truncate_tool_text("日本語テキスト", 3),
-            "日...(truncated)...スト"
-        );
+        assert_eq!(truncate_tool_text("日本語テキスト", 3), "日...(truncated)...スト");
         assert_eq!(truncate_tool_text("abc", 0), "...(truncated)...");
     }
 

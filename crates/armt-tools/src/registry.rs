@@ -48,11 +48,7 @@ impl ToolSpec {
         if let Some(s) = &self.schema {
             validate_schema(s)?;
         }
-        let short = self
-            .class_name
-            .rsplit('.')
-            .next()
-            .unwrap_or(&self.class_name);
+        let short = self.class_name.rsplit('.').next().unwrap_or(&self.class_name);
         let config = if self.config.is_null() {
             Value::Object(Default::default())
         } else {
@@ -60,14 +56,12 @@ impl ToolSpec {
         };
         let tool: Box<dyn Tool> = match short {
             "ImageZoomInTool" => {
-                let c: ZoomConfig =
-                    serde_json::from_value(config).map_err(|e| format!("config: {e}"))?;
+                let c: ZoomConfig = serde_json::from_value(config).map_err(|e| format!("config: {e}"))?;
                 check_native(&c.kind)?;
                 Box::new(ImageZoomInTool::new(c, self.schema.clone()))
             }
             "DocPageSearchTool" | "DocPageByIndexTool" => {
-                let c: DocConfig =
-                    serde_json::from_value(config).map_err(|e| format!("config: {e}"))?;
+                let c: DocConfig = serde_json::from_value(config).map_err(|e| format!("config: {e}"))?;
                 c.validate().map_err(|e| format!("config: {e}"))?;
                 if short == "DocPageSearchTool" {
                     Box::new(DocPageSearchTool::new(c, self.schema.clone()))
@@ -88,8 +82,7 @@ impl ToolSpec {
                     #[serde(default, rename = "type")]
                     kind: Option<String>,
                 }
-                let c: Plain =
-                    serde_json::from_value(config).map_err(|e| format!("config: {e}"))?;
+                let c: Plain = serde_json::from_value(config).map_err(|e| format!("config: {e}"))?;
                 check_native(&c.kind)?;
                 Box::new(InstructionTool::new(check, self.schema.clone()))
             }
@@ -102,9 +95,7 @@ impl ToolSpec {
 fn check_native(kind: &Option<String>) -> Result<(), String> {
     match kind.as_deref() {
         None | Some("native") => Ok(()),
-        Some(k) => Err(format!(
-            "config: type `{k}` is not supported (only `native`)"
-        )),
+        Some(k) => Err(format!("config: type `{k}` is not supported (only `native`)")),
     }
 }
 
@@ -135,9 +126,7 @@ pub(crate) fn validate_schema(s: &Value) -> Result<(), String> {
         return Err("tool_schema.function.name must be a non-empty string".into());
     }
     if !f.get("description").is_some_and(Value::is_string) {
-        return Err(format!(
-            "tool `{name}`: function.description must be a string"
-        ));
+        return Err(format!("tool `{name}`: function.description must be a string"));
     }
     let p = f
         .get("parameters")
@@ -152,9 +141,7 @@ pub(crate) fn validate_schema(s: &Value) -> Result<(), String> {
         .ok_or_else(|| format!("tool `{name}`: parameters.properties must be a mapping"))?;
     for (k, v) in props {
         if !v.get("type").is_some_and(Value::is_string) {
-            return Err(format!(
-                "tool `{name}`: property `{k}` needs a string `type`"
-            ));
+            return Err(format!("tool `{name}`: property `{k}` needs a string `type`"));
         }
     }
     if let Some(req) = p.get("required") {
@@ -221,29 +208,24 @@ impl ToolRegistry {
                 entry: entry.to_string(),
                 msg,
             };
-            let to_json =
-                |v: Option<serde_yaml::Value>, what: &str| -> Result<Option<Value>, ToolError> {
-                    v.map(serde_json::to_value)
-                        .transpose()
-                        .map_err(|err| entry_err(&e.class_name, format!("{what}: {err}")))
-                };
+            let to_json = |v: Option<serde_yaml::Value>, what: &str| -> Result<Option<Value>, ToolError> {
+                v.map(serde_json::to_value)
+                    .transpose()
+                    .map_err(|err| entry_err(&e.class_name, format!("{what}: {err}")))
+            };
             let schema = to_json(e.tool_schema.clone(), "tool_schema")?;
             let config = to_json(e.config.clone(), "config")?.unwrap_or(Value::Null);
             let entry = schema
                 .as_ref()
                 .and_then(|s| s["function"]["name"].as_str())
-                .map_or_else(
-                    || e.class_name.clone(),
-                    |n| format!("{n}, {}", e.class_name),
-                );
+                .map_or_else(|| e.class_name.clone(), |n| format!("{n}, {}", e.class_name));
             let spec = ToolSpec {
                 class_name: e.class_name.clone(),
                 config,
                 schema,
             };
             let tool = spec.build().map_err(|m| entry_err(&entry, m))?;
-            reg.register(tool)
-                .map_err(|m| entry_err(&entry, m.to_string()))?;
+            reg.register(tool).map_err(|m| entry_err(&entry, m.to_string()))?;
         }
         Ok(reg)
     }
@@ -251,10 +233,7 @@ impl ToolRegistry {
     /// Adds a tool; its name must be new.
     pub fn register(&mut self, tool: Box<dyn Tool>) -> Result<(), ToolError> {
         if self.get(tool.name()).is_some() {
-            return Err(ToolError::Other(format!(
-                "duplicate tool name `{}`",
-                tool.name()
-            )));
+            return Err(ToolError::Other(format!("duplicate tool name `{}`", tool.name())));
         }
         validate_schema(tool.schema()).map_err(|msg| ToolError::Schema {
             name: tool.name().to_string(),
@@ -291,10 +270,7 @@ impl ToolRegistry {
     }
 
     pub fn get(&self, name: &str) -> Option<&dyn Tool> {
-        self.tools
-            .iter()
-            .find(|t| t.name() == name)
-            .map(|t| t.as_ref())
+        self.tools.iter().find(|t| t.name() == name).map(|t| t.as_ref())
     }
 
     /// Runs one call: create, execute, release. Never panics and never returns an error: an
@@ -380,8 +356,8 @@ mod tests {
             ("all.yaml", 22),
         ];
         for (file, n) in expect {
-            let reg = ToolRegistry::from_yaml_file(configs_dir().join(file))
-                .unwrap_or_else(|e| panic!("{e}"));
+            let reg =
+                ToolRegistry::from_yaml_file(configs_dir().join(file)).unwrap_or_else(|e| panic!("{e}"));
             assert_eq!(reg.len(), n, "{file}");
             for s in reg.schemas() {
                 validate_schema(&s).unwrap();
@@ -413,11 +389,7 @@ mod tests {
         // The shipped instruction schemas are the built-in ones.
         let ins = ToolRegistry::from_yaml_file(configs_dir().join("instruction.yaml")).unwrap();
         for (check, _, name, _) in crate::INSTRUCTION_CHECKS {
-            assert_eq!(
-                ins.get(name).unwrap().schema(),
-                &check.default_schema(),
-                "{name}"
-            );
+            assert_eq!(ins.get(name).unwrap().schema(), &check.default_schema(), "{name}");
         }
         assert_eq!(
             ToolRegistry::from_yaml_file(configs_dir().join("zoom.yaml"))
@@ -440,10 +412,7 @@ mod tests {
         let reg = ToolRegistry::from_yaml_file(configs_dir().join("all.yaml")).unwrap();
         let schemas = reg.schemas();
         let rendered = armt_processing::render_chat(&[], Some(&schemas), false);
-        let want = format!(
-            "<|im_start|>system\n{}<|im_end|>\n",
-            system_prompt(&schemas)
-        );
+        let want = format!("<|im_start|>system\n{}<|im_end|>\n", system_prompt(&schemas));
         assert_eq!(rendered, want);
         assert!(want.contains("\"minimum\": 0, \"maximum\": 1000"));
     }
@@ -455,9 +424,13 @@ mod tests {
     #[test]
     fn config_errors_name_file_and_entry() {
         let e = load("tools:\n  - class_name: verl.tools.foo.Bar\n").unwrap_err();
-        assert!(e.starts_with("tool config t.yaml: tools[0] (verl.tools.foo.Bar): unknown tool class `verl.tools.foo.Bar`"), "{e}");
-        let e = load("tools:\n  - class_name: ImageZoomInTool\n    config: {max_pixel: 3}\n")
-            .unwrap_err();
+        assert!(
+            e.starts_with(
+                "tool config t.yaml: tools[0] (verl.tools.foo.Bar): unknown tool class `verl.tools.foo.Bar`"
+            ),
+            "{e}"
+        );
+        let e = load("tools:\n  - class_name: ImageZoomInTool\n    config: {max_pixel: 3}\n").unwrap_err();
         assert!(
             e.starts_with(
                 "tool config t.yaml: tools[0] (ImageZoomInTool): config: unknown field `max_pixel`"
@@ -469,14 +442,12 @@ mod tests {
             e.starts_with("tool config t.yaml: tools[0]: unknown field `confg`"),
             "{e}"
         );
-        let e =
-            load("tools:\n  - class_name: ImageZoomInTool\n    config: {type: mcp}\n").unwrap_err();
+        let e = load("tools:\n  - class_name: ImageZoomInTool\n    config: {type: mcp}\n").unwrap_err();
         assert!(
             e.ends_with("config: type `mcp` is not supported (only `native`)"),
             "{e}"
         );
-        let e = load("tools:\n  - class_name: DocPageSearchTool\n    config: {scorer: clip}\n")
-            .unwrap_err();
+        let e = load("tools:\n  - class_name: DocPageSearchTool\n    config: {scorer: clip}\n").unwrap_err();
         assert!(
             e.ends_with("config: unknown scorer `clip` (built in: bm25)"),
             "{e}"
@@ -541,7 +512,12 @@ mod tests {
         );
         let args = json!({"image": "original_image", "bbox_2d": [0, 0, 500, 500]});
         let o = reg.call(&call("image_zoom_in_tool", args.clone()), &mut ctx);
-        assert!(o.success && o.text.starts_with("This is the zoom-in image `observation_1`(zoomed in on the image original_image)"));
+        assert!(
+            o.success
+                && o.text.starts_with(
+                    "This is the zoom-in image `observation_1`(zoomed in on the image original_image)"
+                )
+        );
         assert_eq!(o.image_keys, vec!["observation_1"]);
         // The observation can be zoomed into next.
         let o = reg.call(
@@ -568,18 +544,10 @@ mod tests {
                 &mut ctx,
             )
             .unwrap();
-        assert!(
-            c.is_none()
-                && !o.success
-                && o.text
-                    .starts_with("Error: the tool call needs \"arguments\"")
-        );
+        assert!(c.is_none() && !o.success && o.text.starts_with("Error: the tool call needs \"arguments\""));
         let (c, o) = reg.handle_turn("<tool_call>\n{\"name\": \"image_zoom_in_tool\", \"arguments\": {\"image\": \"original_image\"}}\n</tool_call>", &mut ctx).unwrap();
         assert_eq!(c.unwrap().name, "image_zoom_in_tool");
-        assert_eq!(
-            o.text,
-            "Error: bbox_2d must be a list of 4 numbers, got None."
-        );
+        assert_eq!(o.text, "Error: bbox_2d must be a list of 4 numbers, got None.");
         assert_eq!(ctx.observation_count(), 2);
     }
 
@@ -624,8 +592,20 @@ mod tests {
                 let mut ctx = ToolContext::new();
                 ctx.add_image("original_image", Arc::new(DynamicImage::new_rgb8(200 + i, 200)));
                 ctx.set_text("text_0", format!("{i} cats."));
-                let z = reg.call(&ParsedToolCall { name: "image_zoom_in_tool".into(), arguments: json!({"image": "original_image", "bbox_2d": [0, 0, 1000, 1000]}) }, &mut ctx);
-                let v = reg.call(&ParsedToolCall { name: "check_whether_has_no_arabic_number_in_response".into(), arguments: json!({"response": "text_0"}) }, &mut ctx);
+                let z = reg.call(
+                    &ParsedToolCall {
+                        name: "image_zoom_in_tool".into(),
+                        arguments: json!({"image": "original_image", "bbox_2d": [0, 0, 1000, 1000]}),
+                    },
+                    &mut ctx,
+                );
+                let v = reg.call(
+                    &ParsedToolCall {
+                        name: "check_whether_has_no_arabic_number_in_response".into(),
+                        arguments: json!({"response": "text_0"}),
+                    },
+                    &mut ctx,
+                );
                 (z.image_keys[0].clone(), v.text)
             })
             .collect();

@@ -44,11 +44,10 @@ pub(crate) fn normalize_for_matching(text: &str) -> String {
 /// period). Covers titles, Latin abbreviations and common short forms; single letters
 /// (initials such as "J. Smith", "U.S.") are handled separately.
 const ABBREVIATIONS: &[&str] = &[
-    "mr", "mrs", "ms", "dr", "prof", "sr", "jr", "st", "mt", "vs", "etc", "e.g", "i.e", "cf", "al",
-    "approx", "fig", "figs", "eq", "eqs", "no", "nos", "vol", "vols", "pp", "p", "ch", "sec",
-    "inc", "ltd", "co", "corp", "dept", "est", "jan", "feb", "mar", "apr", "jun", "jul", "aug",
-    "sep", "sept", "oct", "nov", "dec", "u.s", "u.k", "a.m", "p.m", "ph.d", "gen", "gov", "rev",
-    "capt", "lt", "col", "sgt",
+    "mr", "mrs", "ms", "dr", "prof", "sr", "jr", "st", "mt", "vs", "etc", "e.g", "i.e", "cf", "al", "approx",
+    "fig", "figs", "eq", "eqs", "no", "nos", "vol", "vols", "pp", "p", "ch", "sec", "inc", "ltd", "co",
+    "corp", "dept", "est", "jan", "feb", "mar", "apr", "jun", "jul", "aug", "sep", "sept", "oct", "nov",
+    "dec", "u.s", "u.k", "a.m", "p.m", "ph.d", "gen", "gov", "rev", "capt", "lt", "col", "sgt",
 ];
 
 /// Splits text into sentences without nltk's punkt model (the paper uses
@@ -100,8 +99,7 @@ fn split_paragraph(p: &str, out: &mut Vec<String>) {
             if at_end || chars[j].1.is_whitespace() {
                 let end = chars.get(j).map_or(p.len(), |x| x.0);
                 let next = chars[j..].iter().map(|x| x.1).find(|c| !c.is_whitespace());
-                let only_period =
-                    chars[i..j].iter().all(|x| x.1 == '.' || is_closer(x.1)) && c == '.';
+                let only_period = chars[i..j].iter().all(|x| x.1 == '.' || is_closer(x.1)) && c == '.';
                 let keep_going = !at_end
                     && (next.is_some_and(|n| n.is_lowercase() || n.is_ascii_digit())
                         || (only_period && is_abbreviation(&p[start..chars[i].0])));
@@ -178,10 +176,7 @@ mod tests {
             split_sentences("第一句。第二句！第三句"),
             vec!["第一句。", "第二句！", "第三句"]
         );
-        assert_eq!(
-            split_sentences("Wait... what? Ok."),
-            vec!["Wait... what?", "Ok."]
-        );
+        assert_eq!(split_sentences("Wait... what? Ok."), vec!["Wait... what?", "Ok."]);
         assert!(split_sentences("  \n ").is_empty());
     }
 

@@ -55,11 +55,7 @@ impl ImageZoomInTool {
     pub fn new(config: ZoomConfig, schema: Option<Value>) -> Self {
         let schema = schema.unwrap_or_else(Self::default_schema);
         let name = crate::function_name(&schema, "image_zoom_in_tool");
-        Self {
-            schema,
-            name,
-            config,
-        }
+        Self { schema, name, config }
     }
 
     /// The paper's schema, with the `items`/`minItems`/`maxItems` its pydantic model dropped.
@@ -154,11 +150,7 @@ fn validate_args(args: &Value) -> Result<(String, [f64; 4]), String> {
     let repr = py_repr(raw);
     let items = match raw {
         Value::Array(a) if a.len() == 4 => a,
-        _ => {
-            return Err(format!(
-                "Error: bbox_2d must be a list of 4 numbers, got {repr}."
-            ))
-        }
+        _ => return Err(format!("Error: bbox_2d must be a list of 4 numbers, got {repr}.")),
     };
     let mut bbox = [0.0; 4];
     for (i, v) in items.iter().enumerate() {
@@ -403,9 +395,8 @@ mod tests {
             json!({"image": "original_image", "bbox_2d": [0, 0, 1000, 500]}),
         );
         assert!(
-            o.text.starts_with(
-                "Error: crop failed after adjustment, original bbox=[0, 0, 1000, 500]."
-            ),
+            o.text
+                .starts_with("Error: crop failed after adjustment, original bbox=[0, 0, 1000, 500]."),
             "{}",
             o.text
         );
@@ -417,9 +408,8 @@ mod tests {
             json!({"image": "original_image", "bbox_2d": [0, 0, 500, 500]}),
         );
         assert!(
-            o.text.starts_with(
-                "Error processing image zoom-in: cannot load image /nonexistent/x.png"
-            ),
+            o.text
+                .starts_with("Error processing image zoom-in: cannot load image /nonexistent/x.png"),
             "{}",
             o.text
         );

@@ -69,5 +69,7 @@ pub fn pad_rows(rows: &[&[f32]], t: usize, device: tch::Device) -> Tensor {
         flat.extend_from_slice(&r[..r.len().min(t)]);
         flat.extend(std::iter::repeat_n(0f32, t.saturating_sub(r.len())));
     }
-    Tensor::from_slice(&flat).view([rows.len() as i64, t as i64]).to_device(device)
+    Tensor::from_slice(&flat)
+        .view([rows.len() as i64, t as i64])
+        .to_device(device)
 }

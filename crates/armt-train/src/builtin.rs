@@ -33,7 +33,10 @@ pub struct Builtin {
 }
 
 pub fn tools() -> Result<ToolRegistry, TrainError> {
-    Ok(ToolRegistry::from_yaml_str(TINY_TOOLS_YAML, Path::new("configs/tools/tiny.yaml"))?)
+    Ok(ToolRegistry::from_yaml_str(
+        TINY_TOOLS_YAML,
+        Path::new("configs/tools/tiny.yaml"),
+    )?)
 }
 
 fn synth_err(e: impl std::fmt::Display) -> TrainError {
@@ -47,7 +50,10 @@ pub fn prepare(root: &Path) -> Result<Builtin, TrainError> {
     let train_file = data.join("train").join("tasks.jsonl");
     let val_file = data.join("val").join("tasks.jsonl");
     if !model_dir.join("model.safetensors").exists() || !train_file.exists() || !val_file.exists() {
-        eprintln!("built-in default: generating {TRAIN_TASKS}+{VAL_TASKS} synthetic tasks and a tiny model in {}", root.display());
+        eprintln!(
+            "built-in default: generating {TRAIN_TASKS}+{VAL_TASKS} synthetic tasks and a tiny model in {}",
+            root.display()
+        );
         let train = armt_synth::generate_tasks(&data.join("train"), TRAIN_TASKS, SEED).map_err(synth_err)?;
         armt_synth::generate_tasks(&data.join("val"), VAL_TASKS, SEED + 1).map_err(synth_err)?;
         let tools = tools()?;
@@ -68,7 +74,8 @@ pub fn prepare(root: &Path) -> Result<Builtin, TrainError> {
                 }
             }
         }
-        let tokenizer = armt_synth::build_tiny_tokenizer_opts(&corpus, TOKENIZER_VOCAB, false).map_err(synth_err)?;
+        let tokenizer =
+            armt_synth::build_tiny_tokenizer_opts(&corpus, TOKENIZER_VOCAB, false).map_err(synth_err)?;
         armt_synth::tiny_model_files(&model_dir, &tokenizer).map_err(synth_err)?;
         let config = armt_model::Qwen25VlConfig::from_file(&model_dir.join("config.json"))?;
         let mut model = Qwen25Vl::new(config, Device::Cpu, Kind::Float);
@@ -76,10 +83,16 @@ pub fn prepare(root: &Path) -> Result<Builtin, TrainError> {
         // Written last: its presence marks the preparation complete.
         let tmp = model_dir.join("model.safetensors.partial");
         crate::checkpoint::write_safetensors(&tmp, &crate::checkpoint::model_tensors(&model))?;
-        std::fs::rename(&tmp, model_dir.join("model.safetensors"))
-            .map_err(|e| TrainError::Io { path: model_dir.clone(), source: e })?;
+        std::fs::rename(&tmp, model_dir.join("model.safetensors")).map_err(|e| TrainError::Io {
+            path: model_dir.clone(),
+            source: e,
+        })?;
     }
-    Ok(Builtin { model_dir, train: armt_data::read_samples(&train_file)?, val: armt_data::read_samples(&val_file)? })
+    Ok(Builtin {
+        model_dir,
+        train: armt_data::read_samples(&train_file)?,
+        val: armt_data::read_samples(&val_file)?,
+    })
 }
 
 /// Expert demonstrations as training examples: each sample's scripted turns (a direct one and
@@ -100,14 +113,22 @@ pub fn expert_examples(
                     .map(|turn| {
                         let text = format!("{}<|im_end|>", turn.text);
                         let text = if turn.tool_call.is_some() { turn.text } else { text };
-                        let enc = processor.tokenizer().encode(text.as_str(), false).expect("tokenizable expert text");
+                        let enc = processor
+                            .tokenizer()
+                            .encode(text.as_str(), false)
+                            .expect("tokenizable expert text");
                         enc.get_ids().iter().map(|&i| i as i64).collect()
                     })
                     .collect()
             })
             .collect();
         let mut generator = ScriptedGenerator::new(scripts);
-        let env = RolloutEnv { processor, tools, config: rollout, image_dir: None };
+        let env = RolloutEnv {
+            processor,
+            tools,
+            config: rollout,
+            image_dir: None,
+        };
         for r in env.run(&mut generator, samples, 1, |_| {})? {
             out.push(Example {
                 ids: r.trajectory.token_ids,

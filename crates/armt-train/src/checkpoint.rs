@@ -63,8 +63,12 @@ pub(crate) fn start_or_resume(
     n_items: usize,
     seed: u64,
 ) -> Result<(AdamW, usize, DataLoader), TrainError> {
-    let params: Vec<(String, Tensor)> =
-        model.var_store().variables().into_iter().filter(|(_, t)| t.requires_grad()).collect();
+    let params: Vec<(String, Tensor)> = model
+        .var_store()
+        .variables()
+        .into_iter()
+        .filter(|(_, t)| t.requires_grad())
+        .collect();
     let mut optimizer = AdamW::new(params, adamw.clone());
     let Some(ckpt) = resume else {
         return Ok((optimizer, 0, DataLoader::new(n_items, seed, 0, 0)));
@@ -74,7 +78,11 @@ pub(crate) fn start_or_resume(
     optimizer
         .load_state(&moments, state.optimizer_steps)
         .map_err(|e| TrainError::State(format!("{}: {e}", ckpt.display())))?;
-    Ok((optimizer, state.step, DataLoader::new(n_items, seed, state.data_epoch, state.data_index)))
+    Ok((
+        optimizer,
+        state.step,
+        DataLoader::new(n_items, seed, state.data_epoch, state.data_index),
+    ))
 }
 
 struct Raw {
@@ -114,7 +122,14 @@ pub fn write_safetensors(path: &Path, tensors: &[(String, Tensor)]) -> Result<()
         let numel = t.numel();
         let mut data = vec![0u8; numel * t.kind().elt_size_in_bytes()];
         t.copy_data_u8(&mut data, numel);
-        raws.push((name.clone(), Raw { dtype, shape: t.size().iter().map(|&d| d as usize).collect(), data }));
+        raws.push((
+            name.clone(),
+            Raw {
+                dtype,
+                shape: t.size().iter().map(|&d| d as usize).collect(),
+                data,
+            },
+        ));
     }
     let views: Vec<(String, &Raw)> = raws.iter().map(|(n, r)| (n.clone(), r)).collect();
     let metadata = Some(HashMap::from([("format".to_string(), "pt".to_string())]));
@@ -132,20 +147,30 @@ pub fn read_safetensors(path: &Path) -> Result<HashMap<String, Tensor>, TrainErr
 /// The model's weights under the names of the checkpoint it was loaded from.
 pub fn model_tensors(model: &Qwen25Vl) -> Vec<(String, Tensor)> {
     let layout = model.layout();
-    let mut v: Vec<(String, Tensor)> =
-        model.var_store().variables().into_iter().map(|(n, t)| (layout.to_file_name(&n), t.detach())).collect();
+    let mut v: Vec<(String, Tensor)> = model
+        .var_store()
+        .variables()
+        .into_iter()
+        .map(|(n, t)| (layout.to_file_name(&n), t.detach()))
+        .collect();
     v.sort_by(|a, b| a.0.cmp(&b.0));
     v
 }
 
 /// Writes a model directory (weights + the source directory's config/tokenizer files).
 pub fn write_model_dir(dir: &Path, model: &Qwen25Vl, source_dir: &Path) -> Result<(), TrainError> {
-    std::fs::create_dir_all(dir).map_err(|e| TrainError::Io { path: dir.to_path_buf(), source: e })?;
+    std::fs::create_dir_all(dir).map_err(|e| TrainError::Io {
+        path: dir.to_path_buf(),
+        source: e,
+    })?;
     write_safetensors(&dir.join("model.safetensors"), &model_tensors(model))?;
     for f in MODEL_FILES {
         let src = source_dir.join(f);
         if src.exists() {
-            std::fs::copy(&src, dir.join(f)).map_err(|e| TrainError::Io { path: src.clone(), source: e })?;
+            std::fs::copy(&src, dir.join(f)).map_err(|e| TrainError::Io {
+                path: src.clone(),
+                source: e,
+            })?;
         }
     }
     Ok(())
@@ -165,17 +190,26 @@ pub fn save(
     keep_last: usize,
 ) -> Result<PathBuf, TrainError> {
     let root = run_dir.join("checkpoints");
-    std::fs::create_dir_all(&root).map_err(|e| TrainError::Io { path: root.clone(), source: e })?;
+    std::fs::create_dir_all(&root).map_err(|e| TrainError::Io {
+        path: root.clone(),
+        source: e,
+    })?;
     let name = step_dir_name(state.step);
     let tmp = root.join(format!(".tmp-{name}"));
     let _ = std::fs::remove_dir_all(&tmp);
     write_model_dir(&tmp, model, source_dir)?;
     write_safetensors(&tmp.join("optimizer.safetensors"), &optimizer.state())?;
     let json = serde_json::to_string_pretty(state).expect("serialisable state");
-    std::fs::write(tmp.join("trainer_state.json"), json).map_err(|e| TrainError::Io { path: tmp.clone(), source: e })?;
+    std::fs::write(tmp.join("trainer_state.json"), json).map_err(|e| TrainError::Io {
+        path: tmp.clone(),
+        source: e,
+    })?;
     let dst = root.join(&name);
     let _ = std::fs::remove_dir_all(&dst);
-    std::fs::rename(&tmp, &dst).map_err(|e| TrainError::Io { path: dst.clone(), source: e })?;
+    std::fs::rename(&tmp, &dst).map_err(|e| TrainError::Io {
+        path: dst.clone(),
+        source: e,
+    })?;
     let mut all = list(run_dir);
     while all.len() > keep_last.max(1) {
         let old = all.remove(0);
@@ -189,7 +223,11 @@ pub fn list(run_dir: &Path) -> Vec<PathBuf> {
     let mut v: Vec<PathBuf> = std::fs::read_dir(run_dir.join("checkpoints"))
         .map(|rd| {
             rd.filter_map(|e| e.ok().map(|e| e.path()))
-                .filter(|p| p.file_name().and_then(|n| n.to_str()).is_some_and(|n| n.starts_with("step-")))
+                .filter(|p| {
+                    p.file_name()
+                        .and_then(|n| n.to_str())
+                        .is_some_and(|n| n.starts_with("step-"))
+                })
                 .filter(|p| p.join("trainer_state.json").exists())
                 .collect()
         })
@@ -204,6 +242,9 @@ pub fn latest(run_dir: &Path) -> Option<PathBuf> {
 
 pub fn read_state(ckpt: &Path) -> Result<TrainerState, TrainError> {
     let p = ckpt.join("trainer_state.json");
-    let text = std::fs::read_to_string(&p).map_err(|e| TrainError::Io { path: p.clone(), source: e })?;
+    let text = std::fs::read_to_string(&p).map_err(|e| TrainError::Io {
+        path: p.clone(),
+        source: e,
+    })?;
     serde_json::from_str(&text).map_err(|e| TrainError::State(format!("{}: {e}", p.display())))
 }

@@ -42,7 +42,9 @@ pub struct ToolsSection {
 
 impl Default for ToolsSection {
     fn default() -> Self {
-        Self { config: PathBuf::from("configs/tools/all.yaml") }
+        Self {
+            config: PathBuf::from("configs/tools/all.yaml"),
+        }
     }
 }
 
@@ -62,7 +64,14 @@ pub struct OptimSection {
 impl Default for OptimSection {
     fn default() -> Self {
         // ARM-Thinker GRPO: lr 2e-6, constant, clip 1.0.
-        Self { lr: 2e-6, warmup_steps: 0, schedule: "constant".into(), min_lr_ratio: 0.0, grad_clip: 1.0, adamw: AdamWConfig::default() }
+        Self {
+            lr: 2e-6,
+            warmup_steps: 0,
+            schedule: "constant".into(),
+            min_lr_ratio: 0.0,
+            grad_clip: 1.0,
+            adamw: AdamWConfig::default(),
+        }
     }
 }
 
@@ -121,7 +130,13 @@ pub struct SftSection {
 impl Default for SftSection {
     fn default() -> Self {
         // ARM-Thinker's cold start: lr 1e-5 (LLaMA-Factory), cosine.
-        Self { steps: 100, lr: 1e-5, batch: 16, micro_batch: 4, warmup_steps: 0 }
+        Self {
+            steps: 100,
+            lr: 1e-5,
+            batch: 16,
+            micro_batch: 4,
+            warmup_steps: 0,
+        }
     }
 }
 
@@ -165,7 +180,10 @@ impl TrainConfig {
     pub fn load(path: Option<&Path>, overrides: &[String]) -> Result<Self, TrainError> {
         match path {
             Some(p) => {
-                let text = std::fs::read_to_string(p).map_err(|e| TrainError::Io { path: p.to_path_buf(), source: e })?;
+                let text = std::fs::read_to_string(p).map_err(|e| TrainError::Io {
+                    path: p.to_path_buf(),
+                    source: e,
+                })?;
                 Self::from_toml_str(&text, &p.display().to_string(), overrides)
             }
             None => Self::from_toml_str("", "<defaults>", overrides),
@@ -179,9 +197,9 @@ impl TrainConfig {
         for o in overrides {
             apply_override(&mut root, o).map_err(|e| TrainError::Config(format!("override `{o}`: {e}")))?;
         }
-        let cfg: TrainConfig = root
-            .try_into()
-            .map_err(|e: toml::de::Error| TrainError::Config(format!("{origin}: {}", e.to_string().trim())))?;
+        let cfg: TrainConfig = root.try_into().map_err(|e: toml::de::Error| {
+            TrainError::Config(format!("{origin}: {}", e.to_string().trim()))
+        })?;
         cfg.validate()?;
         Ok(cfg)
     }
@@ -192,11 +210,16 @@ impl TrainConfig {
             return bad(format!("stage = {}: must be 1 or 2", self.stage));
         }
         if self.rollout.n < 2 {
-            return bad(format!("rollout.n = {}: GRPO needs groups of at least 2", self.rollout.n));
+            return bad(format!(
+                "rollout.n = {}: GRPO needs groups of at least 2",
+                self.rollout.n
+            ));
         }
         let l = &self.train;
         if l.prompts_per_step == 0 || l.mini_batches == 0 || l.ppo_epochs == 0 || l.micro_batch == 0 {
-            return bad("train.prompts_per_step, mini_batches, ppo_epochs and micro_batch must be >= 1".into());
+            return bad(
+                "train.prompts_per_step, mini_batches, ppo_epochs and micro_batch must be >= 1".into(),
+            );
         }
         if !(l.prompts_per_step * self.rollout.n).is_multiple_of(l.mini_batches) {
             return bad(format!(
@@ -206,10 +229,17 @@ impl TrainConfig {
             ));
         }
         if self.optim.schedule != "constant" && self.optim.schedule != "cosine" {
-            return bad(format!("optim.schedule = `{}`: expected constant or cosine", self.optim.schedule));
+            return bad(format!(
+                "optim.schedule = `{}`: expected constant or cosine",
+                self.optim.schedule
+            ));
         }
-        self.grpo.validate().map_err(|e| TrainError::Config(e.to_string()))?;
-        self.reward.validate().map_err(|e| TrainError::Config(e.to_string()))?;
+        self.grpo
+            .validate()
+            .map_err(|e| TrainError::Config(e.to_string()))?;
+        self.reward
+            .validate()
+            .map_err(|e| TrainError::Config(e.to_string()))?;
         Ok(())
     }
 
@@ -227,12 +257,16 @@ fn apply_override(root: &mut toml::Value, assignment: &str) -> Result<(), String
     let parts: Vec<&str> = key.trim().split('.').collect();
     let mut cur = root;
     for (i, part) in parts.iter().enumerate() {
-        let table = cur.as_table_mut().ok_or_else(|| format!("`{}` is not a table", parts[..i].join(".")))?;
+        let table = cur
+            .as_table_mut()
+            .ok_or_else(|| format!("`{}` is not a table", parts[..i].join(".")))?;
         if i + 1 == parts.len() {
             table.insert(part.to_string(), value);
             return Ok(());
         }
-        cur = table.entry(part.to_string()).or_insert_with(|| toml::Value::Table(Default::default()));
+        cur = table
+            .entry(part.to_string())
+            .or_insert_with(|| toml::Value::Table(Default::default()));
     }
     Err("empty key".into())
 }
@@ -243,7 +277,15 @@ mod tests {
 
     #[test]
     fn overrides_set_nested_values() {
-        let cfg = TrainConfig::load(None, &["rollout.n=8".into(), "optim.lr=1e-6".into(), "train.run_dir=runs/x".into()]).unwrap();
+        let cfg = TrainConfig::load(
+            None,
+            &[
+                "rollout.n=8".into(),
+                "optim.lr=1e-6".into(),
+                "train.run_dir=runs/x".into(),
+            ],
+        )
+        .unwrap();
         assert_eq!(cfg.rollout.n, 8);
         assert_eq!(cfg.optim.lr, 1e-6);
         assert_eq!(cfg.train.run_dir, PathBuf::from("runs/x"));
@@ -251,9 +293,13 @@ mod tests {
 
     #[test]
     fn unknown_keys_list_the_valid_ones() {
-        let err = TrainConfig::load(None, &["rollout.temprature=0.5".into()]).unwrap_err().to_string();
+        let err = TrainConfig::load(None, &["rollout.temprature=0.5".into()])
+            .unwrap_err()
+            .to_string();
         assert!(err.contains("temprature") && err.contains("max_turns"), "{err}");
-        let err = TrainConfig::load(None, &["stage=3".into()]).unwrap_err().to_string();
+        let err = TrainConfig::load(None, &["stage=3".into()])
+            .unwrap_err()
+            .to_string();
         assert!(err.contains("stage = 3"), "{err}");
     }
 
@@ -267,6 +313,10 @@ mod tests {
                 n += 1;
             }
         }
-        assert!(n >= 4, "expected the 7B and tiny stage configs in {}", dir.display());
+        assert!(
+            n >= 4,
+            "expected the 7B and tiny stage configs in {}",
+            dir.display()
+        );
     }
 }

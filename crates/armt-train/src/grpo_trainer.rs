@@ -6,7 +6,9 @@ use crate::batch::{pad_rows, token_logprobs, Example};
 use crate::checkpoint::{self, TrainerState};
 use crate::{step_seed, stop_requested, TrainConfig, TrainError};
 use armt_data::{Sample, StopReason};
-use armt_grpo::{group_advantages, informative_groups_mask, policy_loss, AggNorm, EntropyGrad, LrSchedule, PolicyBatch};
+use armt_grpo::{
+    group_advantages, informative_groups_mask, policy_loss, AggNorm, EntropyGrad, LrSchedule, PolicyBatch,
+};
 use armt_metrics::MetricsLogger;
 use armt_model::Qwen25Vl;
 use armt_processing::Processor;
@@ -42,21 +44,35 @@ fn lr_schedule(cfg: &TrainConfig, updates_per_step: usize) -> LrSchedule {
         warmup_steps: cfg.optim.warmup_steps,
         total_steps: (cfg.train.steps * updates_per_step).max(cfg.optim.warmup_steps + 1),
         min_lr_ratio: cfg.optim.min_lr_ratio,
-        decay: if cfg.optim.schedule == "cosine" { armt_grpo::Decay::Cosine } else { armt_grpo::Decay::Constant },
+        decay: if cfg.optim.schedule == "cosine" {
+            armt_grpo::Decay::Cosine
+        } else {
+            armt_grpo::Decay::Constant
+        },
     }
 }
 
 fn mean(v: impl IntoIterator<Item = f64>) -> f64 {
     let (s, n) = v.into_iter().fold((0.0, 0usize), |(s, n), x| (s + x, n + 1));
-    if n == 0 { f64::NAN } else { s / n as f64 }
+    if n == 0 {
+        f64::NAN
+    } else {
+        s / n as f64
+    }
 }
 
 /// Trains; returns the directory of the final checkpoint.
 pub fn train_grpo(mut run: GrpoRun) -> Result<PathBuf, TrainError> {
     let cfg = run.config;
     let run_dir = cfg.train.run_dir.clone();
-    std::fs::create_dir_all(&run_dir).map_err(|e| TrainError::Io { path: run_dir.clone(), source: e })?;
-    std::fs::write(run_dir.join("config.toml"), cfg.to_toml()).map_err(|e| TrainError::Io { path: run_dir.clone(), source: e })?;
+    std::fs::create_dir_all(&run_dir).map_err(|e| TrainError::Io {
+        path: run_dir.clone(),
+        source: e,
+    })?;
+    std::fs::write(run_dir.join("config.toml"), cfg.to_toml()).map_err(|e| TrainError::Io {
+        path: run_dir.clone(),
+        source: e,
+    })?;
     if run.samples.is_empty() {
         return Err(TrainError::Config("no training samples".into()));
     }
@@ -71,7 +87,11 @@ pub fn train_grpo(mut run: GrpoRun) -> Result<PathBuf, TrainError> {
         cfg.train.seed,
     )?;
     if let Some(ckpt) = &run.resume {
-        eprintln!("resuming {} from {} (step {start_step})", run.phase, ckpt.display());
+        eprintln!(
+            "resuming {} from {} (step {start_step})",
+            run.phase,
+            ckpt.display()
+        );
     }
     let updates_per_step = cfg.train.mini_batches * cfg.train.ppo_epochs;
     let schedule = lr_schedule(cfg, updates_per_step);
@@ -81,7 +101,12 @@ pub fn train_grpo(mut run: GrpoRun) -> Result<PathBuf, TrainError> {
     // its checkpoint, which are about to be logged again.
     let mut logger = MetricsLogger::create(&run_dir, Some(start_step as u64))?;
     let ids = TemplateIds::from_tokenizer(run.processor.tokenizer())?;
-    let env = RolloutEnv { processor: run.processor, tools: run.tools, config: &cfg.rollout, image_dir: None };
+    let env = RolloutEnv {
+        processor: run.processor,
+        tools: run.tools,
+        config: &cfg.rollout,
+        image_dir: None,
+    };
     let n = cfg.rollout.n;
 
     let bar = ProgressBar::new(cfg.train.steps as u64);
@@ -95,10 +120,17 @@ pub fn train_grpo(mut run: GrpoRun) -> Result<PathBuf, TrainError> {
     let mut step = start_step;
     while step < cfg.train.steps {
         let started = Instant::now();
-        let batch: Vec<Sample> = loader.next_batch(cfg.train.prompts_per_step).into_iter().map(|i| run.samples[i].clone()).collect();
+        let batch: Vec<Sample> = loader
+            .next_batch(cfg.train.prompts_per_step)
+            .into_iter()
+            .map(|i| run.samples[i].clone())
+            .collect();
 
         // 1. Rollouts (no grad), a random stream per step so a resumed run draws the same.
-        let sampling = SamplingConfig { seed: step_seed(cfg.train.seed, step), ..cfg.rollout.sampling.clone() };
+        let sampling = SamplingConfig {
+            seed: step_seed(cfg.train.seed, step),
+            ..cfg.rollout.sampling.clone()
+        };
         let rollout_t = Instant::now();
         let rollouts = {
             let mut generator = ModelGenerator::new(&run.model, batch.len() * n, sampling, ids.endoftext);
@@ -130,7 +162,15 @@ pub fn train_grpo(mut run: GrpoRun) -> Result<PathBuf, TrainError> {
             .filter(|(_, &k)| k)
             .map(|((r, &a), _)| {
                 let t = &r.trajectory;
-                (Example { ids: t.token_ids.clone(), prompt_len: t.prompt_len, loss_mask: t.loss_mask.clone(), images: r.images.clone() }, a)
+                (
+                    Example {
+                        ids: t.token_ids.clone(),
+                        prompt_len: t.prompt_len,
+                        loss_mask: t.loss_mask.clone(),
+                        images: r.images.clone(),
+                    },
+                    a,
+                )
             })
             .collect();
 
@@ -142,12 +182,28 @@ pub fn train_grpo(mut run: GrpoRun) -> Result<PathBuf, TrainError> {
         let mut lrs = Vec::new();
         if !examples.is_empty() {
             let micro = cfg.train.micro_batch;
-            let old: Vec<Vec<f32>> = logprobs_no_grad(&run.model, &examples, ids.endoftext, cfg.train.logprob_chunk, micro)?;
+            let old: Vec<Vec<f32>> = logprobs_no_grad(
+                &run.model,
+                &examples,
+                ids.endoftext,
+                cfg.train.logprob_chunk,
+                micro,
+            )?;
             let reference: Option<Vec<Vec<f32>>> = match &run.reference {
-                Some(r) if cfg.grpo.kl_coef > 0.0 => Some(logprobs_no_grad(r, &examples, ids.endoftext, cfg.train.logprob_chunk, micro)?),
+                Some(r) if cfg.grpo.kl_coef > 0.0 => Some(logprobs_no_grad(
+                    r,
+                    &examples,
+                    ids.endoftext,
+                    cfg.train.logprob_chunk,
+                    micro,
+                )?),
                 _ => None,
             };
-            let entropy_mode = if cfg.grpo.entropy_coeff != 0.0 { EntropyGrad::Grad } else { EntropyGrad::NoGrad };
+            let entropy_mode = if cfg.grpo.entropy_coeff != 0.0 {
+                EntropyGrad::Grad
+            } else {
+                EntropyGrad::NoGrad
+            };
 
             // 4. Updates.
             let order: Vec<usize> = (0..examples.len()).collect();
@@ -156,15 +212,35 @@ pub fn train_grpo(mut run: GrpoRun) -> Result<PathBuf, TrainError> {
                 for mini in order.chunks(per_mini) {
                     let tokens: usize = mini.iter().map(|&i| examples[i].0.num_trained()).sum();
                     let seqs = mini.iter().filter(|&&i| examples[i].0.num_trained() > 0).count();
-                    let norm = AggNorm { batch_num_tokens: Some(tokens.max(1) as f64), global_batch_size: Some(seqs.max(1) as f64), loss_scale_factor: None };
+                    let norm = AggNorm {
+                        batch_num_tokens: Some(tokens.max(1) as f64),
+                        global_batch_size: Some(seqs.max(1) as f64),
+                        loss_scale_factor: None,
+                    };
                     optimizer.zero_grad();
                     for micro_idx in mini.chunks(micro) {
                         let exs: Vec<&Example> = micro_idx.iter().map(|&i| &examples[i].0).collect();
-                        let (logp, mask, entropy) = token_logprobs(&run.model, &exs, ids.endoftext, cfg.train.logprob_chunk, entropy_mode)?;
+                        let (logp, mask, entropy) = token_logprobs(
+                            &run.model,
+                            &exs,
+                            ids.endoftext,
+                            cfg.train.logprob_chunk,
+                            entropy_mode,
+                        )?;
                         let t = logp.size()[1] as usize;
                         let device = logp.device();
-                        let old_t = pad_rows(&micro_idx.iter().map(|&i| old[i].as_slice()).collect::<Vec<_>>(), t, device);
-                        let ref_t = reference.as_ref().map(|r| pad_rows(&micro_idx.iter().map(|&i| r[i].as_slice()).collect::<Vec<_>>(), t, device));
+                        let old_t = pad_rows(
+                            &micro_idx.iter().map(|&i| old[i].as_slice()).collect::<Vec<_>>(),
+                            t,
+                            device,
+                        );
+                        let ref_t = reference.as_ref().map(|r| {
+                            pad_rows(
+                                &micro_idx.iter().map(|&i| r[i].as_slice()).collect::<Vec<_>>(),
+                                t,
+                                device,
+                            )
+                        });
                         let adv: Vec<f32> = micro_idx.iter().map(|&i| examples[i].1 as f32).collect();
                         let adv = Tensor::from_slice(&adv).to_device(device);
                         let pb = PolicyBatch {
@@ -177,14 +253,22 @@ pub fn train_grpo(mut run: GrpoRun) -> Result<PathBuf, TrainError> {
                         };
                         let (loss, stats) = policy_loss(&pb, &cfg.grpo, &norm)?;
                         if !stats.loss.is_finite() {
-                            return Err(TrainError::NonFinite { step: step + 1, quantity: "the policy loss".into(), value: stats.loss });
+                            return Err(TrainError::NonFinite {
+                                step: step + 1,
+                                quantity: "the policy loss".into(),
+                                value: stats.loss,
+                            });
                         }
                         loss.backward();
                         pg_stats.push(stats);
                     }
                     let gn = optimizer.clip_grad_norm(cfg.optim.grad_clip);
                     if !gn.is_finite() {
-                        return Err(TrainError::NonFinite { step: step + 1, quantity: "the gradient norm".into(), value: gn });
+                        return Err(TrainError::NonFinite {
+                            step: step + 1,
+                            quantity: "the gradient norm".into(),
+                            value: gn,
+                        });
                     }
                     let lr = schedule.lr_at(optimizer.steps as usize);
                     optimizer.step(lr);
@@ -202,28 +286,98 @@ pub fn train_grpo(mut run: GrpoRun) -> Result<PathBuf, TrainError> {
         let var = mean(scores.iter().map(|s| (s - m["reward/mean"]).powi(2)));
         m.insert("reward/std".into(), var.sqrt());
         for (name, _) in rewards[0].parts() {
-            m.insert(format!("reward/{name}"), mean(rewards.iter().map(|r| r.parts().iter().find(|p| p.0 == name).unwrap().1 as f64)));
+            m.insert(
+                format!("reward/{name}"),
+                mean(
+                    rewards
+                        .iter()
+                        .map(|r| r.parts().iter().find(|p| p.0 == name).unwrap().1 as f64),
+                ),
+            );
         }
-        m.insert("reward/accuracy".into(), mean(rewards.iter().map(|r| if r.correct == Some(true) { 1.0 } else { 0.0 })));
-        m.insert("reward/format_ok".into(), mean(rewards.iter().map(|r| if r.format_ok { 1.0 } else { 0.0 })));
-        m.insert("tools/call_rate".into(), mean(trajs.iter().map(|t| if t.turns.iter().any(|x| x.tool_call.is_some() || x.tool_error.is_some()) { 1.0 } else { 0.0 })));
-        m.insert("tools/calls_per_trajectory".into(), mean(rewards.iter().map(|r| r.tool_calls as f64)));
-        m.insert("tools/right_tool_rate".into(), mean(rewards.iter().map(|r| if r.right_tool_calls > 0 { 1.0 } else { 0.0 })));
-        m.insert("tools/success_rate".into(), mean(trajs.iter().flat_map(|t| t.tool_calls().map(|c| if c.success { 1.0 } else { 0.0 }))));
-        m.insert("response/length_mean".into(), mean(trajs.iter().map(|t| t.response_len() as f64)));
-        m.insert("response/turns_mean".into(), mean(trajs.iter().map(|t| t.turns.len() as f64)));
-        m.insert("response/answered_rate".into(), mean(trajs.iter().map(|t| if t.stop_reason == StopReason::Answered { 1.0 } else { 0.0 })));
+        m.insert(
+            "reward/accuracy".into(),
+            mean(
+                rewards
+                    .iter()
+                    .map(|r| if r.correct == Some(true) { 1.0 } else { 0.0 }),
+            ),
+        );
+        m.insert(
+            "reward/format_ok".into(),
+            mean(rewards.iter().map(|r| if r.format_ok { 1.0 } else { 0.0 })),
+        );
+        m.insert(
+            "tools/call_rate".into(),
+            mean(trajs.iter().map(|t| {
+                if t.turns
+                    .iter()
+                    .any(|x| x.tool_call.is_some() || x.tool_error.is_some())
+                {
+                    1.0
+                } else {
+                    0.0
+                }
+            })),
+        );
+        m.insert(
+            "tools/calls_per_trajectory".into(),
+            mean(rewards.iter().map(|r| r.tool_calls as f64)),
+        );
+        m.insert(
+            "tools/right_tool_rate".into(),
+            mean(
+                rewards
+                    .iter()
+                    .map(|r| if r.right_tool_calls > 0 { 1.0 } else { 0.0 }),
+            ),
+        );
+        m.insert(
+            "tools/success_rate".into(),
+            mean(
+                trajs
+                    .iter()
+                    .flat_map(|t| t.tool_calls().map(|c| if c.success { 1.0 } else { 0.0 })),
+            ),
+        );
+        m.insert(
+            "response/length_mean".into(),
+            mean(trajs.iter().map(|t| t.response_len() as f64)),
+        );
+        m.insert(
+            "response/turns_mean".into(),
+            mean(trajs.iter().map(|t| t.turns.len() as f64)),
+        );
+        m.insert(
+            "response/answered_rate".into(),
+            mean(trajs.iter().map(|t| {
+                if t.stop_reason == StopReason::Answered {
+                    1.0
+                } else {
+                    0.0
+                }
+            })),
+        );
         m.insert("actor/pg_loss".into(), mean(pg_stats.iter().map(|s| s.pg_loss)));
         m.insert("actor/loss".into(), mean(pg_stats.iter().map(|s| s.loss)));
-        m.insert("actor/clipfrac".into(), mean(pg_stats.iter().map(|s| s.pg.clipfrac)));
+        m.insert(
+            "actor/clipfrac".into(),
+            mean(pg_stats.iter().map(|s| s.pg.clipfrac)),
+        );
         m.insert("actor/ppo_kl".into(), mean(pg_stats.iter().map(|s| s.pg.ppo_kl)));
-        m.insert("actor/entropy".into(), mean(pg_stats.iter().filter_map(|s| s.entropy)));
+        m.insert(
+            "actor/entropy".into(),
+            mean(pg_stats.iter().filter_map(|s| s.entropy)),
+        );
         if cfg.grpo.kl_coef > 0.0 {
             m.insert("actor/kl".into(), mean(pg_stats.iter().filter_map(|s| s.kl)));
         }
         m.insert("actor/grad_norm".into(), mean(grad_norms.iter().copied()));
         m.insert("actor/lr".into(), mean(lrs.iter().copied()));
-        m.insert("batch/kept_fraction".into(), examples.len() as f64 / rollouts.len() as f64);
+        m.insert(
+            "batch/kept_fraction".into(),
+            examples.len() as f64 / rollouts.len() as f64,
+        );
         let step_s = started.elapsed().as_secs_f64();
         let tokens: usize = trajs.iter().map(|t| t.token_ids.len()).sum();
         m.insert("perf/step_time_s".into(), step_s);
@@ -234,7 +388,11 @@ pub fn train_grpo(mut run: GrpoRun) -> Result<PathBuf, TrainError> {
         write_rollout_sample(&run_dir, step, &rollouts, &rewards)?;
         let line = format!(
             "reward {:.3} acc {:.2} right-tool {:.2} len {:.0} {:.1}s/step",
-            m["reward/mean"], m["reward/accuracy"], m["tools/right_tool_rate"], m["response/length_mean"], step_s
+            m["reward/mean"],
+            m["reward/accuracy"],
+            m["tools/right_tool_rate"],
+            m["response/length_mean"],
+            step_s
         );
         bar.set_position(step as u64);
         if bar.is_hidden() {
@@ -246,20 +404,34 @@ pub fn train_grpo(mut run: GrpoRun) -> Result<PathBuf, TrainError> {
         let stop = stop_requested();
         if step % cfg.train.save_every.max(1) == 0 || step == cfg.train.steps || stop {
             let state = TrainerState::capture(step, &optimizer, &loader, &run.phase, cfg.to_toml());
-            last_ckpt = Some(checkpoint::save(&run_dir, &run.model, &run.model_dir, &optimizer, &state, cfg.train.keep_last)?);
+            last_ckpt = Some(checkpoint::save(
+                &run_dir,
+                &run.model,
+                &run.model_dir,
+                &optimizer,
+                &state,
+                cfg.train.keep_last,
+            )?);
         }
         if stop {
             bar.abandon_with_message("stopped by Ctrl-C after saving a checkpoint");
             return Err(TrainError::State(format!(
                 "interrupted at step {step}; resume with --resume {}",
-                last_ckpt.as_ref().map(|p| p.display().to_string()).unwrap_or_default()
+                last_ckpt
+                    .as_ref()
+                    .map(|p| p.display().to_string())
+                    .unwrap_or_default()
             )));
         }
     }
     bar.finish();
     let plots = armt_metrics::plot_metrics(&run_dir.join("metrics.jsonl"), &run_dir.join("plots"), None)?;
     if let Some(p) = plots.first() {
-        eprintln!("{}: reward curves in {}", run.phase, p.parent().unwrap_or(Path::new(".")).display());
+        eprintln!(
+            "{}: reward curves in {}",
+            run.phase,
+            p.parent().unwrap_or(Path::new(".")).display()
+        );
     }
     last_ckpt.ok_or_else(|| TrainError::State("no checkpoint written".into()))
 }
@@ -274,14 +446,25 @@ pub(crate) fn freeze_vision(model: &mut Qwen25Vl) {
     }
 }
 
-fn logprobs_no_grad(model: &Qwen25Vl, examples: &[(Example, f64)], pad: i64, chunk: i64, micro: usize) -> Result<Vec<Vec<f32>>, TrainError> {
+fn logprobs_no_grad(
+    model: &Qwen25Vl,
+    examples: &[(Example, f64)],
+    pad: i64,
+    chunk: i64,
+    micro: usize,
+) -> Result<Vec<Vec<f32>>, TrainError> {
     let _g = tch::no_grad_guard();
     let mut out = Vec::with_capacity(examples.len());
     for group in examples.chunks(micro) {
         let exs: Vec<&Example> = group.iter().map(|e| &e.0).collect();
         let (logp, _, _) = token_logprobs(model, &exs, pad, chunk, EntropyGrad::Skip)?;
         for (b, e) in exs.iter().enumerate() {
-            let row: Vec<f32> = Vec::try_from(logp.get(b as i64).narrow(0, 0, e.ids.len() as i64 - 1).to_kind(Kind::Float).to_device(tch::Device::Cpu))?;
+            let row: Vec<f32> = Vec::try_from(
+                logp.get(b as i64)
+                    .narrow(0, 0, e.ids.len() as i64 - 1)
+                    .to_kind(Kind::Float)
+                    .to_device(tch::Device::Cpu),
+            )?;
             out.push(row);
         }
     }
@@ -289,7 +472,12 @@ fn logprobs_no_grad(model: &Qwen25Vl, examples: &[(Example, f64)], pad: i64, chu
 }
 
 /// Keeps the latest step's trajectories (with rewards) for `armt view`.
-fn write_rollout_sample(run_dir: &Path, step: usize, rollouts: &[armt_rollout::Rollout], rewards: &[RewardBreakdown]) -> Result<(), TrainError> {
+fn write_rollout_sample(
+    run_dir: &Path,
+    step: usize,
+    rollouts: &[armt_rollout::Rollout],
+    rewards: &[RewardBreakdown],
+) -> Result<(), TrainError> {
     let path = run_dir.join("rollouts.jsonl");
     let tmp = run_dir.join("rollouts.jsonl.partial");
     let mut text = String::new();
@@ -299,8 +487,14 @@ fn write_rollout_sample(run_dir: &Path, step: usize, rollouts: &[armt_rollout::R
         text.push_str(&serde_json::to_string(&t).expect("serialisable trajectory"));
         text.push('\n');
     }
-    std::fs::write(&tmp, text).map_err(|e| TrainError::Io { path: tmp.clone(), source: e })?;
-    std::fs::rename(&tmp, &path).map_err(|e| TrainError::Io { path: path.clone(), source: e })?;
+    std::fs::write(&tmp, text).map_err(|e| TrainError::Io {
+        path: tmp.clone(),
+        source: e,
+    })?;
+    std::fs::rename(&tmp, &path).map_err(|e| TrainError::Io {
+        path: path.clone(),
+        source: e,
+    })?;
     let _ = step;
     Ok(())
 }

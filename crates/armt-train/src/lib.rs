@@ -10,7 +10,9 @@ mod optimizer;
 mod sft;
 
 pub use batch::{token_logprobs, Example};
-pub use config::{DataSection, LoopSection, ModelSection, OptimSection, SftSection, ToolsSection, TrainConfig};
+pub use config::{
+    DataSection, LoopSection, ModelSection, OptimSection, SftSection, ToolsSection, TrainConfig,
+};
 pub use grpo_trainer::{train_grpo, GrpoRun};
 pub use optimizer::{AdamW, AdamWConfig};
 pub use sft::{examples_from_trajectories, train_sft, SftRun};
@@ -28,8 +30,14 @@ pub enum TrainError {
     #[error("{0}")]
     State(String),
     /// A NaN or infinite loss or gradient: the step was not applied and nothing was saved.
-    #[error("step {step}: {quantity} is {value} — stopping before the update; the last checkpoint is intact")]
-    NonFinite { step: usize, quantity: String, value: f64 },
+    #[error(
+        "step {step}: {quantity} is {value} — stopping before the update; the last checkpoint is intact"
+    )]
+    NonFinite {
+        step: usize,
+        quantity: String,
+        value: f64,
+    },
     #[error(transparent)]
     Model(#[from] armt_model::ModelError),
     #[error(transparent)]
@@ -63,7 +71,13 @@ pub struct DataLoader {
 
 impl DataLoader {
     pub fn new(n: usize, seed: u64, epoch: u64, index: usize) -> Self {
-        let mut d = Self { n, seed, epoch, index, perm: Vec::new() };
+        let mut d = Self {
+            n,
+            seed,
+            epoch,
+            index,
+            perm: Vec::new(),
+        };
         d.perm = d.permutation(epoch);
         d
     }
@@ -106,7 +120,9 @@ pub fn install_ctrlc_handler() {
                 eprintln!("\nsecond Ctrl-C: exiting without a checkpoint");
                 std::process::exit(130);
             }
-            eprintln!("\nCtrl-C: finishing this step, saving a checkpoint, then exiting (Ctrl-C again to abort)");
+            eprintln!(
+                "\nCtrl-C: finishing this step, saving a checkpoint, then exiting (Ctrl-C again to abort)"
+            );
         });
     });
 }

@@ -17,7 +17,12 @@ pub struct AdamWConfig {
 
 impl Default for AdamWConfig {
     fn default() -> Self {
-        Self { beta1: 0.9, beta2: 0.999, eps: 1e-8, weight_decay: 0.01 }
+        Self {
+            beta1: 0.9,
+            beta2: 0.999,
+            eps: 1e-8,
+            weight_decay: 0.01,
+        }
     }
 }
 
@@ -37,7 +42,13 @@ impl AdamW {
         let zeros = |p: &Tensor| Tensor::zeros(p.size(), (Kind::Float, p.device()));
         let exp_avg = params.iter().map(|(_, p)| zeros(p)).collect();
         let exp_avg_sq = params.iter().map(|(_, p)| zeros(p)).collect();
-        Self { cfg, params, exp_avg, exp_avg_sq, steps: 0 }
+        Self {
+            cfg,
+            params,
+            exp_avg,
+            exp_avg_sq,
+            steps: 0,
+        }
     }
 
     pub fn zero_grad(&mut self) {
@@ -56,7 +67,11 @@ impl AdamW {
         for (_, p) in &self.params {
             let g = p.grad();
             if g.defined() {
-                total += g.to_kind(Kind::Double).pow_tensor_scalar(2).sum(Kind::Double).double_value(&[]);
+                total += g
+                    .to_kind(Kind::Double)
+                    .pow_tensor_scalar(2)
+                    .sum(Kind::Double)
+                    .double_value(&[]);
             }
         }
         total.sqrt()
@@ -95,7 +110,11 @@ impl AdamW {
             // it instead would make the result depend on whether an earlier step in this process
             // had defined its gradient, and a resumed run would drift from an uninterrupted one.
             let g = p.grad();
-            let g = if g.defined() { g.to_kind(Kind::Float) } else { Tensor::zeros(p.size(), (Kind::Float, p.device())) };
+            let g = if g.defined() {
+                g.to_kind(Kind::Float)
+            } else {
+                Tensor::zeros(p.size(), (Kind::Float, p.device()))
+            };
             let m = &mut self.exp_avg[i];
             let _ = m.g_mul_scalar_(b1);
             let _ = m.g_add_(&(&g * (1.0 - b1)));
@@ -113,21 +132,40 @@ impl AdamW {
     pub fn state(&self) -> Vec<(String, Tensor)> {
         let mut out = Vec::with_capacity(2 * self.params.len());
         for (i, (name, _)) in self.params.iter().enumerate() {
-            out.push((format!("exp_avg.{name}"), self.exp_avg[i].to_device(tch::Device::Cpu)));
-            out.push((format!("exp_avg_sq.{name}"), self.exp_avg_sq[i].to_device(tch::Device::Cpu)));
+            out.push((
+                format!("exp_avg.{name}"),
+                self.exp_avg[i].to_device(tch::Device::Cpu),
+            ));
+            out.push((
+                format!("exp_avg_sq.{name}"),
+                self.exp_avg_sq[i].to_device(tch::Device::Cpu),
+            ));
         }
         out
     }
 
     /// Restores what [`AdamW::state`] saved; every moment must be there with the right shape.
-    pub fn load_state(&mut self, tensors: &std::collections::HashMap<String, Tensor>, steps: i64) -> Result<(), String> {
+    pub fn load_state(
+        &mut self,
+        tensors: &std::collections::HashMap<String, Tensor>,
+        steps: i64,
+    ) -> Result<(), String> {
         let _g = tch::no_grad_guard();
         for (i, (name, p)) in self.params.iter().enumerate() {
-            for (prefix, dst) in [("exp_avg", &mut self.exp_avg[i]), ("exp_avg_sq", &mut self.exp_avg_sq[i])] {
+            for (prefix, dst) in [
+                ("exp_avg", &mut self.exp_avg[i]),
+                ("exp_avg_sq", &mut self.exp_avg_sq[i]),
+            ] {
                 let key = format!("{prefix}.{name}");
-                let src = tensors.get(&key).ok_or_else(|| format!("optimizer state lacks `{key}`"))?;
+                let src = tensors
+                    .get(&key)
+                    .ok_or_else(|| format!("optimizer state lacks `{key}`"))?;
                 if src.size() != p.size() {
-                    return Err(format!("optimizer state `{key}` has shape {:?}, parameter {:?}", src.size(), p.size()));
+                    return Err(format!(
+                        "optimizer state `{key}` has shape {:?}, parameter {:?}",
+                        src.size(),
+                        p.size()
+                    ));
                 }
                 dst.copy_(&src.to_kind(Kind::Float).to_device(dst.device()));
             }
@@ -178,7 +216,9 @@ mod tests {
     fn clipping_scales_to_the_max_norm() {
         let p = Tensor::from_slice(&[0.0f32, 0.0]).set_requires_grad(true);
         let mut opt = AdamW::new(vec![("p".into(), p.shallow_clone())], AdamWConfig::default());
-        (&p * Tensor::from_slice(&[3.0f32, 4.0])).sum(Kind::Float).backward();
+        (&p * Tensor::from_slice(&[3.0f32, 4.0]))
+            .sum(Kind::Float)
+            .backward();
         let before = opt.clip_grad_norm(1.0);
         assert!((before - 5.0).abs() < 1e-6);
         assert!((opt.grad_norm() - 1.0).abs() < 1e-5);

@@ -18,17 +18,30 @@ use tch::Kind;
 
 /// Trajectory records → examples, loading and preprocessing their images (in the order of the
 /// record's `images`, which is their order in the token sequence).
-pub fn examples_from_trajectories(trajs: &[Trajectory], processor: &Processor) -> Result<Vec<Example>, TrainError> {
+pub fn examples_from_trajectories(
+    trajs: &[Trajectory],
+    processor: &Processor,
+) -> Result<Vec<Example>, TrainError> {
     let mut out = Vec::with_capacity(trajs.len());
     for t in trajs {
         let mut images = Vec::with_capacity(t.images.len());
         for (key, path) in &t.images {
             let img = image::open(path).map_err(|e| {
-                TrainError::State(format!("trajectory {}/{}: image {key} ({}): {e}", t.sample_id, t.group_index, path.display()))
+                TrainError::State(format!(
+                    "trajectory {}/{}: image {key} ({}): {e}",
+                    t.sample_id,
+                    t.group_index,
+                    path.display()
+                ))
             })?;
             images.push(processor.image_processor().preprocess(&img)?);
         }
-        out.push(Example { ids: t.token_ids.clone(), prompt_len: t.prompt_len, loss_mask: t.loss_mask.clone(), images });
+        out.push(Example {
+            ids: t.token_ids.clone(),
+            prompt_len: t.prompt_len,
+            loss_mask: t.loss_mask.clone(),
+            images,
+        });
     }
     Ok(out)
 }
@@ -50,12 +63,20 @@ pub fn train_sft(mut run: SftRun) -> Result<PathBuf, TrainError> {
     if run.examples.is_empty() {
         return Err(TrainError::Config("no SFT examples".into()));
     }
-    std::fs::create_dir_all(&run.run_dir).map_err(|e| TrainError::Io { path: run.run_dir.clone(), source: e })?;
+    std::fs::create_dir_all(&run.run_dir).map_err(|e| TrainError::Io {
+        path: run.run_dir.clone(),
+        source: e,
+    })?;
     if cfg.model.freeze_vision {
         freeze_vision(&mut run.model);
     }
-    let (mut optimizer, start, mut loader) =
-        checkpoint::start_or_resume(&run.model, &cfg.optim.adamw, run.resume.as_deref(), run.examples.len(), cfg.train.seed)?;
+    let (mut optimizer, start, mut loader) = checkpoint::start_or_resume(
+        &run.model,
+        &cfg.optim.adamw,
+        run.resume.as_deref(),
+        run.examples.len(),
+        cfg.train.seed,
+    )?;
     let schedule = LrSchedule {
         lr: s.lr,
         warmup_steps: s.warmup_steps,
@@ -66,7 +87,10 @@ pub fn train_sft(mut run: SftRun) -> Result<PathBuf, TrainError> {
     schedule.validate()?;
     let mut logger = MetricsLogger::create(&run.run_dir, Some(start as u64))?;
     let bar = ProgressBar::new(s.steps as u64);
-    bar.set_style(ProgressStyle::with_template("cold-start SFT {elapsed_precise} [{bar:30}] step {pos}/{len} {msg}").expect("valid template"));
+    bar.set_style(
+        ProgressStyle::with_template("cold-start SFT {elapsed_precise} [{bar:30}] step {pos}/{len} {msg}")
+            .expect("valid template"),
+    );
     bar.set_position(start as u64);
     let mut last = run.resume.clone();
     let mut step = start;
@@ -78,19 +102,33 @@ pub fn train_sft(mut run: SftRun) -> Result<PathBuf, TrainError> {
         let mut loss_sum = 0.0;
         for micro in idx.chunks(s.micro_batch.max(1)) {
             let exs: Vec<&Example> = micro.iter().map(|&i| &run.examples[i]).collect();
-            let (logp, mask, _) = token_logprobs(&run.model, &exs, run.pad_id, cfg.train.logprob_chunk, EntropyGrad::Skip)?;
+            let (logp, mask, _) = token_logprobs(
+                &run.model,
+                &exs,
+                run.pad_id,
+                cfg.train.logprob_chunk,
+                EntropyGrad::Skip,
+            )?;
             // Token-mean over the whole batch: micro-batch sums divided by the batch's token count.
             let loss = -(logp * &mask).sum(Kind::Float) / tokens.max(1) as f64;
             let v = loss.double_value(&[]);
             if !v.is_finite() {
-                return Err(TrainError::NonFinite { step: step + 1, quantity: "the SFT loss".into(), value: v });
+                return Err(TrainError::NonFinite {
+                    step: step + 1,
+                    quantity: "the SFT loss".into(),
+                    value: v,
+                });
             }
             loss_sum += v;
             loss.backward();
         }
         let gn = optimizer.clip_grad_norm(cfg.optim.grad_clip);
         if !gn.is_finite() {
-            return Err(TrainError::NonFinite { step: step + 1, quantity: "the gradient norm".into(), value: gn });
+            return Err(TrainError::NonFinite {
+                step: step + 1,
+                quantity: "the gradient norm".into(),
+                value: gn,
+            });
         }
         let lr = schedule.lr_at(optimizer.steps as usize);
         optimizer.step(lr);
@@ -101,24 +139,43 @@ pub fn train_sft(mut run: SftRun) -> Result<PathBuf, TrainError> {
             ("sft/grad_norm".to_string(), gn),
             ("sft/lr".to_string(), lr),
             ("perf/step_time_s".to_string(), dt),
-            ("perf/tokens_per_s".to_string(), idx.iter().map(|&i| run.examples[i].ids.len()).sum::<usize>() as f64 / dt),
+            (
+                "perf/tokens_per_s".to_string(),
+                idx.iter().map(|&i| run.examples[i].ids.len()).sum::<usize>() as f64 / dt,
+            ),
         ]);
         logger.log(step as u64, &m)?;
         bar.set_position(step as u64);
         if bar.is_hidden() && (step % 10 == 0 || step == s.steps) {
-            eprintln!("cold-start SFT step {step}/{}: loss {loss_sum:.3} lr {lr:.1e}", s.steps);
+            eprintln!(
+                "cold-start SFT step {step}/{}: loss {loss_sum:.3} lr {lr:.1e}",
+                s.steps
+            );
         }
         bar.set_message(format!("loss {loss_sum:.3} lr {lr:.1e}"));
         let stop = stop_requested();
         if step % cfg.train.save_every.max(1) == 0 || step == s.steps || stop {
             let state = TrainerState::capture(step, &optimizer, &loader, "sft", cfg.to_toml());
-            last = Some(checkpoint::save(&run.run_dir, &run.model, &run.model_dir, &optimizer, &state, cfg.train.keep_last)?);
+            last = Some(checkpoint::save(
+                &run.run_dir,
+                &run.model,
+                &run.model_dir,
+                &optimizer,
+                &state,
+                cfg.train.keep_last,
+            )?);
         }
         if stop {
-            return Err(TrainError::State(format!("interrupted at SFT step {step}; the checkpoint is saved")));
+            return Err(TrainError::State(format!(
+                "interrupted at SFT step {step}; the checkpoint is saved"
+            )));
         }
     }
     bar.finish();
-    let _ = armt_metrics::plot_metrics(&run.run_dir.join("metrics.jsonl"), &run.run_dir.join("plots"), None);
+    let _ = armt_metrics::plot_metrics(
+        &run.run_dir.join("metrics.jsonl"),
+        &run.run_dir.join("plots"),
+        None,
+    );
     last.ok_or_else(|| TrainError::State("no checkpoint written".into()))
 }
