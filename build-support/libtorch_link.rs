@@ -11,8 +11,14 @@ fn link_libtorch() {
         return;
     }
     let Ok(lib) = std::env::var("DEP_TCH_LIBTORCH_LIB") else { return };
+    // torch-sys sees libtorch through the checkout's `.armt/libtorch` link: the rpath names the
+    // real directory, so the binary keeps working when it is copied out of the checkout.
+    let lib = std::fs::canonicalize(&lib).map_or(lib, |p| p.display().to_string());
     println!("cargo:rustc-link-arg=-Wl,-rpath,{lib}");
-    if let Ok(cache) = std::env::var("ARMT_CACHE") {
+    let cache = std::env::var("ARMT_CACHE")
+        .ok()
+        .or_else(|| std::env::var("HOME").ok().map(|home| format!("{home}/.cache/armt")));
+    if let Some(cache) = cache {
         println!("cargo:rustc-link-arg=-Wl,-rpath,{cache}/lib");
     }
     if std::path::Path::new(&lib).join("libtorch_cuda.so").exists() {

@@ -7,11 +7,7 @@ use std::process::Command;
 use tch::{Kind, Tensor};
 
 fn refs() -> PathBuf {
-    PathBuf::from(
-        std::env::var("ARMT_REFS")
-            .expect("ARMT_REFS is not set: run scripts/test, it generates the transformers references"),
-    )
-    .join("model")
+    armt_testkit::refs_dir().join("model")
 }
 
 fn repo() -> PathBuf {

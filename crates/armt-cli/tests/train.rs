@@ -176,8 +176,7 @@ fn killed_and_resumed_run_matches_an_uninterrupted_one() {
 }
 
 fn checkpoint_loads_in_transformers(ckpt: &Path, scratch: &Path) {
-    let python = std::env::var("ARMT_PYTHON")
-        .expect("ARMT_PYTHON is not set: source ~/.cache/armt/env.sh or run scripts/test");
+    let python = armt_testkit::python();
     let out = scratch.join("hf_logits.safetensors");
     let script = r#"
 import sys, torch

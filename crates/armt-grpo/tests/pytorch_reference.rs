@@ -112,9 +112,8 @@ fn make_inputs() -> Inputs {
     }
 }
 
-fn python() -> String {
-    std::env::var("ARMT_PYTHON")
-        .unwrap_or_else(|_| panic!("ARMT_PYTHON is not set: source ~/.cache/armt/env.sh or run scripts/test"))
+fn python() -> PathBuf {
+    armt_testkit::python()
 }
 
 fn run_reference(inp: &Inputs, cfgs: &[GrpoConfig]) -> HashMap<String, Tensor> {
@@ -138,7 +137,7 @@ fn run_reference(inp: &Inputs, cfgs: &[GrpoConfig]) -> HashMap<String, Tensor> {
         .arg(&script)
         .arg(&dir)
         .output()
-        .expect("cannot run ARMT_PYTHON");
+        .expect("cannot run the set-up Python");
     assert!(
         out.status.success(),
         "{} failed:\n{}\n{}",

@@ -12,9 +12,8 @@ fn m(pairs: &[(&str, f64)]) -> BTreeMap<String, f64> {
     pairs.iter().map(|(k, v)| (k.to_string(), *v)).collect()
 }
 
-fn python() -> String {
-    std::env::var("ARMT_PYTHON")
-        .unwrap_or_else(|_| panic!("ARMT_PYTHON is not set: source ~/.cache/armt/env.sh or run scripts/test"))
+fn python() -> PathBuf {
+    armt_testkit::python()
 }
 
 /// Reads the run's tb/ folder with TensorBoard's own EventAccumulator and returns
@@ -34,7 +33,7 @@ for tag in sorted(acc.Tags()["scalars"]):
         .arg(script)
         .arg(tb_dir)
         .output()
-        .expect("run ARMT_PYTHON");
+        .expect("run the set-up Python");
     assert!(
         out.status.success(),
         "tensorboard read failed: {}",

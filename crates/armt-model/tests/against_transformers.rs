@@ -6,9 +6,7 @@ use std::path::PathBuf;
 use tch::{Device, Kind, Tensor};
 
 fn refs_dir() -> PathBuf {
-    let dir = std::env::var("ARMT_REFS")
-        .expect("ARMT_REFS is not set: run scripts/test, it generates the transformers references");
-    PathBuf::from(dir).join("model")
+    armt_testkit::refs_dir().join("model")
 }
 
 fn cases() -> Vec<PathBuf> {

@@ -6,9 +6,8 @@
 //! [`Processor::encode_chat`] (→ [`EncodedChat`]: input ids, pixel patches, grids),
 //! [`render_chat`] for the prompt text alone (rollouts), [`ImageProcessor`] for tool images.
 //!
-//! Parity tests (`tests/transformers_parity.rs`) need references made by transformers:
-//! `$ARMT_PYTHON scripts/reference/processing.py --tokenizer-dir "$ARMT_TOKENIZER_DIR"
-//! --out "$ARMT_REFS/processing" tests/fixtures/chats/*.json`, then `ARMT_REFS=... cargo test`.
+//! Parity tests (`tests/transformers_parity.rs`) compare against references made by transformers
+//! (`scripts/make-refs`, run by `scripts/test` and on first use by plain `cargo test`).
 //!
 //! Known limit: JPEG files are decoded by the `image` crate, whose decoder differs from PIL's
 //! libjpeg-turbo (chroma upsampling, IDCT rounding), so JPEG inputs are close but not bit-equal;

@@ -8,9 +8,7 @@ use armt_processing::{Chat, Processor};
 use safetensors::SafeTensors;
 
 fn refs_dir() -> PathBuf {
-    let root = std::env::var_os("ARMT_REFS")
-        .expect("ARMT_REFS is not set: run scripts/test: it generates the transformers references");
-    let dir = PathBuf::from(root).join("processing");
+    let dir = armt_testkit::refs_dir().join("processing");
     assert!(
         dir.join("manifest.json").is_file(),
         "{} has no manifest.json: run scripts/test: it generates the transformers references",

@@ -18,9 +18,7 @@ fn repo() -> PathBuf {
 }
 
 fn tiny_model_dir() -> PathBuf {
-    let refs = std::env::var("ARMT_REFS")
-        .expect("ARMT_REFS is not set: run scripts/test, it generates the tiny reference checkpoints");
-    PathBuf::from(refs).join("model/tiny-hub/model")
+    armt_testkit::refs_dir().join("model/tiny-hub/model")
 }
 
 fn zoom_sample(id: &str) -> Sample {
