@@ -26,7 +26,11 @@ pub fn python() -> PathBuf {
     let python = std::env::var_os("ARMT_PYTHON")
         .map(PathBuf::from)
         .unwrap_or_else(|| cache_dir().join("venv/bin/python"));
-    assert!(python.exists(), "{} does not exist: run scripts/setup", python.display());
+    assert!(
+        python.exists(),
+        "{} does not exist: run scripts/setup",
+        python.display()
+    );
     python
 }
 
