@@ -53,7 +53,12 @@ def build_config(case):
     section = t.pop("mrope_section")
     text_config = dict(t, vocab_size=VOCAB, rope_theta=1000000.0,
                        rope_scaling={"type": "mrope", "mrope_section": section})
-    return Qwen2_5_VLConfig(text_config=text_config, vision_config=dict(case["vision"]),
+    vision_config = dict(case["vision"])
+    if case["config"] == "nested":
+        # A hub config (4.x names) loaded and saved again by transformers 5.x: the vision config
+        # then carries the old `in_chans` beside 5.x's `in_channels`, as real re-saved checkpoints do.
+        vision_config["in_chans"] = 3
+    return Qwen2_5_VLConfig(text_config=text_config, vision_config=vision_config,
                             tie_word_embeddings=case["tie"])
 
 

@@ -14,7 +14,9 @@ pub struct VisionConfig {
     pub hidden_size: usize,
     pub intermediate_size: usize,
     pub num_heads: usize,
-    #[serde(alias = "in_channels", default = "default_in_chans")]
+    /// Named `in_chans` by the hub configs and 4.x, `in_channels` by 5.x; a config re-saved by
+    /// 5.x carries both (see [`normalize_vision_config`]).
+    #[serde(default = "default_in_chans")]
     pub in_chans: usize,
     pub out_hidden_size: usize,
     #[serde(default = "default_patch_size")]
@@ -31,8 +33,67 @@ pub struct VisionConfig {
     pub tokens_per_second: f64,
     #[serde(default = "default_act")]
     pub hidden_act: String,
+    /// Base of the vision tower's 2-D rotary frequencies: 5.x writes it as
+    /// `rope_parameters.rope_theta`; earlier layouts leave it implicit (10000).
+    #[serde(skip, default = "default_vision_rope_theta")]
+    pub rope_theta: f64,
 }
 
+/// Why a `config.json` cannot describe a Qwen2.5-VL model.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("invalid JSON: {0}")]
+    Json(#[source] serde_json::Error),
+    #[error("config.json is not a JSON object")]
+    NotAnObject,
+    #[error("missing `vision_config`")]
+    MissingVision,
+    #[error("bad `vision_config`: {0}")]
+    Vision(#[source] serde_json::Error),
+    #[error("`vision_config` has in_chans = {in_chans} but in_channels = {in_channels}")]
+    ChannelsDisagree { in_chans: Value, in_channels: Value },
+    #[error("missing or non-integer field `{0}`")]
+    Field(&'static str),
+    #[error("missing `mrope_section` (in rope_scaling or rope_parameters)")]
+    MissingMropeSection,
+    #[error("non-integer in `mrope_section`")]
+    BadMropeSection,
+    #[error("mrope_section {section:?} does not cover head_dim {head_dim} (its sum must be head_dim/2)")]
+    MropeSectionSize { section: Vec<usize>, head_dim: usize },
+    #[error("num_attention_heads {heads} is not a multiple of num_key_value_heads {kv_heads}")]
+    KvHeads { heads: usize, kv_heads: usize },
+    #[error("vision hidden_size {hidden} is not a multiple of num_heads {heads}")]
+    VisionHeads { hidden: usize, heads: usize },
+    #[error("unsupported hidden_act `{0}` (Qwen2.5-VL uses silu)")]
+    Activation(String),
+}
+
+/// Brings the `vision_config` layouts of transformers 4.x and 5.x to one: `in_channels` (5.x)
+/// becomes `in_chans`; when a 5.x save kept both (a hub config loaded and saved again), they
+/// must agree. The 5.x `rope_parameters.rope_theta` is returned separately.
+fn normalize_vision_config(vision: &Value) -> Result<(Value, Option<f64>), ConfigError> {
+    let mut vision = vision.clone();
+    let obj = vision.as_object_mut().ok_or(ConfigError::MissingVision)?;
+    if let Some(in_channels) = obj.remove("in_channels") {
+        match obj.get("in_chans") {
+            Some(in_chans) if *in_chans != in_channels => {
+                return Err(ConfigError::ChannelsDisagree { in_chans: in_chans.clone(), in_channels });
+            }
+            _ => {
+                obj.insert("in_chans".into(), in_channels);
+            }
+        }
+    }
+    let rope_theta = obj
+        .get("rope_parameters")
+        .and_then(|r| r.get("rope_theta"))
+        .and_then(Value::as_f64);
+    Ok((vision, rope_theta))
+}
+
+fn default_vision_rope_theta() -> f64 {
+    10000.0
+}
 fn default_in_chans() -> usize {
     3
 }
@@ -93,31 +154,34 @@ impl Qwen25VlConfig {
             path: path.to_path_buf(),
             source: e,
         })?;
-        Self::from_json_str(&text).map_err(|msg| ModelError::Config {
+        Self::from_json_str(&text).map_err(|source| ModelError::Config {
             path: path.to_path_buf(),
-            msg,
+            source,
         })
     }
 
-    /// Parses either layout. The error is a plain message; `from_file` adds the path.
-    pub fn from_json_str(text: &str) -> Result<Self, String> {
-        let root: Value = serde_json::from_str(text).map_err(|e| format!("invalid JSON: {e}"))?;
-        let root = root.as_object().ok_or("config.json is not a JSON object")?;
+    /// Parses any layout transformers 4.x and 5.x write; `from_file` adds the path to errors.
+    pub fn from_json_str(text: &str) -> Result<Self, ConfigError> {
+        let root: Value = serde_json::from_str(text).map_err(ConfigError::Json)?;
+        let root = root.as_object().ok_or(ConfigError::NotAnObject)?;
         // 5.x nests the decoder's fields under text_config; 4.x keeps them at the top level.
         let text_obj = match root.get("text_config") {
             Some(Value::Object(t)) => t,
             _ => root,
         };
         let get = |key: &str| text_obj.get(key).or_else(|| root.get(key));
-        let usize_field = |key: &str| -> Result<usize, String> {
+        let usize_field = |key: &'static str| -> Result<usize, ConfigError> {
             get(key)
                 .and_then(Value::as_u64)
                 .map(|v| v as usize)
-                .ok_or_else(|| format!("missing or non-integer field `{key}`"))
+                .ok_or(ConfigError::Field(key))
         };
-        let vision_value = root.get("vision_config").ok_or("missing `vision_config`")?;
-        let vision: VisionConfig =
-            serde_json::from_value(vision_value.clone()).map_err(|e| format!("bad `vision_config`: {e}"))?;
+        let vision_value = root.get("vision_config").ok_or(ConfigError::MissingVision)?;
+        let (vision_value, vision_rope_theta) = normalize_vision_config(vision_value)?;
+        let mut vision: VisionConfig = serde_json::from_value(vision_value).map_err(ConfigError::Vision)?;
+        if let Some(theta) = vision_rope_theta {
+            vision.rope_theta = theta;
+        }
 
         let num_attention_heads = usize_field("num_attention_heads")?;
         let hidden_size = usize_field("hidden_size")?;
@@ -139,18 +203,12 @@ impl Qwen25VlConfig {
         let mrope_section: Vec<usize> = rope_params
             .and_then(|r| r.get("mrope_section"))
             .and_then(Value::as_array)
-            .ok_or("missing `mrope_section` (in rope_scaling or rope_parameters)")?
+            .ok_or(ConfigError::MissingMropeSection)?
             .iter()
-            .map(|v| {
-                v.as_u64()
-                    .map(|x| x as usize)
-                    .ok_or("non-integer in `mrope_section`")
-            })
+            .map(|v| v.as_u64().map(|x| x as usize).ok_or(ConfigError::BadMropeSection))
             .collect::<Result<_, _>>()?;
         if mrope_section.iter().sum::<usize>() * 2 != head_dim {
-            return Err(format!(
-                "mrope_section {mrope_section:?} does not cover head_dim {head_dim} (its sum must be head_dim/2)"
-            ));
+            return Err(ConfigError::MropeSectionSize { section: mrope_section, head_dim });
         }
         let text = TextConfig {
             vocab_size: usize_field("vocab_size")?,
@@ -169,17 +227,17 @@ impl Qwen25VlConfig {
                 .to_string(),
         };
         if !text.num_attention_heads.is_multiple_of(text.num_key_value_heads) {
-            return Err(format!(
-                "num_attention_heads {} is not a multiple of num_key_value_heads {}",
-                text.num_attention_heads, text.num_key_value_heads
-            ));
+            return Err(ConfigError::KvHeads {
+                heads: text.num_attention_heads,
+                kv_heads: text.num_key_value_heads,
+            });
         }
         if !vision.hidden_size.is_multiple_of(vision.num_heads) {
-            return Err("vision hidden_size is not a multiple of num_heads".into());
+            return Err(ConfigError::VisionHeads { hidden: vision.hidden_size, heads: vision.num_heads });
         }
         for act in [&text.hidden_act, &vision.hidden_act] {
             if act != "silu" {
-                return Err(format!("unsupported hidden_act `{act}` (Qwen2.5-VL uses silu)"));
+                return Err(ConfigError::Activation(act.clone()));
             }
         }
         let token = |key: &str, default: i64| {
@@ -247,11 +305,49 @@ mod tests {
     #[test]
     fn rejects_inconsistent_rope_section() {
         let bad = FLAT.replace("[2, 3, 3]", "[2, 3, 4]");
-        let err = Qwen25VlConfig::from_json_str(&bad).unwrap_err();
+        let err = Qwen25VlConfig::from_json_str(&bad).unwrap_err().to_string();
         assert!(err.contains("mrope_section"), "{err}");
         let missing = FLAT.replace("\"vocab_size\": 1000,", "");
         assert!(Qwen25VlConfig::from_json_str(&missing)
             .unwrap_err()
+            .to_string()
             .contains("vocab_size"));
+    }
+
+    /// The layout transformers 5.24 writes when it saves a config it loaded from the hub:
+    /// `in_chans` and `in_channels` side by side, `rope_parameters` in both sub-configs, text
+    /// fields such as `layer_types` and `pad_token_id: null` (written by transformers 5.24.0's
+    /// `Qwen2_5_VLConfig.save_pretrained`).
+    const SAVED_BY_5_24: &str = r#"{
+      "image_token_id": 151655, "model_type": "qwen2_5_vl",
+      "text_config": {"attention_dropout": 0.0, "bos_token_id": 151643, "eos_token_id": 151645,
+        "hidden_act": "silu", "hidden_size": 64, "initializer_range": 0.02, "intermediate_size": 96,
+        "layer_types": ["full_attention", "full_attention"], "max_position_embeddings": 32768,
+        "max_window_layers": 80, "model_type": "qwen2_5_vl_text", "num_attention_heads": 4,
+        "num_hidden_layers": 2, "num_key_value_heads": 2, "pad_token_id": null, "rms_norm_eps": 1e-06,
+        "rope_parameters": {"mrope_section": [2, 3, 3], "rope_theta": 1000000.0, "rope_type": "default"},
+        "sliding_window": null, "use_cache": true, "use_sliding_window": false, "vocab_size": 1000},
+      "tie_word_embeddings": false, "transformers_version": "5.24.0", "video_token_id": 151656,
+      "vision_config": {"depth": 2, "fullatt_block_indexes": [1], "hidden_act": "silu", "hidden_size": 32,
+        "in_channels": 3, "in_chans": 3, "initializer_range": 0.02, "intermediate_size": 48,
+        "model_type": "qwen2_5_vl_vision", "num_heads": 2, "out_hidden_size": 64, "patch_size": 14,
+        "rope_parameters": {"rope_theta": 10000.0, "rope_type": "axial"}, "spatial_merge_size": 2,
+        "temporal_patch_size": 2, "tokens_per_second": 2, "window_size": 56},
+      "vision_end_token_id": 151653, "vision_start_token_id": 151652
+    }"#;
+
+    #[test]
+    fn parses_the_layout_transformers_5_24_saves() {
+        let c = Qwen25VlConfig::from_json_str(SAVED_BY_5_24).unwrap();
+        assert_eq!(c, Qwen25VlConfig::from_json_str(FLAT).unwrap());
+        assert_eq!(c.vision.in_chans, 3);
+        assert_eq!(c.vision.rope_theta, 10000.0);
+        let other_theta = SAVED_BY_5_24.replace("\"rope_theta\": 10000.0", "\"rope_theta\": 500.0");
+        assert_eq!(Qwen25VlConfig::from_json_str(&other_theta).unwrap().vision.rope_theta, 500.0);
+        let only_new_name = SAVED_BY_5_24.replace("\"in_chans\": 3,", "");
+        assert_eq!(Qwen25VlConfig::from_json_str(&only_new_name).unwrap(), c);
+        let disagree = SAVED_BY_5_24.replace("\"in_chans\": 3", "\"in_chans\": 4");
+        let err = Qwen25VlConfig::from_json_str(&disagree).unwrap_err();
+        assert!(matches!(err, ConfigError::ChannelsDisagree { .. }), "{err}");
     }
 }

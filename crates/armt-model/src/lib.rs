@@ -11,7 +11,7 @@ mod text;
 mod vision;
 mod weights;
 
-pub use config::{Qwen25VlConfig, TextConfig, VisionConfig};
+pub use config::{ConfigError, Qwen25VlConfig, TextConfig, VisionConfig};
 pub use model::{default_kind_for, KvCache, Qwen25Vl};
 pub use rope::{rope_index, RopeIndex};
 pub use weights::WeightLayout;
@@ -23,8 +23,8 @@ use std::path::PathBuf;
 pub enum ModelError {
     #[error("cannot read {path}: {source}")]
     Io { path: PathBuf, source: std::io::Error },
-    #[error("bad model config {path}: {msg}")]
-    Config { path: PathBuf, msg: String },
+    #[error("bad model config {path}: {source}")]
+    Config { path: PathBuf, source: config::ConfigError },
     #[error("bad checkpoint {path}: {msg}")]
     Checkpoint { path: PathBuf, msg: String },
     #[error("checkpoint {dir} does not match the model built from its config.json:\n{report}")]

@@ -136,7 +136,7 @@ impl VisionTransformer {
         // Rotary over half the head dimension: half for row positions, half for columns.
         let dim = cfg.hidden_size / cfg.num_heads / 2;
         let inv_freq = (0..dim / 2)
-            .map(|j| 1.0 / 10000f64.powf((2 * j) as f64 / dim as f64))
+            .map(|j| 1.0 / cfg.rope_theta.powf((2 * j) as f64 / dim as f64))
             .collect();
         Self {
             patch_embed,
