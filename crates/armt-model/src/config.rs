@@ -77,7 +77,10 @@ fn normalize_vision_config(vision: &Value) -> Result<(Value, Option<f64>), Confi
     if let Some(in_channels) = obj.remove("in_channels") {
         match obj.get("in_chans") {
             Some(in_chans) if *in_chans != in_channels => {
-                return Err(ConfigError::ChannelsDisagree { in_chans: in_chans.clone(), in_channels });
+                return Err(ConfigError::ChannelsDisagree {
+                    in_chans: in_chans.clone(),
+                    in_channels,
+                });
             }
             _ => {
                 obj.insert("in_chans".into(), in_channels);
@@ -208,7 +211,10 @@ impl Qwen25VlConfig {
             .map(|v| v.as_u64().map(|x| x as usize).ok_or(ConfigError::BadMropeSection))
             .collect::<Result<_, _>>()?;
         if mrope_section.iter().sum::<usize>() * 2 != head_dim {
-            return Err(ConfigError::MropeSectionSize { section: mrope_section, head_dim });
+            return Err(ConfigError::MropeSectionSize {
+                section: mrope_section,
+                head_dim,
+            });
         }
         let text = TextConfig {
             vocab_size: usize_field("vocab_size")?,
@@ -233,7 +239,10 @@ impl Qwen25VlConfig {
             });
         }
         if !vision.hidden_size.is_multiple_of(vision.num_heads) {
-            return Err(ConfigError::VisionHeads { hidden: vision.hidden_size, heads: vision.num_heads });
+            return Err(ConfigError::VisionHeads {
+                hidden: vision.hidden_size,
+                heads: vision.num_heads,
+            });
         }
         for act in [&text.hidden_act, &vision.hidden_act] {
             if act != "silu" {
@@ -343,7 +352,13 @@ mod tests {
         assert_eq!(c.vision.in_chans, 3);
         assert_eq!(c.vision.rope_theta, 10000.0);
         let other_theta = SAVED_BY_5_24.replace("\"rope_theta\": 10000.0", "\"rope_theta\": 500.0");
-        assert_eq!(Qwen25VlConfig::from_json_str(&other_theta).unwrap().vision.rope_theta, 500.0);
+        assert_eq!(
+            Qwen25VlConfig::from_json_str(&other_theta)
+                .unwrap()
+                .vision
+                .rope_theta,
+            500.0
+        );
         let only_new_name = SAVED_BY_5_24.replace("\"in_chans\": 3,", "");
         assert_eq!(Qwen25VlConfig::from_json_str(&only_new_name).unwrap(), c);
         let disagree = SAVED_BY_5_24.replace("\"in_chans\": 3", "\"in_chans\": 4");

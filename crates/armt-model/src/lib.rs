@@ -24,7 +24,10 @@ pub enum ModelError {
     #[error("cannot read {path}: {source}")]
     Io { path: PathBuf, source: std::io::Error },
     #[error("bad model config {path}: {source}")]
-    Config { path: PathBuf, source: config::ConfigError },
+    Config {
+        path: PathBuf,
+        source: config::ConfigError,
+    },
     #[error("bad checkpoint {path}: {msg}")]
     Checkpoint { path: PathBuf, msg: String },
     #[error("checkpoint {dir} does not match the model built from its config.json:\n{report}")]

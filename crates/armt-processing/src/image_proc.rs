@@ -98,6 +98,40 @@ struct RawConfig {
     resample: Option<u32>,
 }
 
+/// RGB as transformers' `convert_to_rgb` makes it (5.24): an image with an alpha channel is
+/// composited onto an opaque white background (`PIL.Image.alpha_composite`), anything else is
+/// converted as PIL's `convert("RGB")` does (grey replicated). Before 5.2x transformers dropped
+/// alpha instead; a transparent pixel then kept its hidden colour.
+pub fn convert_to_rgb(img: &image::DynamicImage) -> image::RgbImage {
+    if !img.color().has_alpha() {
+        return img.to_rgb8();
+    }
+    let rgba = img.to_rgba8();
+    let mut out = image::RgbImage::new(rgba.width(), rgba.height());
+    for (o, p) in out.pixels_mut().zip(rgba.pixels()) {
+        let [r, g, b, a] = p.0;
+        o.0 = [over_white(r, a), over_white(g, a), over_white(b, a)];
+    }
+    out
+}
+
+/// One channel of `alpha_composite(white, (c, a))` in PIL's fixed-point arithmetic
+/// (libImaging/AlphaComposite.c, 7 precision bits, division by 255 as `((x >> 8) + x) >> 8`);
+/// equal to PIL for all 65,536 (c, a) pairs.
+fn over_white(c: u8, a: u8) -> u8 {
+    const PRECISION_BITS: u32 = 7;
+    if a == 0 {
+        return 255;
+    }
+    let (c, a) = (c as u32, a as u32);
+    let blend = 255 * (255 - a);
+    let out_a255 = a * 255 + blend;
+    let coef1 = a * 255 * 255 * (1 << PRECISION_BITS) / out_a255;
+    let coef2 = 255 * (1 << PRECISION_BITS) - coef1;
+    let tmp = c * coef1 + 255 * coef2 + (0x80 << PRECISION_BITS);
+    ((((tmp >> 8) + tmp) >> 8) >> PRECISION_BITS) as u8
+}
+
 impl ImageProcessorConfig {
     /// Parses the JSON text of a `preprocessor_config.json`. `origin` names the source in errors.
     pub fn from_json_str(text: &str, origin: &Path) -> Result<Self> {
@@ -266,9 +300,7 @@ impl ImageProcessor {
     /// Converts one image into flattened, normalised patches.
     pub fn preprocess(&self, img: &image::DynamicImage) -> Result<ProcessedImage> {
         let c = &self.cfg;
-        // `to_rgb8` drops alpha without compositing and replicates grey, which is exactly what
-        // PIL's `convert("RGB")` (used by transformers' `convert_to_rgb`) does for RGBA/LA/L.
-        let rgb = img.to_rgb8();
+        let rgb = convert_to_rgb(img);
         let (w0, h0) = (rgb.width() as usize, rgb.height() as usize);
         let factor = c.patch_size * c.merge_size;
         let (rgb, h, w) = if c.do_resize {
@@ -549,5 +581,30 @@ mod tests {
         assert_eq!(ids, vec![0., 1., 4., 5., 2., 3., 6., 7.]);
         // Temporal copy: second 14x14 slice of the red channel equals the first.
         assert_eq!(out.pixel_values[196], out.pixel_values[0]);
+    }
+
+    #[test]
+    fn transparency_is_composited_onto_white_as_pil_does() {
+        // (value, alpha) -> PIL 12.0's alpha_composite(white, RGBA) red channel.
+        for (c, a, want) in [
+            (0, 128, 127),
+            (200, 1, 255),
+            (17, 254, 18),
+            (100, 77, 208),
+            (9, 0, 255),
+        ] {
+            assert_eq!(over_white(c, a), want, "c={c} a={a}");
+        }
+        for c in 0..=255u8 {
+            assert_eq!(over_white(c, 255), c, "opaque pixels keep their colour");
+        }
+        let mut img = image::RgbaImage::new(2, 1);
+        img.put_pixel(0, 0, image::Rgba([10, 20, 30, 0]));
+        img.put_pixel(1, 0, image::Rgba([10, 20, 30, 255]));
+        let rgb = convert_to_rgb(&image::DynamicImage::ImageRgba8(img));
+        assert_eq!(rgb.get_pixel(0, 0).0, [255, 255, 255]);
+        assert_eq!(rgb.get_pixel(1, 0).0, [10, 20, 30]);
+        let grey = image::DynamicImage::ImageLuma8(image::GrayImage::from_pixel(1, 1, image::Luma([7])));
+        assert_eq!(convert_to_rgb(&grey).get_pixel(0, 0).0, [7, 7, 7]);
     }
 }

@@ -23,5 +23,5 @@ pub use chat::{
     IMAGE_PAD, IMAGE_PLACEHOLDER,
 };
 pub use error::{ProcessingError, Result};
-pub use image_proc::{smart_resize, ImageProcessor, ImageProcessorConfig, ProcessedImage};
+pub use image_proc::{convert_to_rgb, smart_resize, ImageProcessor, ImageProcessorConfig, ProcessedImage};
 pub use processor::{EncodedChat, Processor};
