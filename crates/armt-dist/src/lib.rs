@@ -5,6 +5,9 @@
 //! Backends: [`SingleProcess`] (world size 1: every collective is the identity, so a one-process
 //! run behaves exactly as before data parallelism existed).
 
+mod local;
+
+pub use local::{LocalCommunicator, LocalGroup};
 use tch::Tensor;
 
 /// The reduction an all-reduce or reduce-scatter applies elementwise across ranks.

@@ -1,17 +1,20 @@
 //! Checkpoints: `RUN/checkpoints/step-NNNNNN/` holds the weights (safetensors with the names of
 //! the checkpoint the run started from, plus its config and tokenizer files, so transformers
-//! and `armt` load it as a model directory), the optimizer moments, and `trainer_state.json`
+//! and `armt` load it as a model directory), the optimizer state (`optimizer/`: each rank's
+//! shard of fp32 masters and moments, and their layout), and `trainer_state.json`
 //! (step, optimizer steps, data position, config). Written to a temporary directory and
 //! renamed, so a killed run never leaves a half-written checkpoint.
 
-use crate::optimizer::{AdamW, AdamWConfig};
-use crate::{DataLoader, TrainError};
+use crate::optimizer::AdamW;
+use crate::{DataLoader, MasterDtype, TrainConfig, TrainError, ZeroStage};
+use armt_dist::Communicator;
 use armt_model::Qwen25Vl;
 use safetensors::tensor::{Dtype, View};
 use serde::{Deserialize, Serialize};
 use std::borrow::Cow;
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use tch::{Kind, Tensor};
 
 /// Files of a model directory that are not weights; copied into every checkpoint.
@@ -53,12 +56,15 @@ impl TrainerState {
     }
 }
 
-/// The optimizer over the model's trainable variables and where the run starts: step 0 with a
-/// fresh data order, or, resuming, the checkpoint's step, optimizer moments and data position
-/// (the model's weights are the caller's to load from the checkpoint).
+/// The optimizer over the model's trainable variables (masters per `optim.master_dtype`, state
+/// sharded over `comm` per `train.zero_stage`) and where the run starts: step 0 with a fresh
+/// data order, or, resuming, the checkpoint's step, optimizer state (re-sharded if the world
+/// size changed) and data position (the model's weights are the caller's to load from the
+/// checkpoint).
 pub(crate) fn start_or_resume(
     model: &Qwen25Vl,
-    adamw: &AdamWConfig,
+    cfg: &TrainConfig,
+    comm: Arc<dyn Communicator>,
     resume: Option<&Path>,
     n_items: usize,
     seed: u64,
@@ -69,15 +75,26 @@ pub(crate) fn start_or_resume(
         .into_iter()
         .filter(|(_, t)| t.requires_grad())
         .collect();
-    let mut optimizer = AdamW::new(params, adamw.clone());
+    let (master, named_kind) =
+        MasterDtype::parse(cfg.optim.master_dtype.as_deref()).map_err(TrainError::Config)?;
+    if let Some(kind) = named_kind {
+        if let Some((name, p)) = params.iter().find(|(_, p)| p.kind() != kind) {
+            return Err(TrainError::Config(format!(
+                "optim.master_dtype = {kind:?} but {name} computes in {:?}: use f32 or none",
+                p.kind()
+            )));
+        }
+    }
+    let stage = ZeroStage::from_index(cfg.train.zero_stage).map_err(TrainError::Config)?;
+    let mut optimizer = AdamW::new(params, cfg.optim.adamw.clone())
+        .with_master_dtype(master)
+        .with_zero_stage(stage)
+        .with_communicator(comm);
     let Some(ckpt) = resume else {
         return Ok((optimizer, 0, DataLoader::new(n_items, seed, 0, 0)));
     };
     let state = read_state(ckpt)?;
-    let moments = read_safetensors(&ckpt.join("optimizer.safetensors"))?;
-    optimizer
-        .load_state(&moments, state.optimizer_steps)
-        .map_err(|e| TrainError::State(format!("{}: {e}", ckpt.display())))?;
+    optimizer.load_shards(ckpt, state.optimizer_steps)?;
     Ok((
         optimizer,
         state.step,
@@ -181,6 +198,9 @@ fn step_dir_name(step: usize) -> String {
 }
 
 /// Saves a checkpoint atomically and keeps only the newest `keep_last`. Returns its path.
+/// Every rank of the optimizer's group calls it: each writes its optimizer shard into the
+/// temporary directory, then rank 0 adds the model dir and trainer state and renames it (the
+/// run directory must be one file system for all ranks).
 pub fn save(
     run_dir: &Path,
     model: &Qwen25Vl,
@@ -189,25 +209,51 @@ pub fn save(
     state: &TrainerState,
     keep_last: usize,
 ) -> Result<PathBuf, TrainError> {
+    let comm = optimizer.communicator().clone();
     let root = run_dir.join("checkpoints");
-    std::fs::create_dir_all(&root).map_err(|e| TrainError::Io {
-        path: root.clone(),
-        source: e,
-    })?;
     let name = step_dir_name(state.step);
     let tmp = root.join(format!(".tmp-{name}"));
-    let _ = std::fs::remove_dir_all(&tmp);
-    write_model_dir(&tmp, model, source_dir)?;
-    write_safetensors(&tmp.join("optimizer.safetensors"), &optimizer.state())?;
+    let dst = root.join(&name);
+    if comm.is_main() {
+        std::fs::create_dir_all(&root).map_err(|e| TrainError::Io {
+            path: root.clone(),
+            source: e,
+        })?;
+        let _ = std::fs::remove_dir_all(&tmp);
+        std::fs::create_dir_all(&tmp).map_err(|e| TrainError::Io {
+            path: tmp.clone(),
+            source: e,
+        })?;
+    }
+    comm.barrier()?;
+    optimizer.save_shard(&tmp)?;
+    comm.barrier()?;
+    if comm.is_main() {
+        publish(run_dir, model, source_dir, state, keep_last, &tmp, &dst)?;
+    }
+    comm.barrier()?;
+    Ok(dst)
+}
+
+/// Rank 0's part of [`save`]: model dir and trainer state into `tmp`, rename, prune.
+fn publish(
+    run_dir: &Path,
+    model: &Qwen25Vl,
+    source_dir: &Path,
+    state: &TrainerState,
+    keep_last: usize,
+    tmp: &Path,
+    dst: &Path,
+) -> Result<(), TrainError> {
+    write_model_dir(tmp, model, source_dir)?;
     let json = serde_json::to_string_pretty(state).expect("serialisable state");
     std::fs::write(tmp.join("trainer_state.json"), json).map_err(|e| TrainError::Io {
-        path: tmp.clone(),
+        path: tmp.to_path_buf(),
         source: e,
     })?;
-    let dst = root.join(&name);
-    let _ = std::fs::remove_dir_all(&dst);
-    std::fs::rename(&tmp, &dst).map_err(|e| TrainError::Io {
-        path: dst.clone(),
+    let _ = std::fs::remove_dir_all(dst);
+    std::fs::rename(tmp, dst).map_err(|e| TrainError::Io {
+        path: dst.to_path_buf(),
         source: e,
     })?;
     let mut all = list(run_dir);
@@ -215,7 +261,7 @@ pub fn save(
         let old = all.remove(0);
         let _ = std::fs::remove_dir_all(&old);
     }
-    Ok(dst)
+    Ok(())
 }
 
 /// Finished checkpoints of a run, oldest first.

@@ -59,6 +59,9 @@ pub struct OptimSection {
     /// Gradient-norm clip (0: off).
     pub grad_clip: f64,
     pub adamw: AdamWConfig,
+    /// Master weights' dtype: unset or "f32" (fp32 masters, DeepSpeed/FSDP mixed precision),
+    /// or "none" (the compute dtype: updates below half a bf16 step are lost).
+    pub master_dtype: Option<String>,
 }
 
 impl Default for OptimSection {
@@ -71,6 +74,7 @@ impl Default for OptimSection {
             min_lr_ratio: 0.0,
             grad_clip: 1.0,
             adamw: AdamWConfig::default(),
+            master_dtype: None,
         }
     }
 }
@@ -97,6 +101,9 @@ pub struct LoopSection {
     pub seed: u64,
     /// Log-prob computation chunk along the sequence (memory).
     pub logprob_chunk: i64,
+    /// Optimizer state sharding across data-parallel ranks (ZeRO): 0 replicated, 1 masters and
+    /// moments sharded, 2 gradients sharded too.
+    pub zero_stage: u8,
 }
 
 impl Default for LoopSection {
@@ -112,6 +119,7 @@ impl Default for LoopSection {
             run_dir: PathBuf::from("runs/train"),
             seed: 1,
             logprob_chunk: 512,
+            zero_stage: 0,
         }
     }
 }
@@ -234,6 +242,8 @@ impl TrainConfig {
                 self.optim.schedule
             ));
         }
+        crate::MasterDtype::parse(self.optim.master_dtype.as_deref()).map_err(TrainError::Config)?;
+        crate::ZeroStage::from_index(self.train.zero_stage).map_err(TrainError::Config)?;
         self.grpo
             .validate()
             .map_err(|e| TrainError::Config(e.to_string()))?;

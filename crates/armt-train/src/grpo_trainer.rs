@@ -81,7 +81,8 @@ pub fn train_grpo(mut run: GrpoRun) -> Result<PathBuf, TrainError> {
     }
     let (mut optimizer, start_step, mut loader) = checkpoint::start_or_resume(
         &run.model,
-        &cfg.optim.adamw,
+        cfg,
+        std::sync::Arc::new(armt_dist::SingleProcess),
         run.resume.as_deref(),
         run.samples.len(),
         cfg.train.seed,
@@ -260,9 +261,10 @@ pub fn train_grpo(mut run: GrpoRun) -> Result<PathBuf, TrainError> {
                             });
                         }
                         loss.backward();
+                        optimizer.accumulate_grads()?;
                         pg_stats.push(stats);
                     }
-                    let gn = optimizer.clip_grad_norm(cfg.optim.grad_clip);
+                    let gn = optimizer.clip_grad_norm(cfg.optim.grad_clip)?;
                     if !gn.is_finite() {
                         return Err(TrainError::NonFinite {
                             step: step + 1,
@@ -271,7 +273,7 @@ pub fn train_grpo(mut run: GrpoRun) -> Result<PathBuf, TrainError> {
                         });
                     }
                     let lr = schedule.lr_at(optimizer.steps as usize);
-                    optimizer.step(lr);
+                    optimizer.step(lr)?;
                     grad_norms.push(gn);
                     lrs.push(lr);
                 }

@@ -6,16 +6,20 @@ pub mod builtin;
 pub mod checkpoint;
 mod config;
 mod grpo_trainer;
+mod mixed_precision;
 mod optimizer;
 mod sft;
+mod zero;
 
 pub use batch::{token_logprobs, Example};
 pub use config::{
     DataSection, LoopSection, ModelSection, OptimSection, SftSection, ToolsSection, TrainConfig,
 };
 pub use grpo_trainer::{train_grpo, GrpoRun};
+pub use mixed_precision::MasterDtype;
 pub use optimizer::{AdamW, AdamWConfig};
 pub use sft::{examples_from_trajectories, train_sft, SftRun};
+pub use zero::ZeroStage;
 
 use armt_rollout::SplitMix64;
 use std::path::PathBuf;
@@ -56,6 +60,9 @@ pub enum TrainError {
     Metrics(#[from] armt_metrics::MetricsError),
     #[error(transparent)]
     Torch(#[from] tch::TchError),
+    /// A collective of the process group failed (another rank left, or bad arguments).
+    #[error(transparent)]
+    Dist(#[from] armt_dist::DistError),
 }
 
 /// Epoch-wise shuffled order over `n` items; the position (epoch, index) is all a checkpoint

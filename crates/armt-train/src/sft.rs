@@ -72,7 +72,8 @@ pub fn train_sft(mut run: SftRun) -> Result<PathBuf, TrainError> {
     }
     let (mut optimizer, start, mut loader) = checkpoint::start_or_resume(
         &run.model,
-        &cfg.optim.adamw,
+        cfg,
+        std::sync::Arc::new(armt_dist::SingleProcess),
         run.resume.as_deref(),
         run.examples.len(),
         cfg.train.seed,
@@ -121,8 +122,9 @@ pub fn train_sft(mut run: SftRun) -> Result<PathBuf, TrainError> {
             }
             loss_sum += v;
             loss.backward();
+            optimizer.accumulate_grads()?;
         }
-        let gn = optimizer.clip_grad_norm(cfg.optim.grad_clip);
+        let gn = optimizer.clip_grad_norm(cfg.optim.grad_clip)?;
         if !gn.is_finite() {
             return Err(TrainError::NonFinite {
                 step: step + 1,
@@ -131,7 +133,7 @@ pub fn train_sft(mut run: SftRun) -> Result<PathBuf, TrainError> {
             });
         }
         let lr = schedule.lr_at(optimizer.steps as usize);
-        optimizer.step(lr);
+        optimizer.step(lr)?;
         step += 1;
         let dt = started.elapsed().as_secs_f64();
         let m = BTreeMap::from([
