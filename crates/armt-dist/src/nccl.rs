@@ -30,6 +30,14 @@ use tch::{Device, Kind, Tensor};
 /// Set once the run's last collective is done: from then on a peer leaving is expected.
 static FINISHED: AtomicBool = AtomicBool::new(false);
 
+/// What the NCCL group of this process runs on (set when it is built).
+static DESCRIPTION: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+
+/// One line about this process's NCCL group (version, device, stream), if it has one.
+pub fn description() -> Option<String> {
+    DESCRIPTION.get().cloned()
+}
+
 /// Marks this process's part in the group as done (its last collective returned): peers that
 /// exit from now on are not an error.
 pub fn mark_finished() {
@@ -173,7 +181,7 @@ impl Nccl {
                 spawn_watchdog(link, peer, env.rank, comm, broken.clone(), grace);
             }
         }
-        Ok(Self {
+        let nccl = Self {
             rank: env.rank,
             world_size: env.world_size,
             local_rank: env.local_rank,
@@ -182,7 +190,9 @@ impl Nccl {
             stream: RawStream(stream),
             stream_source,
             broken,
-        })
+        };
+        let _ = DESCRIPTION.set(nccl.describe());
+        Ok(nccl)
     }
 
     /// One line: NCCL version, device, and which stream the collectives run on.

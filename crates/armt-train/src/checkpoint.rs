@@ -4,14 +4,16 @@
 //! (step, optimizer steps, data position, config). Written to a temporary directory and
 //! renamed, so a killed run never leaves a half-written checkpoint.
 
-use crate::optimizer::{AdamW, AdamWConfig};
-use crate::{DataLoader, TrainError};
+use crate::optimizer::AdamW;
+use crate::{DataLoader, TrainConfig, TrainError};
+use armt_dist::Communicator;
 use armt_model::Qwen25Vl;
 use safetensors::tensor::{Dtype, View};
 use serde::{Deserialize, Serialize};
 use std::borrow::Cow;
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use tch::{Kind, Tensor};
 
 /// Files of a model directory that are not weights; copied into every checkpoint.
@@ -58,7 +60,8 @@ impl TrainerState {
 /// (the model's weights are the caller's to load from the checkpoint).
 pub(crate) fn start_or_resume(
     model: &Qwen25Vl,
-    adamw: &AdamWConfig,
+    cfg: &TrainConfig,
+    comm: Arc<dyn Communicator>,
     resume: Option<&Path>,
     n_items: usize,
     seed: u64,
@@ -69,7 +72,7 @@ pub(crate) fn start_or_resume(
         .into_iter()
         .filter(|(_, t)| t.requires_grad())
         .collect();
-    let mut optimizer = AdamW::new(params, adamw.clone());
+    let mut optimizer = AdamW::new(params, cfg.optim.adamw.clone()).with_communicator(comm);
     let Some(ckpt) = resume else {
         return Ok((optimizer, 0, DataLoader::new(n_items, seed, 0, 0)));
     };
@@ -181,7 +184,27 @@ fn step_dir_name(step: usize) -> String {
 }
 
 /// Saves a checkpoint atomically and keeps only the newest `keep_last`. Returns its path.
+/// Every rank of the optimizer's group calls it: rank 0 writes (the state is the same on all
+/// ranks), and no rank returns before the checkpoint is complete.
 pub fn save(
+    run_dir: &Path,
+    model: &Qwen25Vl,
+    source_dir: &Path,
+    optimizer: &AdamW,
+    state: &TrainerState,
+    keep_last: usize,
+) -> Result<PathBuf, TrainError> {
+    let comm = optimizer.communicator().clone();
+    let written = if comm.is_main() {
+        write_checkpoint(run_dir, model, source_dir, optimizer, state, keep_last)
+    } else {
+        Ok(run_dir.join("checkpoints").join(step_dir_name(state.step)))
+    };
+    comm.barrier()?;
+    written
+}
+
+fn write_checkpoint(
     run_dir: &Path,
     model: &Qwen25Vl,
     source_dir: &Path,

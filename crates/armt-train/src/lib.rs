@@ -5,13 +5,14 @@ mod batch;
 pub mod builtin;
 pub mod checkpoint;
 mod config;
+pub mod data_parallel;
 mod grpo_trainer;
 mod optimizer;
 mod sft;
 
 pub use batch::{token_logprobs, Example};
 pub use config::{
-    DataSection, LoopSection, ModelSection, OptimSection, SftSection, ToolsSection, TrainConfig,
+    DataSection, DistSection, LoopSection, ModelSection, OptimSection, SftSection, ToolsSection, TrainConfig,
 };
 pub use grpo_trainer::{train_grpo, GrpoRun};
 pub use optimizer::{AdamW, AdamWConfig};
@@ -56,6 +57,9 @@ pub enum TrainError {
     Metrics(#[from] armt_metrics::MetricsError),
     #[error(transparent)]
     Torch(#[from] tch::TchError),
+    /// A collective of the process group failed (another rank left, or bad arguments).
+    #[error(transparent)]
+    Dist(#[from] armt_dist::DistError),
 }
 
 /// Epoch-wise shuffled order over `n` items; the position (epoch, index) is all a checkpoint

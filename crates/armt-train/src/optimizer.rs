@@ -2,8 +2,14 @@
 //! keeps its moments out of reach, so a resumed run could not continue bit for bit).
 //! Moments are f32 whatever the parameters' dtype, as mixed-precision trainers keep them.
 
+use crate::TrainError;
+use armt_dist::{Communicator, ReduceOp, SingleProcess};
 use serde::{Deserialize, Serialize};
+use std::sync::Arc;
 use tch::{Kind, Tensor};
+
+/// Gradient elements per all-reduce (an fp32 bucket of 64 MiB).
+const BUCKET_ELEMS: i64 = 1 << 24;
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -31,6 +37,8 @@ pub struct AdamW {
     params: Vec<(String, Tensor)>,
     exp_avg: Vec<Tensor>,
     exp_avg_sq: Vec<Tensor>,
+    /// The ranks whose gradients are summed before each step (one process by default).
+    comm: Arc<dyn Communicator>,
     /// Optimizer steps taken (the bias corrections' t).
     pub steps: i64,
 }
@@ -47,8 +55,65 @@ impl AdamW {
             params,
             exp_avg,
             exp_avg_sq,
+            comm: Arc::new(SingleProcess),
             steps: 0,
         }
+    }
+
+    /// The process group gradients are summed over (data parallelism: every rank holds the
+    /// whole state and applies the same update).
+    pub fn with_communicator(mut self, comm: Arc<dyn Communicator>) -> Self {
+        self.comm = comm;
+        self
+    }
+
+    pub fn communicator(&self) -> &Arc<dyn Communicator> {
+        &self.comm
+    }
+
+    /// Sums every gradient over the ranks, in fp32 buckets of at most [`BUCKET_ELEMS`]. A
+    /// gradient this rank's loss did not reach is zero here but may not be on another rank,
+    /// so it is first made a zero tensor (every rank must then hold the same sum).
+    fn all_reduce_grads(&mut self) -> Result<(), TrainError> {
+        if self.comm.world_size() == 1 {
+            return Ok(());
+        }
+        let missing: Vec<Tensor> = self
+            .params
+            .iter()
+            .filter(|(_, p)| !p.grad().defined())
+            .map(|(_, p)| p.sum(Kind::Float) * 0.0)
+            .collect();
+        if !missing.is_empty() {
+            // d(0·Σp)/dp = 0: defines the gradient as zeros of the parameter's shape and dtype.
+            Tensor::stack(&missing, 0).sum(Kind::Float).f_backward()?;
+        }
+        let _g = tch::no_grad_guard();
+        let grads: Vec<Tensor> = self.params.iter().map(|(_, p)| p.grad()).collect();
+        let mut start = 0;
+        while start < grads.len() {
+            let mut end = start;
+            let mut elems = 0;
+            while end < grads.len() && (end == start || elems + grads[end].numel() as i64 <= BUCKET_ELEMS) {
+                elems += grads[end].numel() as i64;
+                end += 1;
+            }
+            let flat: Vec<Tensor> = grads[start..end]
+                .iter()
+                .map(|g| g.to_kind(Kind::Float).reshape(-1))
+                .collect();
+            let bucket = Tensor::cat(&flat, 0);
+            self.comm.all_reduce(&bucket, ReduceOp::Sum)?;
+            let mut offset = 0;
+            for g in &grads[start..end] {
+                let n = g.numel() as i64;
+                g.shallow_clone()
+                    .f_copy_(&bucket.narrow(0, offset, n).view(g.size().as_slice()))?;
+                offset += n;
+            }
+            start = end;
+        }
+        Ok(())
     }
 
     pub fn zero_grad(&mut self) {
@@ -77,8 +142,10 @@ impl AdamW {
         total.sqrt()
     }
 
-    /// Scales gradients so that their norm is at most `max_norm`; returns the norm before.
-    pub fn clip_grad_norm(&mut self, max_norm: f64) -> f64 {
+    /// Sums the gradients over the ranks, then scales them so that their (global) norm is at
+    /// most `max_norm`; returns the norm before.
+    pub fn clip_grad_norm(&mut self, max_norm: f64) -> Result<f64, TrainError> {
+        self.all_reduce_grads()?;
         let norm = self.grad_norm();
         if max_norm > 0.0 && norm.is_finite() && norm > max_norm {
             let _g = tch::no_grad_guard();
@@ -90,7 +157,7 @@ impl AdamW {
                 }
             }
         }
-        norm
+        Ok(norm)
     }
 
     /// One step at learning rate `lr`, as torch.optim.AdamW computes it (every parameter steps,
@@ -219,7 +286,7 @@ mod tests {
         (&p * Tensor::from_slice(&[3.0f32, 4.0]))
             .sum(Kind::Float)
             .backward();
-        let before = opt.clip_grad_norm(1.0);
+        let before = opt.clip_grad_norm(1.0).unwrap();
         assert!((before - 5.0).abs() < 1e-6);
         assert!((opt.grad_norm() - 1.0).abs() < 1e-5);
     }
