@@ -31,6 +31,9 @@ pub fn setup(cfg: &mut TrainConfig) -> Result<Arc<dyn Communicator>> {
     };
     let comm = armt_dist::init(&env, backend, cuda, Duration::from_secs(cfg.dist.timeout_s))
         .with_context(|| format!("joining the process group ({} variables)", env.launcher))?;
+    if let Some(line) = armt_dist::nccl::description().filter(|_| comm.is_main()) {
+        eprintln!("armt: {line}");
+    }
     if env.world_size > 1 && comm.is_main() {
         eprintln!(
             "armt: {} ranks ({}), {} CPU threads per rank, collectives over {}",
@@ -100,9 +103,6 @@ pub fn run_check(args: DistCheckArgs) -> Result<()> {
     cfg.model.device = args.device.clone();
     let comm = setup(&mut cfg)?;
     let device = parse_device(cfg.model.device.as_deref())?;
-    if let Some(line) = armt_dist::nccl::description() {
-        println!("{line}");
-    }
     let (w, r) = (comm.world_size() as f64, comm.rank() as f64);
     let opts = (Kind::Float, device);
     let t = Tensor::arange(8, opts) + r;
