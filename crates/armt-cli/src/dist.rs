@@ -29,8 +29,16 @@ pub fn setup(cfg: &mut TrainConfig) -> Result<Arc<dyn Communicator>> {
         Device::Cuda(i) => Some(i),
         _ => None,
     };
-    let comm = armt_dist::init(&env, backend, cuda, Duration::from_secs(cfg.dist.timeout_s))
-        .with_context(|| format!("joining the process group ({} variables)", env.launcher))?;
+    let comm =
+        armt_dist::init(&env, backend, cuda, Duration::from_secs(cfg.dist.timeout_s)).with_context(|| {
+            match env.launcher {
+                "none" => "building a one-process group".to_string(),
+                l => format!(
+                    "joining the process group (rank {} of {}, from {l}'s variables)",
+                    env.rank, env.world_size
+                ),
+            }
+        })?;
     if let Some(line) = armt_dist::nccl::description().filter(|_| comm.is_main()) {
         eprintln!("armt: {line}");
     }

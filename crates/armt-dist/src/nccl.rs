@@ -242,6 +242,7 @@ impl Nccl {
 /// thread, so ncclCommInitRank picks that GPU.
 fn bind_device(device: usize, rank: usize) -> Result<(), DistError> {
     use cudarc::driver::result as drv;
+    check_cuda_driver()?;
     let err =
         |what: &str, e: cudarc::driver::DriverError| DistError::Launch(format!("rank {rank}: {what}: {e:?}"));
     drv::init().map_err(|e| err("cuInit", e))?;
@@ -253,8 +254,20 @@ fn bind_device(device: usize, rank: usize) -> Result<(), DistError> {
     Ok(())
 }
 
+/// libcuda.so opens (cudarc panics on a missing library; this turns it into an error).
+fn check_cuda_driver() -> Result<(), DistError> {
+    if unsafe { cudarc::driver::sys::is_culib_present() } {
+        Ok(())
+    } else {
+        Err(DistError::Launch(
+            "the NCCL backend needs the CUDA driver (libcuda.so), which this machine does not have".into(),
+        ))
+    }
+}
+
 /// libnccl.so opens (cudarc panics on a missing library; this turns it into an error).
 fn check_nccl_loadable() -> Result<(), DistError> {
+    check_cuda_driver()?;
     if unsafe { sys::is_culib_present() } {
         Ok(())
     } else {
