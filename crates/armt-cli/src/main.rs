@@ -1,5 +1,6 @@
 //! `armt`: train Qwen2.5-VL as an agentic multimodal reward model.
 
+mod dist;
 mod eval;
 mod forward;
 mod rollout;
@@ -36,6 +37,8 @@ enum Command {
     Eval(eval::EvalArgs),
     /// Render trajectory JSONL as a self-contained HTML page.
     View(view::ViewArgs),
+    /// Check the process group's collectives and time an all-reduce (run under torchrun/srun).
+    DistCheck(dist::DistCheckArgs),
 }
 
 fn main() -> Result<()> {
@@ -48,5 +51,6 @@ fn main() -> Result<()> {
         Command::Plot(args) => train::run_plot(args),
         Command::View(args) => view::run(args),
         Command::Eval(args) => eval::run(args),
+        Command::DistCheck(args) => dist::run_check(args),
     }
 }

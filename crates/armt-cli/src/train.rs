@@ -1,14 +1,17 @@
 //! `armt train --stage 1|2 [--config FILE] [--resume [CKPT]] [key.path=value ...]` and
 //! `armt sft --model DIR --data TRAJ.jsonl [--config FILE] [key.path=value ...]`.
 
+use crate::dist::main_first;
 use crate::forward::{parse_device, parse_dtype};
 use anyhow::{bail, Context, Result};
+use armt_dist::Communicator;
 use armt_model::Qwen25Vl;
 use armt_processing::Processor;
 use armt_rollout::TemplateIds;
 use armt_tools::ToolRegistry;
 use armt_train::{builtin, checkpoint, GrpoRun, SftRun, TrainConfig};
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use tch::{Device, Kind};
 
 #[derive(clap::Args)]
@@ -69,7 +72,9 @@ fn device_kind(cfg: &TrainConfig) -> Result<(Device, Kind)> {
 
 pub fn run(args: TrainArgs) -> Result<()> {
     armt_train::install_ctrlc_handler();
-    let cfg = load_config(args.stage, args.config.as_deref(), &args.overrides)?;
+    let mut cfg = load_config(args.stage, args.config.as_deref(), &args.overrides)?;
+    let comm = crate::dist::setup(&mut cfg)?;
+    let cfg = cfg;
     let (device, kind) = device_kind(&cfg)?;
     let run_dir = cfg.train.run_dir.clone();
     let builtin_mode = cfg.model.path.is_none() && cfg.data.train.is_none();
@@ -80,10 +85,10 @@ pub fn run(args: TrainArgs) -> Result<()> {
             .filter(|p| !p.as_os_str().is_empty())
             .unwrap_or(Path::new("."))
             .to_path_buf();
-        let b = builtin::prepare(&root)?;
+        let b = main_first(&comm, || Ok(builtin::prepare(&root)?))?;
         let tools = builtin::tools()?;
         let start = if cfg.stage == 1 {
-            cold_start(&cfg, &root, &b, &tools)?
+            cold_start(&cfg, &root, &b, &tools, &comm)?
         } else {
             let stage1 = root.join("stage1");
             checkpoint::latest(&stage1).with_context(|| {
@@ -108,16 +113,20 @@ pub fn run(args: TrainArgs) -> Result<()> {
     };
 
     let resume = resume_path(&args.resume, &run_dir)?;
+    // Every rank has looked at the run directory before rank 0 may clear it.
+    comm.barrier()?;
     if resume.is_none() {
         if let Some(old) = checkpoint::latest(&run_dir) {
             if builtin_mode {
                 // The built-in default's run directories are its own scratch space.
-                eprintln!(
-                    "armt train: starting over; removing the earlier run in {}",
-                    run_dir.display()
-                );
-                std::fs::remove_dir_all(&run_dir)
-                    .with_context(|| format!("removing {}", run_dir.display()))?;
+                if comm.is_main() {
+                    eprintln!(
+                        "armt train: starting over; removing the earlier run in {}",
+                        run_dir.display()
+                    );
+                    std::fs::remove_dir_all(&run_dir)
+                        .with_context(|| format!("removing {}", run_dir.display()))?;
+                }
             } else {
                 bail!(
                     "{} already holds a run (latest checkpoint {}): pass --resume to continue it, or set another train.run_dir",
@@ -127,16 +136,19 @@ pub fn run(args: TrainArgs) -> Result<()> {
             }
         }
     }
+    comm.barrier()?;
     let weights_dir = resume.clone().unwrap_or_else(|| start_dir.clone());
-    eprintln!(
-        "armt train: stage {} from {} on {:?} ({:?}), {} samples, run dir {}",
-        cfg.stage,
-        weights_dir.display(),
-        device,
-        kind,
-        samples.len(),
-        run_dir.display()
-    );
+    if comm.is_main() {
+        eprintln!(
+            "armt train: stage {} from {} on {:?} ({:?}), {} samples, run dir {}",
+            cfg.stage,
+            weights_dir.display(),
+            device,
+            kind,
+            samples.len(),
+            run_dir.display()
+        );
+    }
     let model = Qwen25Vl::load(&weights_dir, device, kind)?;
     let reference = if cfg.grpo.kl_coef > 0.0 {
         Some(Qwen25Vl::load(&start_dir, device, kind)?)
@@ -155,7 +167,11 @@ pub fn run(args: TrainArgs) -> Result<()> {
         samples,
         resume,
         phase,
+        comm: comm.clone(),
     })?;
+    if !comm.is_main() {
+        return Ok(());
+    }
     eprintln!(
         "armt train: stage {} done; final checkpoint {}",
         cfg.stage,
@@ -171,21 +187,31 @@ pub fn run(args: TrainArgs) -> Result<()> {
 }
 
 /// The built-in default's cold start: SFT on expert trajectories unless it already finished.
-fn cold_start(cfg: &TrainConfig, root: &Path, b: &builtin::Builtin, tools: &ToolRegistry) -> Result<PathBuf> {
+fn cold_start(
+    cfg: &TrainConfig,
+    root: &Path,
+    b: &builtin::Builtin,
+    tools: &ToolRegistry,
+    comm: &Arc<dyn Communicator>,
+) -> Result<PathBuf> {
     let sft_dir = root.join("sft");
     if let Some(last) = checkpoint::latest(&sft_dir) {
         if checkpoint::read_state(&last)?.step >= cfg.sft.steps {
-            eprintln!("cold start: using {}", last.display());
+            if comm.is_main() {
+                eprintln!("cold start: using {}", last.display());
+            }
             return Ok(last);
         }
     }
     let processor = Processor::from_model_dir(&b.model_dir)?;
     let examples = builtin::expert_examples(&b.train, &processor, tools, &cfg.rollout)?;
-    eprintln!(
-        "cold start: SFT on {} expert trajectories ({} tokens)",
-        examples.len(),
-        examples.iter().map(|e| e.ids.len()).sum::<usize>()
-    );
+    if comm.is_main() {
+        eprintln!(
+            "cold start: SFT on {} expert trajectories ({} tokens)",
+            examples.len(),
+            examples.iter().map(|e| e.ids.len()).sum::<usize>()
+        );
+    }
     let resume = checkpoint::latest(&sft_dir);
     let weights = resume.clone().unwrap_or_else(|| b.model_dir.clone());
     let (device, kind) = device_kind(cfg)?;
@@ -199,6 +225,7 @@ fn cold_start(cfg: &TrainConfig, root: &Path, b: &builtin::Builtin, tools: &Tool
         run_dir: sft_dir,
         pad_id,
         resume,
+        comm: comm.clone(),
     })?)
 }
 
@@ -221,7 +248,9 @@ pub struct SftArgs {
 
 pub fn run_sft(args: SftArgs) -> Result<()> {
     armt_train::install_ctrlc_handler();
-    let cfg = TrainConfig::load(args.config.as_deref(), &args.overrides)?;
+    let mut cfg = TrainConfig::load(args.config.as_deref(), &args.overrides)?;
+    let comm = crate::dist::setup(&mut cfg)?;
+    let cfg = cfg;
     let (device, kind) = device_kind(&cfg)?;
     let run_dir = cfg.train.run_dir.clone();
     let processor = Processor::from_model_dir(&args.model)?;
@@ -238,8 +267,11 @@ pub fn run_sft(args: SftArgs) -> Result<()> {
         run_dir,
         pad_id,
         resume,
+        comm: comm.clone(),
     })?;
-    eprintln!("armt sft: final checkpoint {}", last.display());
+    if comm.is_main() {
+        eprintln!("armt sft: final checkpoint {}", last.display());
+    }
     Ok(())
 }
 

@@ -3,7 +3,16 @@
 //! implementation per backend; the trainer holds an `Arc<dyn Communicator>` and never asks which.
 //!
 //! Backends: [`SingleProcess`] (world size 1: every collective is the identity, so a one-process
-//! run behaves exactly as before data parallelism existed).
+//! run behaves exactly as before data parallelism existed), [`tcp::Tcp`] (CPU tensors over TCP,
+//! for tests and CPU runs) and [`nccl::Nccl`] (CUDA tensors). [`launch`] reads the launcher's
+//! variables (torchrun, Slurm) and builds the group.
+
+pub mod launch;
+pub mod nccl;
+mod rendezvous;
+pub mod tcp;
+
+pub use launch::{init, Backend, LaunchEnv};
 
 mod local;
 

@@ -52,7 +52,10 @@ pub struct ModelGenerator<'m> {
     /// Sampled tokens not yet fed to the cache (the stop token of the last turn).
     pending: Vec<Vec<i64>>,
     sampling: SamplingConfig,
-    rng: SplitMix64,
+    /// One random stream per row, keyed by the row's index in the whole step's batch (see
+    /// [`ModelGenerator::with_first_row`]): a row draws the same tokens whatever else is in
+    /// its batch, so N data-parallel ranks sample what one process would.
+    rngs: Vec<SplitMix64>,
     pad_id: i64,
     /// Vision placeholder ids: only the processor writes them (each stands for an image
     /// embedding), so the policy is never allowed to sample one.
@@ -86,7 +89,7 @@ impl<'m> ModelGenerator<'m> {
             .to_device(model.device());
         Self {
             banned,
-            rng: SplitMix64(sampling.seed),
+            rngs: row_streams(sampling.seed, 0, batch),
             model,
             cache: model.new_cache(),
             batch,
@@ -97,6 +100,13 @@ impl<'m> ModelGenerator<'m> {
             sampling,
             pad_id,
         }
+    }
+
+    /// Row `r` of this batch is row `first + r` of the step's whole batch (its random stream
+    /// is that row's).
+    pub fn with_first_row(mut self, first: usize) -> Self {
+        self.rngs = row_streams(self.sampling.seed, first, self.batch);
+        self
     }
 
     /// Runs `ids` (`[batch, width]`, right-padded per row to `lens`) through the cache at the
@@ -238,7 +248,7 @@ impl Generator for ModelGenerator<'_> {
                     .collect::<Vec<_>>(),
                 0,
             );
-            let uniforms: Vec<f64> = (0..active.len()).map(|_| self.rng.next_f64()).collect();
+            let uniforms: Vec<f64> = active.iter().map(|&i| self.rngs[rows[i]].next_f64()).collect();
             let (tokens, logprobs) = sample(&logits, &self.sampling, &uniforms, Some(&self.banned));
             let tokens: Vec<i64> = Vec::try_from(tokens.to_device(Device::Cpu))?;
             let logprobs: Vec<f32> = Vec::try_from(logprobs.to_device(Device::Cpu))?;
@@ -271,6 +281,14 @@ impl Generator for ModelGenerator<'_> {
         }
         Ok(out)
     }
+}
+
+/// Streams for global rows `first..first + n` of a step seeded `seed`: row g's stream starts at
+/// a SplitMix64 output of (seed, g), so streams of different rows do not overlap in practice.
+fn row_streams(seed: u64, first: usize, n: usize) -> Vec<SplitMix64> {
+    (first..first + n)
+        .map(|g| SplitMix64(SplitMix64(seed ^ (g as u64 + 1).wrapping_mul(0xD1B5_4A32_D192_ED03)).next_u64()))
+        .collect()
 }
 
 /// The pixels of `images` stacked in order (`[patches, patch_dim]`) with their grids, as the

@@ -148,6 +148,26 @@ impl Default for SftSection {
     }
 }
 
+/// Data parallelism (ranks come from the launcher: torchrun or Slurm variables).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct DistSection {
+    /// "auto" (NCCL when the model is on CUDA, TCP on the CPU), "nccl" or "tcp".
+    pub backend: String,
+    /// Seconds a rank waits for the others (rendezvous, a collective) before giving up; a rank
+    /// that exits is noticed at once.
+    pub timeout_s: u64,
+}
+
+impl Default for DistSection {
+    fn default() -> Self {
+        Self {
+            backend: "auto".into(),
+            timeout_s: 900,
+        }
+    }
+}
+
 /// The whole training config.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -163,6 +183,7 @@ pub struct TrainConfig {
     pub optim: OptimSection,
     pub train: LoopSection,
     pub sft: SftSection,
+    pub dist: DistSection,
 }
 
 impl Default for TrainConfig {
@@ -178,6 +199,7 @@ impl Default for TrainConfig {
             optim: OptimSection::default(),
             train: LoopSection::default(),
             sft: SftSection::default(),
+            dist: DistSection::default(),
         }
     }
 }

@@ -4,6 +4,7 @@
 
 use crate::batch::{pad_rows, token_logprobs, Example};
 use crate::checkpoint::{self, TrainerState};
+use crate::data_parallel::{mini_batch_ranges, DataParallel};
 use crate::{step_seed, stop_requested, TrainConfig, TrainError};
 use armt_data::{Sample, StopReason};
 use armt_grpo::{
@@ -36,6 +37,8 @@ pub struct GrpoRun<'a> {
     pub resume: Option<PathBuf>,
     /// Shown in the progress bar and saved in checkpoints.
     pub phase: String,
+    /// The data-parallel group (`armt_dist::SingleProcess` for one process).
+    pub comm: std::sync::Arc<dyn armt_dist::Communicator>,
 }
 
 fn lr_schedule(cfg: &TrainConfig, updates_per_step: usize) -> LrSchedule {
@@ -64,15 +67,19 @@ fn mean(v: impl IntoIterator<Item = f64>) -> f64 {
 /// Trains; returns the directory of the final checkpoint.
 pub fn train_grpo(mut run: GrpoRun) -> Result<PathBuf, TrainError> {
     let cfg = run.config;
+    let dp = DataParallel::new(run.comm.clone(), run.model.device());
+    dp.check_divides("train.prompts_per_step", cfg.train.prompts_per_step)?;
     let run_dir = cfg.train.run_dir.clone();
     std::fs::create_dir_all(&run_dir).map_err(|e| TrainError::Io {
         path: run_dir.clone(),
         source: e,
     })?;
-    std::fs::write(run_dir.join("config.toml"), cfg.to_toml()).map_err(|e| TrainError::Io {
-        path: run_dir.clone(),
-        source: e,
-    })?;
+    if dp.is_main() {
+        std::fs::write(run_dir.join("config.toml"), cfg.to_toml()).map_err(|e| TrainError::Io {
+            path: run_dir.clone(),
+            source: e,
+        })?;
+    }
     if run.samples.is_empty() {
         return Err(TrainError::Config("no training samples".into()));
     }
@@ -82,12 +89,12 @@ pub fn train_grpo(mut run: GrpoRun) -> Result<PathBuf, TrainError> {
     let (mut optimizer, start_step, mut loader) = checkpoint::start_or_resume(
         &run.model,
         cfg,
-        std::sync::Arc::new(armt_dist::SingleProcess),
+        dp.comm(),
         run.resume.as_deref(),
         run.samples.len(),
         cfg.train.seed,
     )?;
-    if let Some(ckpt) = &run.resume {
+    if let Some(ckpt) = run.resume.as_ref().filter(|_| dp.is_main()) {
         eprintln!(
             "resuming {} from {} (step {start_step})",
             run.phase,
@@ -100,7 +107,10 @@ pub fn train_grpo(mut run: GrpoRun) -> Result<PathBuf, TrainError> {
 
     // A fresh start drops rows an earlier run left (resume_step 0); a resume drops those after
     // its checkpoint, which are about to be logged again.
-    let mut logger = MetricsLogger::create(&run_dir, Some(start_step as u64))?;
+    let mut logger = match dp.is_main() {
+        true => Some(MetricsLogger::create(&run_dir, Some(start_step as u64))?),
+        false => None,
+    };
     let ids = TemplateIds::from_tokenizer(run.processor.tokenizer())?;
     let env = RolloutEnv {
         processor: run.processor,
@@ -110,7 +120,10 @@ pub fn train_grpo(mut run: GrpoRun) -> Result<PathBuf, TrainError> {
     };
     let n = cfg.rollout.n;
 
-    let bar = ProgressBar::new(cfg.train.steps as u64);
+    let bar = match dp.is_main() {
+        true => ProgressBar::new(cfg.train.steps as u64),
+        false => ProgressBar::hidden(),
+    };
     bar.set_style(
         ProgressStyle::with_template("{prefix} {elapsed_precise} [{bar:30}] step {pos}/{len} {msg}")
             .expect("valid template"),
@@ -126,6 +139,9 @@ pub fn train_grpo(mut run: GrpoRun) -> Result<PathBuf, TrainError> {
             .into_iter()
             .map(|i| run.samples[i].clone())
             .collect();
+        // This rank's prompts: whole groups, a contiguous block of the step's batch.
+        let first_prompt = dp.shard(batch.len()).start;
+        let batch: Vec<Sample> = batch[dp.shard(batch.len())].to_vec();
 
         // 1. Rollouts (no grad), a random stream per step so a resumed run draws the same.
         let sampling = SamplingConfig {
@@ -134,7 +150,8 @@ pub fn train_grpo(mut run: GrpoRun) -> Result<PathBuf, TrainError> {
         };
         let rollout_t = Instant::now();
         let rollouts = {
-            let mut generator = ModelGenerator::new(&run.model, batch.len() * n, sampling, ids.endoftext);
+            let mut generator = ModelGenerator::new(&run.model, batch.len() * n, sampling, ids.endoftext)
+                .with_first_row(first_prompt * n);
             env.run(&mut generator, &batch, n, |_| {})?
         };
         let rollout_s = rollout_t.elapsed().as_secs_f64();
@@ -181,7 +198,7 @@ pub fn train_grpo(mut run: GrpoRun) -> Result<PathBuf, TrainError> {
         let mut pg_stats: Vec<armt_grpo::PolicyLossMetrics> = Vec::new();
         let mut grad_norms = Vec::new();
         let mut lrs = Vec::new();
-        if !examples.is_empty() {
+        if dp.any(!examples.is_empty())? {
             let micro = cfg.train.micro_batch;
             let old: Vec<Vec<f32>> = logprobs_no_grad(
                 &run.model,
@@ -208,18 +225,35 @@ pub fn train_grpo(mut run: GrpoRun) -> Result<PathBuf, TrainError> {
 
             // 4. Updates.
             let order: Vec<usize> = (0..examples.len()).collect();
-            let per_mini = examples.len().div_ceil(cfg.train.mini_batches);
             for _epoch in 0..cfg.train.ppo_epochs {
-                for mini in order.chunks(per_mini) {
+                // Every rank runs the same updates: global mini-batch k is every rank's k-th range.
+                for range in mini_batch_ranges(examples.len(), cfg.train.mini_batches) {
+                    let mini = &order[range];
                     let tokens: usize = mini.iter().map(|&i| examples[i].0.num_trained()).sum();
                     let seqs = mini.iter().filter(|&&i| examples[i].0.num_trained() > 0).count();
+                    let micro_batches: Vec<&[usize]> = mini.chunks(micro).collect();
+                    // Loss normalisers over all ranks, so the summed gradients are the whole
+                    // batch's; and the most micro-batches any rank has (the others pad).
+                    let totals = dp.sum(&[tokens as f64, seqs as f64, mini.len() as f64])?;
+                    if totals[2] == 0.0 {
+                        continue;
+                    }
+                    let rounds = dp.max_usize(micro_batches.len())?;
                     let norm = AggNorm {
-                        batch_num_tokens: Some(tokens.max(1) as f64),
-                        global_batch_size: Some(seqs.max(1) as f64),
+                        batch_num_tokens: Some(totals[0].max(1.0)),
+                        global_batch_size: Some(totals[1].max(1.0)),
                         loss_scale_factor: None,
                     };
                     optimizer.zero_grad();
-                    for micro_idx in mini.chunks(micro) {
+                    let mut bad_loss = None;
+                    for round in 0..rounds {
+                        // A padded round (this rank has fewer micro-batches) has no data.
+                        let Some(&micro_idx) = micro_batches.get(round) else {
+                            continue;
+                        };
+                        if bad_loss.is_some() {
+                            continue;
+                        }
                         let exs: Vec<&Example> = micro_idx.iter().map(|&i| &examples[i].0).collect();
                         let (logp, mask, entropy) = token_logprobs(
                             &run.model,
@@ -253,17 +287,16 @@ pub fn train_grpo(mut run: GrpoRun) -> Result<PathBuf, TrainError> {
                             entropy: entropy.as_ref(),
                         };
                         let (loss, stats) = policy_loss(&pb, &cfg.grpo, &norm)?;
-                        if !stats.loss.is_finite() {
-                            return Err(TrainError::NonFinite {
-                                step: step + 1,
-                                quantity: "the policy loss".into(),
-                                value: stats.loss,
-                            });
+                        let value = dp.checked_loss("grpo", step + 1, stats.loss);
+                        if !value.is_finite() {
+                            bad_loss = Some(value);
+                            continue;
                         }
                         loss.backward();
                         optimizer.accumulate_grads()?;
                         pg_stats.push(stats);
                     }
+                    dp.agree_finite(step + 1, "the policy loss", bad_loss)?;
                     let gn = optimizer.clip_grad_norm(cfg.optim.grad_clip)?;
                     if !gn.is_finite() {
                         return Err(TrainError::NonFinite {
@@ -282,8 +315,17 @@ pub fn train_grpo(mut run: GrpoRun) -> Result<PathBuf, TrainError> {
         let train_s = train_t.elapsed().as_secs_f64();
         step += 1;
 
-        // 5. Metrics.
-        let trajs: Vec<&armt_data::Trajectory> = rollouts.iter().map(|r| &r.trajectory).collect();
+        // 5. Metrics, over every rank's rollouts.
+        let local_rewards = rewards;
+        let records = dp.gather_step(
+            rollouts.iter().map(|r| r.trajectory.clone()),
+            &local_rewards,
+            &pg_stats,
+            examples.len(),
+        )?;
+        let (rewards, pg_stats) = (records.rewards, records.policy_stats);
+        let scores: Vec<f64> = rewards.iter().map(|r| r.total as f64).collect();
+        let trajs: Vec<&armt_data::Trajectory> = records.trajectories.iter().collect();
         m.insert("reward/mean".into(), mean(scores.iter().copied()));
         let var = mean(scores.iter().map(|s| (s - m["reward/mean"]).powi(2)));
         m.insert("reward/std".into(), var.sqrt());
@@ -378,7 +420,7 @@ pub fn train_grpo(mut run: GrpoRun) -> Result<PathBuf, TrainError> {
         m.insert("actor/lr".into(), mean(lrs.iter().copied()));
         m.insert(
             "batch/kept_fraction".into(),
-            examples.len() as f64 / rollouts.len() as f64,
+            records.kept as f64 / records.total as f64,
         );
         let step_s = started.elapsed().as_secs_f64();
         let tokens: usize = trajs.iter().map(|t| t.token_ids.len()).sum();
@@ -386,8 +428,10 @@ pub fn train_grpo(mut run: GrpoRun) -> Result<PathBuf, TrainError> {
         m.insert("perf/rollout_time_s".into(), rollout_s);
         m.insert("perf/train_time_s".into(), train_s);
         m.insert("perf/tokens_per_s".into(), tokens as f64 / step_s);
-        logger.log(step as u64, &m)?;
-        write_rollout_sample(&run_dir, step, &rollouts, &rewards)?;
+        if let Some(logger) = logger.as_mut() {
+            logger.log(step as u64, &m)?;
+        }
+        write_rollout_sample(&run_dir, dp.rank(), &rollouts, &local_rewards)?;
         let line = format!(
             "reward {:.3} acc {:.2} right-tool {:.2} len {:.0} {:.1}s/step",
             m["reward/mean"],
@@ -397,13 +441,13 @@ pub fn train_grpo(mut run: GrpoRun) -> Result<PathBuf, TrainError> {
             step_s
         );
         bar.set_position(step as u64);
-        if bar.is_hidden() {
+        if bar.is_hidden() && dp.is_main() {
             // No terminal (a log file, CI): one line per step instead of the bar.
             eprintln!("{} step {step}/{}: {line}", run.phase, cfg.train.steps);
         }
         bar.set_message(line);
 
-        let stop = stop_requested();
+        let stop = dp.agree_stop(stop_requested())?;
         if step % cfg.train.save_every.max(1) == 0 || step == cfg.train.steps || stop {
             let state = TrainerState::capture(step, &optimizer, &loader, &run.phase, cfg.to_toml());
             last_ckpt = Some(checkpoint::save(
@@ -427,6 +471,10 @@ pub fn train_grpo(mut run: GrpoRun) -> Result<PathBuf, TrainError> {
         }
     }
     bar.finish();
+    dp.finish()?;
+    if !dp.is_main() {
+        return last_ckpt.ok_or_else(|| TrainError::State("no checkpoint written".into()));
+    }
     let plots = armt_metrics::plot_metrics(&run_dir.join("metrics.jsonl"), &run_dir.join("plots"), None)?;
     if let Some(p) = plots.first() {
         eprintln!(
@@ -473,15 +521,20 @@ fn logprobs_no_grad(
     Ok(out)
 }
 
-/// Keeps the latest step's trajectories (with rewards) for `armt view`.
+/// Keeps the latest step's trajectories (with rewards) for `armt view`: rank 0's in
+/// `rollouts.jsonl`, rank r's in `rollouts.rank-r.jsonl` (each rank writes its own).
 fn write_rollout_sample(
     run_dir: &Path,
-    step: usize,
+    rank: usize,
     rollouts: &[armt_rollout::Rollout],
     rewards: &[RewardBreakdown],
 ) -> Result<(), TrainError> {
-    let path = run_dir.join("rollouts.jsonl");
-    let tmp = run_dir.join("rollouts.jsonl.partial");
+    let name = match rank {
+        0 => "rollouts.jsonl".to_string(),
+        r => format!("rollouts.rank-{r}.jsonl"),
+    };
+    let path = run_dir.join(&name);
+    let tmp = run_dir.join(format!("{name}.partial"));
     let mut text = String::new();
     for (r, w) in rollouts.iter().zip(rewards) {
         let mut t = r.trajectory.clone();
@@ -497,6 +550,5 @@ fn write_rollout_sample(
         path: path.clone(),
         source: e,
     })?;
-    let _ = step;
     Ok(())
 }

@@ -5,6 +5,7 @@ mod batch;
 pub mod builtin;
 pub mod checkpoint;
 mod config;
+pub mod data_parallel;
 mod grpo_trainer;
 mod mixed_precision;
 mod optimizer;
@@ -13,7 +14,7 @@ mod zero;
 
 pub use batch::{token_logprobs, Example};
 pub use config::{
-    DataSection, LoopSection, ModelSection, OptimSection, SftSection, ToolsSection, TrainConfig,
+    DataSection, DistSection, LoopSection, ModelSection, OptimSection, SftSection, ToolsSection, TrainConfig,
 };
 pub use grpo_trainer::{train_grpo, GrpoRun};
 pub use mixed_precision::MasterDtype;

@@ -3,6 +3,7 @@
 
 use crate::batch::{token_logprobs, Example};
 use crate::checkpoint::{self, TrainerState};
+use crate::data_parallel::DataParallel;
 use crate::grpo_trainer::freeze_vision;
 use crate::{stop_requested, TrainConfig, TrainError};
 use armt_data::Trajectory;
@@ -54,12 +55,16 @@ pub struct SftRun<'a> {
     pub run_dir: PathBuf,
     pub pad_id: i64,
     pub resume: Option<PathBuf>,
+    /// The data-parallel group (`armt_dist::SingleProcess` for one process).
+    pub comm: std::sync::Arc<dyn armt_dist::Communicator>,
 }
 
 /// Trains; returns the final checkpoint directory (a loadable model directory).
 pub fn train_sft(mut run: SftRun) -> Result<PathBuf, TrainError> {
     let cfg = run.config;
     let s = &cfg.sft;
+    let dp = DataParallel::new(run.comm.clone(), run.model.device());
+    dp.check_divides("sft.batch", s.batch)?;
     if run.examples.is_empty() {
         return Err(TrainError::Config("no SFT examples".into()));
     }
@@ -73,7 +78,7 @@ pub fn train_sft(mut run: SftRun) -> Result<PathBuf, TrainError> {
     let (mut optimizer, start, mut loader) = checkpoint::start_or_resume(
         &run.model,
         cfg,
-        std::sync::Arc::new(armt_dist::SingleProcess),
+        dp.comm(),
         run.resume.as_deref(),
         run.examples.len(),
         cfg.train.seed,
@@ -86,8 +91,14 @@ pub fn train_sft(mut run: SftRun) -> Result<PathBuf, TrainError> {
         decay: armt_grpo::Decay::Cosine,
     };
     schedule.validate()?;
-    let mut logger = MetricsLogger::create(&run.run_dir, Some(start as u64))?;
-    let bar = ProgressBar::new(s.steps as u64);
+    let mut logger = match dp.is_main() {
+        true => Some(MetricsLogger::create(&run.run_dir, Some(start as u64))?),
+        false => None,
+    };
+    let bar = match dp.is_main() {
+        true => ProgressBar::new(s.steps as u64),
+        false => ProgressBar::hidden(),
+    };
     bar.set_style(
         ProgressStyle::with_template("cold-start SFT {elapsed_precise} [{bar:30}] step {pos}/{len} {msg}")
             .expect("valid template"),
@@ -98,10 +109,13 @@ pub fn train_sft(mut run: SftRun) -> Result<PathBuf, TrainError> {
     while step < s.steps {
         let started = Instant::now();
         let idx = loader.next_batch(s.batch);
+        // Every rank knows the whole batch (so the normaliser is global) and trains its block.
         let tokens: usize = idx.iter().map(|&i| run.examples[i].num_trained()).sum();
+        let local = &idx[dp.shard(idx.len())];
         optimizer.zero_grad();
         let mut loss_sum = 0.0;
-        for micro in idx.chunks(s.micro_batch.max(1)) {
+        let mut bad_loss = None;
+        for micro in local.chunks(s.micro_batch.max(1)) {
             let exs: Vec<&Example> = micro.iter().map(|&i| &run.examples[i]).collect();
             let (logp, mask, _) = token_logprobs(
                 &run.model,
@@ -112,18 +126,17 @@ pub fn train_sft(mut run: SftRun) -> Result<PathBuf, TrainError> {
             )?;
             // Token-mean over the whole batch: micro-batch sums divided by the batch's token count.
             let loss = -(logp * &mask).sum(Kind::Float) / tokens.max(1) as f64;
-            let v = loss.double_value(&[]);
+            let v = dp.checked_loss("sft", step + 1, loss.double_value(&[]));
             if !v.is_finite() {
-                return Err(TrainError::NonFinite {
-                    step: step + 1,
-                    quantity: "the SFT loss".into(),
-                    value: v,
-                });
+                bad_loss = Some(v);
+                continue;
             }
             loss_sum += v;
             loss.backward();
             optimizer.accumulate_grads()?;
         }
+        dp.agree_finite(step + 1, "the SFT loss", bad_loss)?;
+        let loss_sum = dp.sum(&[loss_sum])?[0];
         let gn = optimizer.clip_grad_norm(cfg.optim.grad_clip)?;
         if !gn.is_finite() {
             return Err(TrainError::NonFinite {
@@ -146,16 +159,18 @@ pub fn train_sft(mut run: SftRun) -> Result<PathBuf, TrainError> {
                 idx.iter().map(|&i| run.examples[i].ids.len()).sum::<usize>() as f64 / dt,
             ),
         ]);
-        logger.log(step as u64, &m)?;
+        if let Some(logger) = logger.as_mut() {
+            logger.log(step as u64, &m)?;
+        }
         bar.set_position(step as u64);
-        if bar.is_hidden() && (step % 10 == 0 || step == s.steps) {
+        if bar.is_hidden() && dp.is_main() && (step % 10 == 0 || step == s.steps) {
             eprintln!(
                 "cold-start SFT step {step}/{}: loss {loss_sum:.3} lr {lr:.1e}",
                 s.steps
             );
         }
         bar.set_message(format!("loss {loss_sum:.3} lr {lr:.1e}"));
-        let stop = stop_requested();
+        let stop = dp.agree_stop(stop_requested())?;
         if step % cfg.train.save_every.max(1) == 0 || step == s.steps || stop {
             let state = TrainerState::capture(step, &optimizer, &loader, "sft", cfg.to_toml());
             last = Some(checkpoint::save(
@@ -174,6 +189,10 @@ pub fn train_sft(mut run: SftRun) -> Result<PathBuf, TrainError> {
         }
     }
     bar.finish();
+    dp.finish()?;
+    if !dp.is_main() {
+        return last.ok_or_else(|| TrainError::State("no checkpoint written".into()));
+    }
     let _ = armt_metrics::plot_metrics(
         &run.run_dir.join("metrics.jsonl"),
         &run.run_dir.join("plots"),
