@@ -1,7 +1,9 @@
 //! `armt`: train Qwen2.5-VL as an agentic multimodal reward model.
 
+mod dev;
 mod eval;
 mod forward;
+mod plan;
 mod rollout;
 mod train;
 mod view;
@@ -36,6 +38,11 @@ enum Command {
     Eval(eval::EvalArgs),
     /// Render trajectory JSONL as a self-contained HTML page.
     View(view::ViewArgs),
+    /// Per-GPU memory budget of a training config: fixed state, activations, KV cache; advice.
+    Plan(plan::PlanArgs),
+    /// Helpers for scripts/gpu-check (not a stable interface).
+    #[command(subcommand, hide = true)]
+    Dev(dev::DevCommand),
 }
 
 fn main() -> Result<()> {
@@ -48,5 +55,7 @@ fn main() -> Result<()> {
         Command::Plot(args) => train::run_plot(args),
         Command::View(args) => view::run(args),
         Command::Eval(args) => eval::run(args),
+        Command::Plan(args) => plan::run(args),
+        Command::Dev(cmd) => dev::run(cmd),
     }
 }

@@ -7,6 +7,7 @@ pub mod checkpoint;
 mod config;
 mod grpo_trainer;
 mod optimizer;
+mod policy_logprobs;
 mod sft;
 
 pub use batch::{token_logprobs, Example};
@@ -15,6 +16,7 @@ pub use config::{
 };
 pub use grpo_trainer::{train_grpo, GrpoRun};
 pub use optimizer::{AdamW, AdamWConfig};
+pub use policy_logprobs::{logprobs_rows_no_grad, policy_logprobs, PolicyLogprobs};
 pub use sft::{examples_from_trajectories, train_sft, SftRun};
 
 use armt_rollout::SplitMix64;
