@@ -81,6 +81,8 @@ pub struct PlanArgs {
     /// ZeRO stage 0, 1 or 2 (default: the config's train.zero_stage, else 0).
     #[arg(long)]
     zero_stage: Option<u8>,
+    /// Overrides as for `armt train`, e.g. train.micro_batch=2 model.grad_checkpointing=false.
+    overrides: Vec<String>,
 }
 
 /// The shape facts the budget needs, from a model config.
@@ -208,17 +210,59 @@ fn dtype_bytes(name: &str) -> Result<f64> {
     })
 }
 
+/// Sets `a.b.c=value` in `root` (the value read as TOML, else as a string), as `armt train` does.
+fn apply_override(root: &mut toml::Value, assignment: &str) -> Result<()> {
+    let (key, raw) = assignment
+        .split_once('=')
+        .with_context(|| format!("override `{assignment}`: expected key.path=value"))?;
+    let value = match toml::from_str::<toml::Table>(&format!("v = {raw}")) {
+        Ok(mut t) => t.remove("v").unwrap_or(toml::Value::String(raw.to_string())),
+        Err(_) => toml::Value::String(raw.to_string()),
+    };
+    let mut cur = root;
+    let parts: Vec<&str> = key.trim().split('.').collect();
+    for (i, part) in parts.iter().enumerate() {
+        let table = cur.as_table_mut().with_context(|| {
+            format!(
+                "override `{assignment}`: `{}` is not a table",
+                parts[..i].join(".")
+            )
+        })?;
+        if i + 1 == parts.len() {
+            table.insert(part.to_string(), value);
+            return Ok(());
+        }
+        cur = table
+            .entry(part.to_string())
+            .or_insert_with(|| toml::Value::Table(Default::default()));
+    }
+    bail!("override `{assignment}`: empty key")
+}
+
+/// The config's TOML with `overrides` applied.
+fn config_value(text: &str, origin: &str, overrides: &[String]) -> Result<toml::Value> {
+    let mut root: toml::Value = toml::from_str(text).with_context(|| format!("{origin}: not TOML"))?;
+    for o in overrides {
+        apply_override(&mut root, o)?;
+    }
+    Ok(root)
+}
+
 impl RunSettings {
     /// Reads the settings from TOML text; `origin` names it in errors.
+    #[cfg(test)]
     pub fn from_toml(text: &str, origin: &str, zero_stage: Option<u8>) -> Result<Self> {
-        let root: toml::Value = toml::from_str(text).with_context(|| format!("{origin}: not TOML"))?;
+        Self::from_value(&config_value(text, origin, &[])?, origin, zero_stage)
+    }
+
+    fn from_value(root: &toml::Value, origin: &str, zero_stage: Option<u8>) -> Result<Self> {
         // A plan is for GPUs: the compute dtype defaults to bf16 there.
-        let compute_dtype = lookup(&root, "model.dtype")
+        let compute_dtype = lookup(root, "model.dtype")
             .and_then(|v| v.as_str())
             .unwrap_or("bf16")
             .to_string();
         let compute_bytes = dtype_bytes(&compute_dtype).with_context(|| format!("{origin}: model.dtype"))?;
-        let master_bytes = match lookup(&root, "optim.master_dtype").and_then(|v| v.as_str()) {
+        let master_bytes = match lookup(root, "optim.master_dtype").and_then(|v| v.as_str()) {
             Some(m) => Some(dtype_bytes(m).with_context(|| format!("{origin}: optim.master_dtype"))?),
             // Mixed precision defaults to f32 masters whenever the compute dtype is not f32.
             None => (compute_bytes < 4.0).then_some(4.0),
@@ -226,14 +270,14 @@ impl RunSettings {
         .filter(|&m| m > compute_bytes);
         let zero_stage = match zero_stage {
             Some(z) => z,
-            None => num(&root, "train.zero_stage").unwrap_or(0.0) as u8,
+            None => num(root, "train.zero_stage").unwrap_or(0.0) as u8,
         };
         if zero_stage > 2 {
             bail!("ZeRO stage {zero_stage}: expected 0, 1 or 2");
         }
-        let flag = |k: &str| lookup(&root, k).and_then(|v| v.as_bool()).unwrap_or(false);
-        let n = num(&root, "rollout.n").unwrap_or(8.0);
-        let prompts = num(&root, "train.prompts_per_step").unwrap_or(8.0);
+        let flag = |k: &str| lookup(root, k).and_then(|v| v.as_bool()).unwrap_or(false);
+        let n = num(root, "rollout.n").unwrap_or(8.0);
+        let prompts = num(root, "train.prompts_per_step").unwrap_or(8.0);
         Ok(Self {
             compute_bytes,
             compute_dtype,
@@ -241,18 +285,18 @@ impl RunSettings {
             zero_stage,
             grad_checkpointing: flag("model.grad_checkpointing"),
             freeze_vision: flag("model.freeze_vision"),
-            kl_reference: num(&root, "grpo.kl_coef").unwrap_or(0.0) > 0.0,
-            micro_batch: num(&root, "train.micro_batch").unwrap_or(4.0),
-            logprob_micro_batch: num(&root, "train.logprob_micro_batch").unwrap_or(8.0),
-            logit_chunk: num(&root, "train.logit_chunk")
-                .or_else(|| num(&root, "train.logprob_chunk"))
+            kl_reference: num(root, "grpo.kl_coef").unwrap_or(0.0) > 0.0,
+            micro_batch: num(root, "train.micro_batch").unwrap_or(4.0),
+            logprob_micro_batch: num(root, "train.logprob_micro_batch").unwrap_or(8.0),
+            logit_chunk: num(root, "train.logit_chunk")
+                .or_else(|| num(root, "train.logprob_chunk"))
                 .unwrap_or(512.0),
-            max_context: num(&root, "rollout.max_context").unwrap_or(8192.0),
-            max_images: num(&root, "rollout.max_images").unwrap_or(4.0),
+            max_context: num(root, "rollout.max_context").unwrap_or(8192.0),
+            max_images: num(root, "rollout.max_images").unwrap_or(4.0),
             // Qwen2VLImageProcessor's class default (the hub's preprocessor_config allows 12.8 MP).
-            max_pixels: num(&root, "model.max_pixels").unwrap_or(12_845_056.0),
+            max_pixels: num(root, "model.max_pixels").unwrap_or(12_845_056.0),
             rollout_rows: prompts * n,
-            max_batch_tokens: num(&root, "rollout.max_batch_tokens"),
+            max_batch_tokens: num(root, "rollout.max_batch_tokens"),
         })
     }
 }
@@ -671,10 +715,8 @@ pub fn render(p: &Plan) -> String {
 }
 
 /// The model shape of a config: `model.path/config.json` when present, else the 7B shape.
-fn model_shape(text: &str, config_path: &Path) -> Result<ModelShape> {
-    let root: toml::Value =
-        toml::from_str(text).with_context(|| format!("{}: not TOML", config_path.display()))?;
-    if let Some(dir) = lookup(&root, "model.path").and_then(|v| v.as_str()) {
+fn model_shape(root: &toml::Value) -> Result<ModelShape> {
+    if let Some(dir) = lookup(root, "model.path").and_then(|v| v.as_str()) {
         let json = Path::new(dir).join("config.json");
         if json.is_file() {
             let cfg = Qwen25VlConfig::from_file(&json)?;
@@ -698,10 +740,16 @@ pub fn run(args: PlanArgs) -> Result<()> {
     let text = std::fs::read_to_string(&args.config)
         .with_context(|| format!("--config {}: cannot read", args.config.display()))?;
     let origin = args.config.display().to_string();
-    let shape = model_shape(&text, &args.config)?;
-    let settings = RunSettings::from_toml(&text, &origin, args.zero_stage)?;
+    let root = config_value(&text, &origin, &args.overrides)?;
+    let shape = model_shape(&root)?;
+    let settings = RunSettings::from_value(&root, &origin, args.zero_stage)?;
     let p = plan(&shape, &settings, args.gpus, args.gpu_mem_gib);
-    println!("armt plan: {origin}\n{}", render(&p));
+    let extra = if args.overrides.is_empty() {
+        String::new()
+    } else {
+        format!(" with {}", args.overrides.join(" "))
+    };
+    println!("armt plan: {origin}{extra}\n{}", render(&p));
     Ok(())
 }
 
