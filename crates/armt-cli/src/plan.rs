@@ -287,7 +287,8 @@ impl RunSettings {
             freeze_vision: flag("model.freeze_vision"),
             kl_reference: num(root, "grpo.kl_coef").unwrap_or(0.0) > 0.0,
             micro_batch: num(root, "train.micro_batch").unwrap_or(4.0),
-            logprob_micro_batch: num(root, "train.logprob_micro_batch").unwrap_or(8.0),
+            logprob_micro_batch: num(root, "train.logprob_micro_batch")
+                .unwrap_or(2.0 * num(root, "train.micro_batch").unwrap_or(4.0)),
             logit_chunk: num(root, "train.logit_chunk")
                 .or_else(|| num(root, "train.logprob_chunk"))
                 .unwrap_or(512.0),

@@ -107,8 +107,9 @@ pub struct LoopSection {
     /// Loss positions per LM-head chunk when computing log-probs (peak memory chunk × vocab).
     #[serde(alias = "logprob_chunk")]
     pub logit_chunk: i64,
-    /// Sequences per forward of the no-grad old-policy and reference log-prob passes.
-    pub logprob_micro_batch: usize,
+    /// Sequences per forward of the no-grad old-policy and reference log-prob passes (they keep
+    /// no activations, so more fit than in a training micro-batch); default 2 × micro_batch.
+    pub logprob_micro_batch: Option<usize>,
     /// ZeRO stage of the data-parallel optimizer (0: replicated, 1: sharded optimizer state and
     /// masters, 2: gradients too); `armt plan` divides the sharded state by the GPU count.
     pub zero_stage: u8,
@@ -127,7 +128,7 @@ impl Default for LoopSection {
             run_dir: PathBuf::from("runs/train"),
             seed: 1,
             logit_chunk: 512,
-            logprob_micro_batch: 8,
+            logprob_micro_batch: None,
             zero_stage: 0,
         }
     }
@@ -242,7 +243,7 @@ impl TrainConfig {
         if l.zero_stage > 2 {
             return bad(format!("train.zero_stage = {}: expected 0, 1 or 2", l.zero_stage));
         }
-        if l.logit_chunk < 1 || l.logprob_micro_batch == 0 {
+        if l.logit_chunk < 1 || l.logprob_micro_batch == Some(0) {
             return bad("train.logit_chunk and train.logprob_micro_batch must be >= 1".into());
         }
         if l.prompts_per_step == 0 || l.mini_batches == 0 || l.ppo_epochs == 0 || l.micro_batch == 0 {

@@ -185,7 +185,8 @@ pub fn train_grpo(mut run: GrpoRun) -> Result<PathBuf, TrainError> {
         if !examples.is_empty() {
             let micro = cfg.train.micro_batch;
             let all: Vec<&Example> = examples.iter().map(|e| &e.0).collect();
-            let (chunk, lp_micro) = (cfg.train.logit_chunk, cfg.train.logprob_micro_batch);
+            let chunk = cfg.train.logit_chunk;
+            let lp_micro = cfg.train.logprob_micro_batch.unwrap_or(2 * micro);
             let old: Vec<Vec<f32>> = logprobs_rows_no_grad(&run.model, &all, ids.endoftext, chunk, lp_micro)?;
             let reference: Option<Vec<Vec<f32>>> = match &run.reference {
                 Some(r) if cfg.grpo.kl_coef > 0.0 => {
