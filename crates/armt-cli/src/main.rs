@@ -1,8 +1,10 @@
 //! `armt`: train Qwen2.5-VL as an agentic multimodal reward model.
 
 mod dist;
+mod dev;
 mod eval;
 mod forward;
+mod plan;
 mod rollout;
 mod train;
 mod view;
@@ -39,6 +41,11 @@ enum Command {
     View(view::ViewArgs),
     /// Check the process group's collectives and time an all-reduce (run under torchrun/srun).
     DistCheck(dist::DistCheckArgs),
+    /// Per-GPU memory budget of a training config: fixed state, activations, KV cache; advice.
+    Plan(plan::PlanArgs),
+    /// Helpers for scripts/gpu-check (not a stable interface).
+    #[command(subcommand, hide = true)]
+    Dev(dev::DevCommand),
 }
 
 fn main() -> Result<()> {
@@ -52,5 +59,7 @@ fn main() -> Result<()> {
         Command::View(args) => view::run(args),
         Command::Eval(args) => eval::run(args),
         Command::DistCheck(args) => dist::run_check(args),
+        Command::Plan(args) => plan::run(args),
+        Command::Dev(cmd) => dev::run(cmd),
     }
 }

@@ -65,6 +65,14 @@ fn resume_path(resume: &Option<String>, run_dir: &Path) -> Result<Option<PathBuf
     })
 }
 
+/// `model.max_pixels`, when set, caps every image the run processes.
+fn capped(processor: Processor, cfg: &TrainConfig) -> Processor {
+    match cfg.model.max_pixels {
+        Some(max) => processor.with_max_pixels(max),
+        None => processor,
+    }
+}
+
 fn device_kind(cfg: &TrainConfig) -> Result<(Device, Kind)> {
     let device = parse_device(cfg.model.device.as_deref())?;
     Ok((device, parse_dtype(cfg.model.dtype.as_deref(), device)?))
@@ -155,7 +163,7 @@ pub fn run(args: TrainArgs) -> Result<()> {
     } else {
         None
     };
-    let processor = Processor::from_model_dir(&start_dir)?;
+    let processor = capped(Processor::from_model_dir(&start_dir)?, &cfg);
     let phase = format!("stage {}", cfg.stage);
     let last = armt_train::train_grpo(GrpoRun {
         config: &cfg,
@@ -203,7 +211,7 @@ fn cold_start(
             return Ok(last);
         }
     }
-    let processor = Processor::from_model_dir(&b.model_dir)?;
+    let processor = capped(Processor::from_model_dir(&b.model_dir)?, cfg);
     let examples = builtin::expert_examples(&b.train, &processor, tools, &cfg.rollout)?;
     if comm.is_main() {
         eprintln!(

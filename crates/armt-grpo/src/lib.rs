@@ -14,11 +14,13 @@
 //! carry mask 0 and never train the policy.
 
 pub mod advantage;
+pub mod chunked;
 pub mod logits;
 pub mod loss;
 pub mod schedule;
 
 pub use advantage::{advantages_tensor, broadcast_advantages, group_advantages, informative_groups_mask};
+pub use chunked::ChunkedLogprobs;
 pub use logits::{entropy_from_logits, logprobs_and_entropy, logprobs_from_logits, EntropyGrad};
 pub use loss::{
     agg_loss, clipped_pg_losses, kl_penalty, masked_mean, masked_sum, policy_loss, AggMode, AggNorm,

@@ -3,6 +3,7 @@
 //! Loads official safetensors checkpoints (single file or shards, hub or transformers-5 names).
 //! f32 on CPU, bf16 on CUDA by default.
 
+pub mod checkpointing;
 mod config;
 mod layers;
 mod model;
@@ -11,6 +12,7 @@ mod text;
 mod vision;
 mod weights;
 
+pub use checkpointing::HiddenStates;
 pub use config::{ConfigError, Qwen25VlConfig, TextConfig, VisionConfig};
 pub use model::{default_kind_for, KvCache, Qwen25Vl};
 pub use rope::{rope_index, RopeIndex};

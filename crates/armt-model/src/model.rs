@@ -1,6 +1,7 @@
 //! `Qwen2_5_VLForConditionalGeneration`: vision tower + decoder + LM head, built from
 //! `config.json` and filled from the checkpoint's safetensors.
 
+use crate::checkpointing::{grad_mode_enabled, HiddenStates};
 use crate::config::Qwen25VlConfig;
 use crate::layers::Linear;
 use crate::rope::{rope_index, RopeIndex};
@@ -46,6 +47,7 @@ pub struct Qwen25Vl {
     text: TextModel,
     lm_head: Option<Linear>,
     layout: WeightLayout,
+    grad_checkpointing: bool,
 }
 
 impl std::fmt::Debug for Qwen25Vl {
@@ -81,6 +83,7 @@ impl Qwen25Vl {
             text,
             lm_head,
             layout: WeightLayout::Hub,
+            grad_checkpointing: false,
         }
     }
 
@@ -125,17 +128,98 @@ impl Qwen25Vl {
         grid_thw: &[[i64; 3]],
         pad_id: i64,
     ) -> Result<Tensor, ModelError> {
+        let (ids, positions) = self.rows_inputs(rows, grid_thw, pad_id)?;
+        let image_embeds = match pixel_values {
+            Some(pv) if !grid_thw.is_empty() => Some(self.encode_images(pv, grid_thw)?),
+            _ => None,
+        };
+        let embeds = self.embed(&ids, image_embeds.as_ref())?;
+        // Right padding: a real token's causal window never reaches a padding slot, so plain
+        // causal attention without a mask is exact for every real position.
+        let hidden = self.text.forward_embeds(&embeds, &positions, None, None);
+        Ok(self.logits(&hidden))
+    }
+
+    /// Like [`Self::forward_rows`] but stops at the final hidden states `[B, max_len, hidden]`
+    /// (the LM head is left to the caller, which applies it to the positions it needs). With
+    /// [`Self::set_grad_checkpointing`] on and autograd recording, decoder layers and vision
+    /// blocks keep only their inputs and are recomputed by [`HiddenStates::backward`].
+    pub fn forward_rows_hidden(
+        &self,
+        rows: &[&[i64]],
+        pixel_values: Option<&Tensor>,
+        grid_thw: &[[i64; 3]],
+        pad_id: i64,
+    ) -> Result<HiddenStates<'_>, ModelError> {
+        let (ids, positions) = self.rows_inputs(rows, grid_thw, pad_id)?;
+        let checkpoint = self.grad_checkpointing && grad_mode_enabled();
+        let mut stretches = Vec::new();
+        let image_embeds = match pixel_values {
+            Some(pv) if !grid_thw.is_empty() => {
+                if checkpoint && self.vision_trains() {
+                    let (merged, stretch) = self.visual.forward_checkpointed(pv, grid_thw)?;
+                    stretches.push(stretch);
+                    Some(merged)
+                } else {
+                    Some(self.encode_images(pv, grid_thw)?)
+                }
+            }
+            _ => None,
+        };
+        let embeds = self.embed(&ids, image_embeds.as_ref())?;
+        let hidden = if checkpoint {
+            let (hidden, stretch) = self.text.forward_embeds_checkpointed(&embeds, &positions, None);
+            // Backward order: the decoder's stretch first, then the vision tower's.
+            stretches.insert(0, stretch);
+            hidden
+        } else {
+            self.text.forward_embeds(&embeds, &positions, None, None)
+        };
+        Ok(HiddenStates { hidden, stretches })
+    }
+
+    /// Recompute decoder layers and vision blocks in the backward pass instead of keeping their
+    /// activations (used by [`Self::forward_rows_hidden`] only).
+    pub fn set_grad_checkpointing(&mut self, on: bool) {
+        self.grad_checkpointing = on;
+    }
+
+    pub fn grad_checkpointing(&self) -> bool {
+        self.grad_checkpointing
+    }
+
+    /// The LM head's weight `[vocab, hidden]` (the embeddings when tied).
+    pub fn lm_head_weight(&self) -> &Tensor {
+        match &self.lm_head {
+            Some(head) => &head.weight,
+            None => &self.text.embed_tokens,
+        }
+    }
+
+    fn vision_trains(&self) -> bool {
+        self.vs
+            .variables()
+            .iter()
+            .any(|(name, t)| name.starts_with("visual.") && t.requires_grad())
+    }
+
+    /// Token ids `[B, T]` (padded with `pad_id`) and M-RoPE positions `[3, B, T]` of right-padded
+    /// rows whose images, in order, have grids `grid_thw`.
+    fn rows_inputs(
+        &self,
+        rows: &[&[i64]],
+        grid_thw: &[[i64; 3]],
+        pad_id: i64,
+    ) -> Result<(Tensor, Tensor), ModelError> {
         let b = rows.len() as i64;
         let t = rows.iter().map(|r| r.len()).max().unwrap_or(0) as i64;
         let mut ids = Vec::with_capacity((b * t) as usize);
         let mut pos = vec![0i64; (3 * b * t) as usize];
-        let mut valid = Vec::with_capacity((b * t) as usize);
         let mut next_grid = 0usize;
         for (r, row) in rows.iter().enumerate() {
             let index = self.row_rope_index(row, grid_thw, &mut next_grid)?;
             for j in 0..t as usize {
                 ids.push(row.get(j).copied().unwrap_or(pad_id));
-                valid.push(j < row.len());
                 if let Some(p) = index.positions.get(j) {
                     for a in 0..3 {
                         pos[(a * b as usize + r) * t as usize + j] = p[a];
@@ -152,20 +236,7 @@ impl Qwen25Vl {
         let device = self.device();
         let ids = Tensor::from_slice(&ids).view([b, t]).to_device(device);
         let positions = Tensor::from_slice(&pos).view([3, b, t]).to_device(device);
-        let valid = Tensor::from_slice(&valid).view([b, t]).to_device(device);
-        let image_embeds = match pixel_values {
-            Some(pv) if !grid_thw.is_empty() => Some(self.encode_images(pv, grid_thw)?),
-            _ => None,
-        };
-        let embeds = self.embed(&ids, image_embeds.as_ref())?;
-        let q = Tensor::arange(t, (Kind::Int64, device)).view([t, 1]);
-        let k = Tensor::arange(t, (Kind::Int64, device)).view([1, t]);
-        let mask = k
-            .le_tensor(&q)
-            .view([1, 1, t, t])
-            .logical_and(&valid.view([b, 1, 1, t]));
-        let hidden = self.text.forward_embeds(&embeds, &positions, Some(&mask), None);
-        Ok(self.logits(&hidden))
+        Ok((ids, positions))
     }
 
     pub fn var_store(&self) -> &nn::VarStore {

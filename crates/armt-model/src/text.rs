@@ -1,6 +1,7 @@
 //! The Qwen2 decoder (`model.*` in hub checkpoints): pre-norm layers with grouped-query attention
 //! (q/k/v with bias, o without), SwiGLU MLP, and multimodal rotary positions.
 
+use crate::checkpointing::{Chain, LayerFn, Stretch};
 use crate::config::TextConfig;
 use crate::layers::{rotate_half, Linear, RmsNorm, SwiGluMlp};
 use crate::rope::MultimodalRotary;
@@ -65,21 +66,15 @@ impl TextAttention {
             cache.k = Some(k.shallow_clone());
             cache.v = Some(v.shallow_clone());
         }
-        // GQA: each key/value head serves num_heads / num_kv_heads query heads.
-        let rep = self.num_heads / self.num_kv_heads;
-        let (k, v) = if rep > 1 {
-            (
-                k.repeat_interleave_self_int(rep, 1, None),
-                v.repeat_interleave_self_int(rep, 1, None),
-            )
-        } else {
-            (k, v)
-        };
+        // GQA: each key/value head serves num_heads / num_kv_heads query heads; SDPA's
+        // enable_gqa reads them in place instead of materialising repeated K/V.
+        let gqa = self.num_heads != self.num_kv_heads;
         let scale = (self.head_dim as f64).powf(-0.5);
         let out = match mask {
-            Some(m) => Tensor::scaled_dot_product_attention(&q, &k, &v, Some(m), 0.0, false, scale, false),
+            Some(m) => Tensor::scaled_dot_product_attention(&q, &k, &v, Some(m), 0.0, false, scale, gqa),
             None => {
-                Tensor::scaled_dot_product_attention::<Tensor>(&q, &k, &v, None, 0.0, s > 1, scale, false)
+                // No mask: flash / memory-efficient kernels are eligible on GPU.
+                Tensor::scaled_dot_product_attention::<Tensor>(&q, &k, &v, None, 0.0, s > 1, scale, gqa)
             }
         };
         self.o_proj.forward(&out.transpose(1, 2).reshape([b, s, -1]))
@@ -176,5 +171,36 @@ impl TextModel {
             x = layer.forward(&x, &cos, &sin, mask, layer_cache);
         }
         self.norm.forward(&x)
+    }
+
+    /// [`Self::forward_embeds`] without a KV cache, the decoder layers checkpointed: returns the
+    /// normed hidden states (graph from the last layer's output on) and the layers' stretch.
+    pub(crate) fn forward_embeds_checkpointed<'a>(
+        &'a self,
+        embeds: &Tensor,
+        positions: &Tensor,
+        mask: Option<&Tensor>,
+    ) -> (Tensor, Stretch<'a>) {
+        let (cos, sin) = self.rotary.cos_sin(positions);
+        let (cos, sin) = (cos.to_kind(embeds.kind()), sin.to_kind(embeds.kind()));
+        let layers: Vec<LayerFn<'a>> = self
+            .layers
+            .iter()
+            .map(|layer| {
+                let (cos, sin) = (cos.shallow_clone(), sin.shallow_clone());
+                let mask = mask.map(|m| m.shallow_clone());
+                Box::new(move |x: &Tensor| layer.forward(x, &cos, &sin, mask.as_ref(), None)) as LayerFn<'a>
+            })
+            .collect();
+        let (chain, last) = Chain::run(embeds, layers);
+        let hidden = self.norm.forward(&last);
+        (
+            hidden,
+            Stretch {
+                input: embeds.shallow_clone(),
+                chain,
+                output: last,
+            },
+        )
     }
 }

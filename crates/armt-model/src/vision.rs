@@ -6,9 +6,11 @@
 //! block by block (row-major), then within the block; rotary positions, windows and the merger
 //! all assume that order.
 
+use crate::checkpointing::{Chain, LayerFn, Stretch};
 use crate::config::VisionConfig;
 use crate::layers::{rotate_half, Linear, RmsNorm, SwiGluMlp};
 use crate::ModelError;
+use std::rc::Rc;
 use tch::{nn, Device, Kind, Tensor};
 
 /// Hard-coded in transformers for every norm of the vision tower.
@@ -150,6 +152,48 @@ impl VisionTransformer {
     /// `pixel_values`: `[patches, C·T·P·P]` in processor order; `grid_thw`: per image (t, h, w)
     /// in patches. Returns `[patches / merge², out_hidden_size]`, one row per decoder token.
     pub fn forward(&self, pixel_values: &Tensor, grid_thw: &[[i64; 3]]) -> Result<Tensor, ModelError> {
+        let p = self.prepare(pixel_values, grid_thw)?;
+        let mut x = p.x.shallow_clone();
+        for (i, block) in self.blocks.iter().enumerate() {
+            x = block.forward(&x, p.segments_of(i, &self.cfg), &p.cos, &p.sin);
+        }
+        Ok(self.finish(&x, &p.window_index))
+    }
+
+    /// [`Self::forward`] with the blocks checkpointed: the merged tokens (graph from the last
+    /// block's output on) and the blocks' stretch.
+    pub(crate) fn forward_checkpointed<'a>(
+        &'a self,
+        pixel_values: &Tensor,
+        grid_thw: &[[i64; 3]],
+    ) -> Result<(Tensor, Stretch<'a>), ModelError> {
+        let p = Rc::new(self.prepare(pixel_values, grid_thw)?);
+        let layers: Vec<LayerFn<'a>> = self
+            .blocks
+            .iter()
+            .enumerate()
+            .map(|(i, block)| {
+                let p = Rc::clone(&p);
+                let cfg = &self.cfg;
+                Box::new(move |x: &Tensor| block.forward(x, p.segments_of(i, cfg), &p.cos, &p.sin))
+                    as LayerFn<'a>
+            })
+            .collect();
+        let (chain, last) = Chain::run(&p.x, layers);
+        let merged = self.finish(&last, &p.window_index);
+        Ok((
+            merged,
+            Stretch {
+                input: p.x.shallow_clone(),
+                chain,
+                output: last,
+            },
+        ))
+    }
+
+    /// Checks the input, embeds the patches and orders them by window; rotary tables and the
+    /// attention segments of both block kinds.
+    fn prepare(&self, pixel_values: &Tensor, grid_thw: &[[i64; 3]]) -> Result<BlockInputs, ModelError> {
         let device = self.patch_embed.device();
         let kind = self.patch_embed.kind();
         let unit = (self.cfg.spatial_merge_size * self.cfg.spatial_merge_size) as i64;
@@ -193,19 +237,21 @@ impl VisionTransformer {
                 full.push(full.last().unwrap() + g[1] * g[2]);
             }
         }
-        let full = Segments::new(&full, device);
-        let windows = Segments::new(&cu_window, device);
-        let mut x = x;
-        for (i, block) in self.blocks.iter().enumerate() {
-            let seg = if self.cfg.fullatt_block_indexes.contains(&i) {
-                &full
-            } else {
-                &windows
-            };
-            x = block.forward(&x, seg, &cos, &sin);
-        }
-        let merged = self.merger.forward(&x);
-        Ok(merged.index_select(0, &window_index.argsort(0, false)))
+        Ok(BlockInputs {
+            x,
+            cos,
+            sin,
+            full: Segments::new(&full, device),
+            windows: Segments::new(&cu_window, device),
+            window_index,
+        })
+    }
+
+    /// The merger, then the merged tokens back in the processor's order.
+    fn finish(&self, x: &Tensor, window_index: &Tensor) -> Tensor {
+        self.merger
+            .forward(x)
+            .index_select(0, &window_index.argsort(0, false))
     }
 
     /// Per patch, the (row, col) rotary angles: `[patches, head_dim / 2]`, rows first.
@@ -234,6 +280,27 @@ impl VisionTransformer {
         Tensor::from_slice(&out)
             .view([-1, 2 * nf as i64])
             .to_device(device)
+    }
+}
+
+/// What every block of one forward shares: the window-ordered patch embeddings (the first
+/// block's input), rotary tables and the attention segments.
+struct BlockInputs {
+    x: Tensor,
+    cos: Tensor,
+    sin: Tensor,
+    full: Segments,
+    windows: Segments,
+    window_index: Tensor,
+}
+
+impl BlockInputs {
+    fn segments_of(&self, block: usize, cfg: &VisionConfig) -> &Segments {
+        if cfg.fullatt_block_indexes.contains(&block) {
+            &self.full
+        } else {
+            &self.windows
+        }
     }
 }
 
@@ -281,7 +348,9 @@ struct Segments {
     n: i64,
     max_len: i64,
     gather: Tensor,
-    key_mask: Tensor,
+    /// None when every segment has the same length (no padding, so no mask: the fused SDPA
+    /// kernels stay eligible).
+    key_mask: Option<Tensor>,
     valid: Tensor,
 }
 
@@ -308,9 +377,11 @@ impl Segments {
             n,
             max_len,
             gather: Tensor::from_slice(&gather).to_device(device),
-            key_mask: Tensor::from_slice(&mask)
-                .view([n, 1, 1, max_len])
-                .to_device(device),
+            key_mask: lens.iter().any(|&l| l != max_len).then(|| {
+                Tensor::from_slice(&mask)
+                    .view([n, 1, 1, max_len])
+                    .to_device(device)
+            }),
             valid: Tensor::from_slice(&valid).to_device(device),
         }
     }
@@ -343,7 +414,7 @@ impl Segments {
             &batch(q),
             &batch(k),
             &batch(v),
-            Some(&self.key_mask),
+            self.key_mask.as_ref(),
             0.0,
             false,
             scale,
@@ -389,16 +460,22 @@ mod tests {
         let q = Tensor::randn([s, h, d], (Kind::Float, Device::Cpu));
         let k = Tensor::randn([s, h, d], (Kind::Float, Device::Cpu));
         let v = Tensor::randn([s, h, d], (Kind::Float, Device::Cpu));
-        let got = Segments::new(&[0, 3, 7], Device::Cpu).attention(&q, &k, &v);
-        for (a, b) in [(0i64, 3i64), (3, 7)] {
-            let part = |x: &Tensor| x.narrow(0, a, b - a);
-            let scores = part(&q).transpose(0, 1).matmul(&part(&k).permute([1, 2, 0])) / (d as f64).sqrt();
-            let expect = scores
-                .softmax(-1, Kind::Float)
-                .matmul(&part(&v).transpose(0, 1))
-                .transpose(0, 1);
-            let diff = (got.narrow(0, a, b - a) - expect).abs().max().double_value(&[]);
-            assert!(diff < 1e-5, "segment {a}..{b}: {diff}");
+        // Unequal segments (padded, with a key mask) and equal ones (no mask at all).
+        for cu in [[0i64, 3, 7], [0, 2, 4]] {
+            let segments = Segments::new(&cu, Device::Cpu);
+            assert_eq!(segments.key_mask.is_some(), cu == [0, 3, 7]);
+            let got = segments.attention(&q, &k, &v);
+            for (a, b) in cu.windows(2).map(|w| (w[0], w[1])) {
+                let part = |x: &Tensor| x.narrow(0, a, b - a);
+                let scores =
+                    part(&q).transpose(0, 1).matmul(&part(&k).permute([1, 2, 0])) / (d as f64).sqrt();
+                let expect = scores
+                    .softmax(-1, Kind::Float)
+                    .matmul(&part(&v).transpose(0, 1))
+                    .transpose(0, 1);
+                let diff = (got.narrow(0, a, b - a) - expect).abs().max().double_value(&[]);
+                assert!(diff < 1e-5, "segment {a}..{b}: {diff}");
+            }
         }
     }
 }

@@ -58,6 +58,18 @@ impl Processor {
         }
     }
 
+    /// The same processor with images capped at `max_pixels` (what `max_pixels=` does to the
+    /// transformers processor); `min_pixels` is lowered to it when larger.
+    pub fn with_max_pixels(self, max_pixels: usize) -> Self {
+        let mut cfg = self.image_processor.config().clone();
+        cfg.max_pixels = max_pixels;
+        cfg.min_pixels = cfg.min_pixels.min(max_pixels);
+        Self {
+            tokenizer: self.tokenizer,
+            image_processor: ImageProcessor::new(cfg),
+        }
+    }
+
     pub fn tokenizer(&self) -> &Tokenizer {
         &self.tokenizer
     }

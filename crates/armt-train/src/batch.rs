@@ -19,7 +19,7 @@ pub struct Example {
 
 impl Example {
     /// Loss positions: position j predicts token j + 1.
-    fn trained(&self, j: usize) -> bool {
+    pub(crate) fn trained(&self, j: usize) -> bool {
         let t = j + 1;
         t >= self.prompt_len && t < self.ids.len() && self.loss_mask[t - self.prompt_len] == 1
     }

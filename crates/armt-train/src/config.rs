@@ -21,6 +21,12 @@ pub struct ModelSection {
     pub dtype: Option<String>,
     /// Keep the vision tower and merger fixed (ARM-Thinker's cold start does).
     pub freeze_vision: bool,
+    /// Recompute decoder layers and vision blocks in the backward instead of keeping their
+    /// activations (training memory per token: ~7 MB → ~0.2 MB at 7B).
+    pub grad_checkpointing: bool,
+    /// Upper bound on an image's pixels (overrides `preprocessor_config.json`; the hub's value
+    /// allows 16k tokens per image).
+    pub max_pixels: Option<usize>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Default)]
@@ -58,6 +64,8 @@ pub struct OptimSection {
     pub min_lr_ratio: f64,
     /// Gradient-norm clip (0: off).
     pub grad_clip: f64,
+    /// Dtype of the master weights the optimizer updates ("f32"; unset: as the model).
+    pub master_dtype: Option<String>,
     pub adamw: AdamWConfig,
     /// Master weights' dtype: unset or "f32" (fp32 masters, DeepSpeed/FSDP mixed precision),
     /// or "none" (the compute dtype: updates below half a bf16 step are lost).
@@ -73,6 +81,7 @@ impl Default for OptimSection {
             schedule: "constant".into(),
             min_lr_ratio: 0.0,
             grad_clip: 1.0,
+            master_dtype: None,
             adamw: AdamWConfig::default(),
             master_dtype: None,
         }
@@ -99,10 +108,14 @@ pub struct LoopSection {
     /// Where checkpoints, metrics and TensorBoard files go.
     pub run_dir: PathBuf,
     pub seed: u64,
-    /// Log-prob computation chunk along the sequence (memory).
-    pub logprob_chunk: i64,
-    /// Optimizer state sharding across data-parallel ranks (ZeRO): 0 replicated, 1 masters and
-    /// moments sharded, 2 gradients sharded too.
+    /// Loss positions per LM-head chunk when computing log-probs (peak memory chunk × vocab).
+    #[serde(alias = "logprob_chunk")]
+    pub logit_chunk: i64,
+    /// Sequences per forward of the no-grad old-policy and reference log-prob passes (they keep
+    /// no activations, so more fit than in a training micro-batch); default 2 × micro_batch.
+    pub logprob_micro_batch: Option<usize>,
+    /// ZeRO stage of the data-parallel optimizer (0: replicated, 1: sharded optimizer state and
+    /// masters, 2: gradients too); `armt plan` divides the sharded state by the GPU count.
     pub zero_stage: u8,
 }
 
@@ -118,7 +131,8 @@ impl Default for LoopSection {
             keep_last: 3,
             run_dir: PathBuf::from("runs/train"),
             seed: 1,
-            logprob_chunk: 512,
+            logit_chunk: 512,
+            logprob_micro_batch: None,
             zero_stage: 0,
         }
     }
@@ -246,6 +260,18 @@ impl TrainConfig {
             ));
         }
         let l = &self.train;
+        if self.model.max_pixels.is_some_and(|m| m < 28 * 28) {
+            return bad(format!(
+                "model.max_pixels = {:?}: an image needs at least one 28×28 merge unit",
+                self.model.max_pixels
+            ));
+        }
+        if l.zero_stage > 2 {
+            return bad(format!("train.zero_stage = {}: expected 0, 1 or 2", l.zero_stage));
+        }
+        if l.logit_chunk < 1 || l.logprob_micro_batch == Some(0) {
+            return bad("train.logit_chunk and train.logprob_micro_batch must be >= 1".into());
+        }
         if l.prompts_per_step == 0 || l.mini_batches == 0 || l.ppo_epochs == 0 || l.micro_batch == 0 {
             return bad(
                 "train.prompts_per_step, mini_batches, ppo_epochs and micro_batch must be >= 1".into(),

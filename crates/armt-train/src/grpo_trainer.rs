@@ -2,9 +2,10 @@
 //! stage, normalise rewards within each group, recompute old (and reference) log-probs once, then
 //! clipped-policy updates over mini-batches; log, checkpoint, repeat.
 
-use crate::batch::{pad_rows, token_logprobs, Example};
+use crate::batch::{pad_rows, Example};
 use crate::checkpoint::{self, TrainerState};
 use crate::data_parallel::{mini_batch_ranges, DataParallel};
+use crate::policy_logprobs::{logprobs_rows_no_grad, policy_logprobs};
 use crate::{step_seed, stop_requested, TrainConfig, TrainError};
 use armt_data::{Sample, StopReason};
 use armt_grpo::{
@@ -20,7 +21,7 @@ use indicatif::{ProgressBar, ProgressStyle};
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
-use tch::{Kind, Tensor};
+use tch::Tensor;
 
 /// What a GRPO run needs besides its config.
 pub struct GrpoRun<'a> {
@@ -86,6 +87,7 @@ pub fn train_grpo(mut run: GrpoRun) -> Result<PathBuf, TrainError> {
     if cfg.model.freeze_vision {
         freeze_vision(&mut run.model);
     }
+    run.model.set_grad_checkpointing(cfg.model.grad_checkpointing);
     let (mut optimizer, start_step, mut loader) = checkpoint::start_or_resume(
         &run.model,
         cfg,
@@ -200,21 +202,14 @@ pub fn train_grpo(mut run: GrpoRun) -> Result<PathBuf, TrainError> {
         let mut lrs = Vec::new();
         if dp.any(!examples.is_empty())? {
             let micro = cfg.train.micro_batch;
-            let old: Vec<Vec<f32>> = logprobs_no_grad(
-                &run.model,
-                &examples,
-                ids.endoftext,
-                cfg.train.logprob_chunk,
-                micro,
-            )?;
+            let all: Vec<&Example> = examples.iter().map(|e| &e.0).collect();
+            let chunk = cfg.train.logit_chunk;
+            let lp_micro = cfg.train.logprob_micro_batch.unwrap_or(2 * micro);
+            let old: Vec<Vec<f32>> = logprobs_rows_no_grad(&run.model, &all, ids.endoftext, chunk, lp_micro)?;
             let reference: Option<Vec<Vec<f32>>> = match &run.reference {
-                Some(r) if cfg.grpo.kl_coef > 0.0 => Some(logprobs_no_grad(
-                    r,
-                    &examples,
-                    ids.endoftext,
-                    cfg.train.logprob_chunk,
-                    micro,
-                )?),
+                Some(r) if cfg.grpo.kl_coef > 0.0 => {
+                    Some(logprobs_rows_no_grad(r, &all, ids.endoftext, chunk, lp_micro)?)
+                }
                 _ => None,
             };
             let entropy_mode = if cfg.grpo.entropy_coeff != 0.0 {
@@ -255,13 +250,8 @@ pub fn train_grpo(mut run: GrpoRun) -> Result<PathBuf, TrainError> {
                             continue;
                         }
                         let exs: Vec<&Example> = micro_idx.iter().map(|&i| &examples[i].0).collect();
-                        let (logp, mask, entropy) = token_logprobs(
-                            &run.model,
-                            &exs,
-                            ids.endoftext,
-                            cfg.train.logprob_chunk,
-                            entropy_mode,
-                        )?;
+                        let lp = policy_logprobs(&run.model, &exs, ids.endoftext, chunk, entropy_mode)?;
+                        let (logp, mask, entropy) = (&lp.logp, &lp.mask, lp.entropy.as_ref());
                         let t = logp.size()[1] as usize;
                         let device = logp.device();
                         let old_t = pad_rows(
@@ -279,12 +269,12 @@ pub fn train_grpo(mut run: GrpoRun) -> Result<PathBuf, TrainError> {
                         let adv: Vec<f32> = micro_idx.iter().map(|&i| examples[i].1 as f32).collect();
                         let adv = Tensor::from_slice(&adv).to_device(device);
                         let pb = PolicyBatch {
-                            log_probs: &logp,
+                            log_probs: logp,
                             old_log_probs: &old_t,
                             advantages: &adv,
-                            loss_mask: &mask,
+                            loss_mask: mask,
                             ref_log_probs: ref_t.as_ref(),
-                            entropy: entropy.as_ref(),
+                            entropy,
                         };
                         let (loss, stats) = policy_loss(&pb, &cfg.grpo, &norm)?;
                         let value = dp.checked_loss("grpo", step + 1, stats.loss);
@@ -292,7 +282,7 @@ pub fn train_grpo(mut run: GrpoRun) -> Result<PathBuf, TrainError> {
                             bad_loss = Some(value);
                             continue;
                         }
-                        loss.backward();
+                        lp.backward(&loss);
                         optimizer.accumulate_grads()?;
                         pg_stats.push(stats);
                     }
@@ -494,31 +484,6 @@ pub(crate) fn freeze_vision(model: &mut Qwen25Vl) {
             let _ = t;
         }
     }
-}
-
-fn logprobs_no_grad(
-    model: &Qwen25Vl,
-    examples: &[(Example, f64)],
-    pad: i64,
-    chunk: i64,
-    micro: usize,
-) -> Result<Vec<Vec<f32>>, TrainError> {
-    let _g = tch::no_grad_guard();
-    let mut out = Vec::with_capacity(examples.len());
-    for group in examples.chunks(micro) {
-        let exs: Vec<&Example> = group.iter().map(|e| &e.0).collect();
-        let (logp, _, _) = token_logprobs(model, &exs, pad, chunk, EntropyGrad::Skip)?;
-        for (b, e) in exs.iter().enumerate() {
-            let row: Vec<f32> = Vec::try_from(
-                logp.get(b as i64)
-                    .narrow(0, 0, e.ids.len() as i64 - 1)
-                    .to_kind(Kind::Float)
-                    .to_device(tch::Device::Cpu),
-            )?;
-            out.push(row);
-        }
-    }
-    Ok(out)
 }
 
 /// Keeps the latest step's trajectories (with rewards) for `armt view`: rank 0's in

@@ -9,6 +9,7 @@ pub mod data_parallel;
 mod grpo_trainer;
 mod mixed_precision;
 mod optimizer;
+mod policy_logprobs;
 mod sft;
 mod zero;
 
@@ -19,6 +20,7 @@ pub use config::{
 pub use grpo_trainer::{train_grpo, GrpoRun};
 pub use mixed_precision::MasterDtype;
 pub use optimizer::{AdamW, AdamWConfig};
+pub use policy_logprobs::{logprobs_rows_no_grad, policy_logprobs, PolicyLogprobs};
 pub use sft::{examples_from_trajectories, train_sft, SftRun};
 pub use zero::ZeroStage;
 

@@ -1,10 +1,11 @@
 //! Cold start: masked next-token loss on tool-use trajectories (the records `armt rollout`
 //! writes), so the policy learns the format and the tools before GRPO.
 
-use crate::batch::{token_logprobs, Example};
+use crate::batch::Example;
 use crate::checkpoint::{self, TrainerState};
 use crate::data_parallel::DataParallel;
 use crate::grpo_trainer::freeze_vision;
+use crate::policy_logprobs::policy_logprobs;
 use crate::{stop_requested, TrainConfig, TrainError};
 use armt_data::Trajectory;
 use armt_grpo::{EntropyGrad, LrSchedule};
@@ -117,22 +118,22 @@ pub fn train_sft(mut run: SftRun) -> Result<PathBuf, TrainError> {
         let mut bad_loss = None;
         for micro in local.chunks(s.micro_batch.max(1)) {
             let exs: Vec<&Example> = micro.iter().map(|&i| &run.examples[i]).collect();
-            let (logp, mask, _) = token_logprobs(
+            let lp = policy_logprobs(
                 &run.model,
                 &exs,
                 run.pad_id,
-                cfg.train.logprob_chunk,
+                cfg.train.logit_chunk,
                 EntropyGrad::Skip,
             )?;
             // Token-mean over the whole batch: micro-batch sums divided by the batch's token count.
-            let loss = -(logp * &mask).sum(Kind::Float) / tokens.max(1) as f64;
+            let loss = -(&lp.logp * &lp.mask).sum(Kind::Float) / tokens.max(1) as f64;
             let v = dp.checked_loss("sft", step + 1, loss.double_value(&[]));
             if !v.is_finite() {
                 bad_loss = Some(v);
                 continue;
             }
             loss_sum += v;
-            loss.backward();
+            lp.backward(&loss);
             optimizer.accumulate_grads()?;
         }
         dp.agree_finite(step + 1, "the SFT loss", bad_loss)?;
