@@ -3,6 +3,7 @@
 mod eval;
 mod forward;
 mod rollout;
+mod rollout_bench;
 mod train;
 mod view;
 
@@ -36,6 +37,9 @@ enum Command {
     Eval(eval::EvalArgs),
     /// Render trajectory JSONL as a self-contained HTML page.
     View(view::ViewArgs),
+    /// (Developer) the rollout engine's decode, prefill and full-rollout speed on a random model.
+    #[command(hide = true)]
+    RolloutBench(rollout_bench::RolloutBenchArgs),
 }
 
 fn main() -> Result<()> {
@@ -48,5 +52,6 @@ fn main() -> Result<()> {
         Command::Plot(args) => train::run_plot(args),
         Command::View(args) => view::run(args),
         Command::Eval(args) => eval::run(args),
+        Command::RolloutBench(args) => rollout_bench::run(args),
     }
 }

@@ -4,6 +4,7 @@
 //! f32 on CPU, bf16 on CUDA by default.
 
 mod config;
+mod decoding;
 mod layers;
 mod model;
 mod rope;
@@ -14,6 +15,7 @@ mod weights;
 pub use config::{Qwen25VlConfig, TextConfig, VisionConfig};
 pub use model::{default_kind_for, KvCache, Qwen25Vl};
 pub use rope::{rope_index, RopeIndex};
+pub use text::{AppendView, DecodeView, SlotCache};
 pub use weights::WeightLayout;
 
 use std::path::PathBuf;

@@ -181,6 +181,10 @@ impl Qwen25Vl {
         self.layout
     }
 
+    pub(crate) fn text(&self) -> &TextModel {
+        &self.text
+    }
+
     pub fn device(&self) -> Device {
         self.vs.device()
     }
