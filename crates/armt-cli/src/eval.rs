@@ -104,8 +104,9 @@ pub fn run(args: EvalArgs) -> Result<()> {
         None => None,
     };
     for chunk in samples.chunks(args.batch.max(1)) {
-        let mut generator = ModelGenerator::new(&model, chunk.len(), rollout.sampling.clone(), pad);
-        for (r, sample) in env.run(&mut generator, chunk, 1, |_| {})?.into_iter().zip(chunk) {
+        let mut generator = ModelGenerator::new(&model, rollout.sampling.clone(), pad);
+        for r in env.run(&mut generator, chunk, 1, |_| {})? {
+            let sample = &chunk[r.group];
             let s1 = stage1_reward(&r.trajectory, sample, &rewards)?;
             let s2 = stage2_reward(&r.trajectory, sample, &rewards)?;
             for key in [format!("{:?}", sample.task).to_lowercase(), "all".to_string()] {

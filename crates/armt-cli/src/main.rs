@@ -6,6 +6,7 @@ mod eval;
 mod forward;
 mod plan;
 mod rollout;
+mod rollout_bench;
 mod train;
 mod view;
 
@@ -46,6 +47,9 @@ enum Command {
     /// Helpers for scripts/gpu-check (not a stable interface).
     #[command(subcommand, hide = true)]
     Dev(dev::DevCommand),
+    /// (Developer) the rollout engine's decode, prefill and full-rollout speed on a random model.
+    #[command(hide = true)]
+    RolloutBench(rollout_bench::RolloutBenchArgs),
 }
 
 fn main() -> Result<()> {
@@ -61,5 +65,6 @@ fn main() -> Result<()> {
         Command::DistCheck(args) => dist::run_check(args),
         Command::Plan(args) => plan::run(args),
         Command::Dev(cmd) => dev::run(cmd),
+        Command::RolloutBench(args) => rollout_bench::run(args),
     }
 }

@@ -48,6 +48,12 @@ pub struct RolloutArgs {
     top_k: usize,
     #[arg(long, default_value_t = 0)]
     seed: u64,
+    /// Rows decoding at once (whole groups of n are admitted as rows finish).
+    #[arg(long, default_value_t = 64)]
+    max_rows: usize,
+    /// KV-cache positions the rollout may hold (see rollout.max_batch_tokens).
+    #[arg(long, default_value_t = 1 << 20)]
+    max_batch_tokens: usize,
     /// cpu, cuda or cuda:N (default: cuda if available).
     #[arg(long)]
     device: Option<String>,
@@ -77,6 +83,8 @@ pub fn run(args: RolloutArgs) -> Result<()> {
         max_turns: args.max_turns,
         max_response_tokens: args.max_response_tokens,
         max_turn_tokens: args.max_turn_tokens,
+        max_rows: args.max_rows,
+        max_batch_tokens: args.max_batch_tokens,
         sampling: SamplingConfig {
             temperature: args.temperature,
             top_p: args.top_p,
@@ -104,18 +112,18 @@ pub fn run(args: RolloutArgs) -> Result<()> {
         "{elapsed_precise} [{bar:40}] {pos}/{len} trajectories {msg}",
     )?);
     let started = Instant::now();
-    let (mut tokens, mut done) = (0usize, 0usize);
+    let (mut tokens, mut done, mut skipped) = (0usize, 0usize, 0usize);
     for (b, chunk) in samples.chunks(args.batch).enumerate() {
-        // A different stream per batch, so the result does not depend on how batches are cut.
-        let sampling = SamplingConfig {
-            seed: args.seed.wrapping_add(b as u64 * 0x9E37),
-            ..config.sampling.clone()
-        };
-        let mut generator = ModelGenerator::new(&model, chunk.len() * args.n, sampling, pad);
+        // Rows draw from (seed, sample index, row), so the result does not depend on how
+        // batches are cut.
+        let mut generator = ModelGenerator::new(&model, config.sampling.clone(), pad);
+        let groups: Vec<u64> = (0..chunk.len()).map(|i| (b * args.batch + i) as u64).collect();
         let base = done;
-        let rollouts = env.run(&mut generator, chunk, args.n, |finished| {
+        let outcome = env.run_keyed(&mut generator, chunk, args.n, 0, Some(&groups), |finished| {
             bar.set_position((base + finished) as u64)
         })?;
+        skipped += outcome.skipped.len();
+        let rollouts = outcome.rollouts;
         for r in &rollouts {
             tokens += r.trajectory.response_len();
             serde_json::to_writer(&mut file, &r.trajectory)?;
@@ -137,5 +145,8 @@ pub fn run(args: RolloutArgs) -> Result<()> {
         started.elapsed().as_secs_f64(),
         args.out.display()
     );
+    if skipped > 0 {
+        eprintln!("armt rollout: {skipped} samples skipped (prompt too long for the limits)");
+    }
     Ok(())
 }

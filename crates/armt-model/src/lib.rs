@@ -5,6 +5,7 @@
 
 pub mod checkpointing;
 mod config;
+mod decoding;
 mod layers;
 mod model;
 mod rope;
@@ -16,6 +17,7 @@ pub use checkpointing::HiddenStates;
 pub use config::{ConfigError, Qwen25VlConfig, TextConfig, VisionConfig};
 pub use model::{default_kind_for, KvCache, Qwen25Vl};
 pub use rope::{rope_index, RopeIndex};
+pub use text::{AppendView, DecodeView, SlotCache};
 pub use weights::WeightLayout;
 
 use std::path::PathBuf;

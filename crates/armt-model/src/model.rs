@@ -252,6 +252,10 @@ impl Qwen25Vl {
         self.layout
     }
 
+    pub(crate) fn text(&self) -> &TextModel {
+        &self.text
+    }
+
     pub fn device(&self) -> Device {
         self.vs.device()
     }

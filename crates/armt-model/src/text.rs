@@ -7,6 +7,9 @@ use crate::layers::{rotate_half, Linear, RmsNorm, SwiGluMlp};
 use crate::rope::MultimodalRotary;
 use tch::{nn, Tensor};
 
+mod slots;
+pub use slots::{AppendView, DecodeView, SlotCache};
+
 /// Keys and values of one layer for the tokens seen so far: `[B, kv_heads, T, head_dim]`.
 #[derive(Debug, Default)]
 pub struct LayerCache {

@@ -2,14 +2,15 @@
 //! run the tool calls in parallel, append the tool turns exactly as the chat template renders
 //! them, and go on until each row answers or reaches a limit.
 
-use crate::generator::{Chunk, Generator};
+use crate::generator::{CachePlan, Chunk, Generator, Sampled};
+use crate::rng::RowRng;
 use crate::{RolloutConfig, RolloutError};
 use armt_data::{Sample, StopReason, ToolCallRecord, Trajectory, Turn};
 use armt_processing::{render_chat, Content, ContentPart, ImageSource, Message, ProcessedImage, Processor};
 use armt_tools::{parse_tool_call, truncate_tool_text, ToolContext, ToolRegistry};
-use rayon::prelude::*;
+use std::collections::VecDeque;
 use std::path::PathBuf;
-use std::sync::Arc;
+use std::sync::{mpsc, Arc};
 use std::time::Instant;
 
 /// Told to the model instead of running its tool call in the last allowed turn (ARM-Thinker's text).
@@ -22,6 +23,8 @@ pub const DEFAULT_COT_PROMPT: &str = "**Important Requirement:**\nThe given imag
 /// trainer needs their pixels to recompute log-probs).
 #[derive(Debug, Clone)]
 pub struct Rollout {
+    /// Index of the sample (in the `samples` given to the run) this row rolled out.
+    pub group: usize,
     pub trajectory: Trajectory,
     pub images: Vec<ProcessedImage>,
 }
@@ -62,6 +65,7 @@ pub struct RolloutEnv<'a> {
 
 struct Row<'s> {
     sample: &'s Sample,
+    sample_index: usize,
     group_index: usize,
     ids: Vec<i64>,
     prompt_len: usize,
@@ -75,6 +79,8 @@ struct Row<'s> {
     stop: Option<StopReason>,
     /// The model was told this is its last turn.
     forced_last: bool,
+    /// Token budget of the current turn.
+    budget: usize,
 }
 
 impl<'a> RolloutEnv<'a> {
@@ -155,48 +161,112 @@ impl<'a> RolloutEnv<'a> {
         s
     }
 
-    /// Runs `n` rollouts of each sample with `generator` (whose rows are `samples.len() * n`,
-    /// sample-major). `progress` is called with the number of finished rows.
+    /// Runs `n` rollouts of each sample with `generator` (step 0, groups numbered from 0): see
+    /// [`RolloutEnv::run_keyed`]. `progress` is called with the number of finished rows.
     pub fn run(
         &self,
         generator: &mut dyn Generator,
         samples: &[Sample],
         n: usize,
-        mut progress: impl FnMut(usize),
+        progress: impl FnMut(usize),
     ) -> Result<Vec<Rollout>, RolloutError> {
+        Ok(self.run_keyed(generator, samples, n, 0, None, progress)?.rollouts)
+    }
+
+    /// Runs `n` rollouts of each sample. Row j of sample k samples from
+    /// `RowRng::new(config.sampling.seed, step, groups[k], j)` (`groups`: the samples' global
+    /// indices, e.g. across data-parallel ranks; None: 0, 1, …), so trajectories do not depend
+    /// on batching. Groups are queued and admitted as `max_rows` / `max_batch_tokens` allow; a
+    /// prompt that can never fit is skipped and reported in [`RunOutcome::skipped`].
+    pub fn run_keyed(
+        &self,
+        generator: &mut dyn Generator,
+        samples: &[Sample],
+        n: usize,
+        step: u64,
+        groups: Option<&[u64]>,
+        mut progress: impl FnMut(usize),
+    ) -> Result<RunOutcome, RolloutError> {
         let cfg = self.config;
         let ids = TemplateIds::from_tokenizer(self.processor.tokenizer())?;
-        let mut rows: Vec<Row> = Vec::with_capacity(samples.len() * n);
-        let mut prompt_chunks = Vec::new();
-        for sample in samples {
+        if n == 0 || cfg.max_rows < n || cfg.max_response_tokens == 0 || cfg.max_turn_tokens == 0 {
+            return Err(RolloutError::Data(format!(
+                "rollout: n = {n}, max_rows = {}, max_response_tokens = {}, max_turn_tokens = {}: \
+                 need n >= 1, max_rows >= n and non-zero token limits",
+                cfg.max_rows, cfg.max_response_tokens, cfg.max_turn_tokens
+            )));
+        }
+        if let Some(g) = groups {
+            if g.len() != samples.len() {
+                return Err(RolloutError::Data(format!(
+                    "{} group indices for {} samples",
+                    g.len(),
+                    samples.len()
+                )));
+            }
+        }
+        // Phase 1: prompts (tokenized, images decoded once per sample), and which ones fit.
+        let suffix = cfg.max_response_tokens.min(cfg.max_context) + 1;
+        let mut kept: Vec<(usize, Chunk, Vec<Arc<image::DynamicImage>>)> = Vec::new();
+        let mut skipped = Vec::new();
+        for (k, sample) in samples.iter().enumerate() {
             let (chunk, images) = self.prompt_chunk(sample)?;
+            let len = chunk.ids.len();
+            if len >= cfg.max_context || len + n * suffix > cfg.max_batch_tokens {
+                skipped.push(k);
+                continue;
+            }
+            kept.push((k, chunk, images));
+        }
+        if !skipped.is_empty() {
+            eprintln!(
+                "rollout: skipped {} of {} prompts too long for max_context {} / max_batch_tokens {}",
+                skipped.len(),
+                samples.len(),
+                cfg.max_context,
+                cfg.max_batch_tokens
+            );
+        }
+        if kept.is_empty() {
+            return Ok(RunOutcome {
+                rollouts: Vec::new(),
+                skipped,
+            });
+        }
+        let prefix = kept.iter().map(|(_, c, _)| c.ids.len()).max().unwrap_or(1);
+        let plan = CachePlan {
+            groups: (cfg.max_rows / n)
+                .min(kept.len())
+                .min(cfg.max_batch_tokens / (prefix + n * suffix))
+                .max(1),
+            rows_per_group: n,
+            prefix_tokens: prefix,
+            suffix_tokens: suffix,
+            turn_tokens: cfg.max_turn_tokens,
+            prefill_chunk: cfg.prefill_chunk,
+            sync_every: cfg.sync_every,
+        };
+        generator.prepare(&plan)?;
+
+        // Phase 2: one record per row, group-major (row id = index).
+        let mut rows: Vec<Row> = Vec::with_capacity(kept.len() * n);
+        for (k, chunk, images) in &kept {
+            let sample = &samples[*k];
             for g in 0..n {
                 let mut ctx = ToolContext::from_sample(sample);
-                for (k, img) in images.iter().enumerate() {
-                    let key = if k == 0 {
+                let mut image_keys = Vec::new();
+                for (i, img) in images.iter().enumerate() {
+                    let key = if i == 0 {
                         "original_image".to_string()
                     } else {
-                        format!("original_image_{k}")
+                        format!("original_image_{i}")
                     };
-                    ctx.add_image(key, img.clone());
+                    ctx.add_image(key.clone(), img.clone());
+                    image_keys.push((key, sample.images[i].clone()));
                 }
-                let image_keys = sample
-                    .images
-                    .iter()
-                    .enumerate()
-                    .map(|(k, p)| {
-                        (
-                            if k == 0 {
-                                "original_image".to_string()
-                            } else {
-                                format!("original_image_{k}")
-                            },
-                            p.clone(),
-                        )
-                    })
-                    .collect();
                 rows.push(Row {
                     sample,
+                    sample_index: *k,
                     group_index: g,
                     ids: chunk.ids.clone(),
                     prompt_len: chunk.ids.len(),
@@ -208,219 +278,150 @@ impl<'a> RolloutEnv<'a> {
                     images: chunk.images.clone(),
                     stop: None,
                     forced_last: false,
+                    budget: 0,
                 });
-                prompt_chunks.push(chunk.clone());
             }
         }
-        for r in &rows {
-            if r.prompt_len >= cfg.max_context {
-                return Err(RolloutError::Data(format!(
-                    "sample {}: the prompt has {} tokens, over max_context {}",
-                    r.sample.id, r.prompt_len, cfg.max_context
-                )));
-            }
-        }
-        let all: Vec<usize> = (0..rows.len()).collect();
-        generator.append(&all, &prompt_chunks)?;
 
+        // The generator names rows by sample index · n + j (stable whatever is skipped).
+        let row_id = |i: usize| kept[i / n].0 * n + i % n;
+        let index_of: std::collections::HashMap<usize, usize> =
+            (0..rows.len()).map(|i| (row_id(i), i)).collect();
+        let index_of_id = |id: usize| {
+            index_of
+                .get(&id)
+                .copied()
+                .ok_or_else(|| RolloutError::State(format!("the generator returned unknown row {id}")))
+        };
+        // Phase 3: the loop. Decode windows; turns that end go to the tools (on their own
+        // threads, while the other rows keep decoding); tool turns come back as appends.
         let stop_ids = [ids.im_end, ids.endoftext, ids.tool_call_end];
-        let mut finished = 0;
-        loop {
-            let live: Vec<usize> = (0..rows.len()).filter(|&i| rows[i].stop.is_none()).collect();
-            if live.is_empty() {
-                break;
-            }
-            let budgets: Vec<usize> = live
-                .iter()
-                .map(|&i| {
-                    let r = &rows[i];
-                    let used = r.ids.len() - r.prompt_len;
-                    cfg.max_response_tokens
-                        .saturating_sub(used)
-                        .min(cfg.max_context.saturating_sub(r.ids.len()))
-                        .min(cfg.max_turn_tokens)
-                })
-                .collect();
-            let sampled = generator.generate(&live, &budgets, &stop_ids)?;
-
-            // Record what the policy wrote and decide each row's next step.
-            let mut calls: Vec<(usize, Result<armt_tools::ParsedToolCall, String>)> = Vec::new();
-            for ((&i, s), &budget) in live.iter().zip(&sampled).zip(&budgets) {
-                let r = &mut rows[i];
-                r.ids.extend_from_slice(&s.ids);
-                r.mask.extend(std::iter::repeat_n(1u8, s.ids.len()));
-                r.logprobs.extend_from_slice(&s.logprobs);
-                let body: Vec<u32> = s
-                    .ids
-                    .iter()
-                    .filter(|&&t| t != ids.im_end && t != ids.endoftext)
-                    .map(|&t| t as u32)
-                    .collect();
-                let text = self
-                    .processor
-                    .tokenizer()
-                    .decode(&body, false)
-                    .map_err(|e| RolloutError::State(format!("decoding: {e}")))?;
-                let last = s.ids.last().copied();
-                r.turns.push(Turn {
-                    assistant_text: text.clone(),
-                    tool_call: None,
-                    tool_error: None,
-                });
-                if last == Some(ids.tool_call_end) {
-                    if r.forced_last {
-                        r.stop = Some(StopReason::MaxTurns);
-                    } else {
-                        calls.push((
-                            i,
-                            parse_tool_call(&text)
-                                .unwrap_or_else(|| Err("Error: no <tool_call> found.".into())),
-                        ));
+        let mut queue: VecDeque<usize> = (0..kept.len()).collect();
+        let mut free_blocks: Vec<usize> = (0..plan.groups).rev().collect();
+        let mut block_of_group = vec![usize::MAX; kept.len()];
+        let mut rows_left = vec![0usize; plan.groups];
+        let mut finished = 0usize;
+        let mut decoding = 0usize;
+        let mut in_tools = 0usize;
+        std::thread::scope(|scope| -> Result<(), RolloutError> {
+            let (tx, rx) = mpsc::channel::<(usize, ToolResult, ToolContext)>();
+            loop {
+                while let (Some(&k), Some(&block)) = (queue.front(), free_blocks.last()) {
+                    queue.pop_front();
+                    free_blocks.pop();
+                    block_of_group[k] = block;
+                    rows_left[block] = n;
+                    let (_, chunk, _) = &kept[k];
+                    let global = groups.map(|g| g[kept[k].0]).unwrap_or(kept[k].0 as u64);
+                    let members: Vec<(usize, RowRng)> = (0..n)
+                        .map(|j| {
+                            (
+                                row_id(k * n + j),
+                                RowRng::new(cfg.sampling.seed, step, global, j as u64),
+                            )
+                        })
+                        .collect();
+                    generator.add_group(block, chunk, &members)?;
+                    for j in 0..n {
+                        let row = k * n + j;
+                        rows[row].budget = self.turn_budget(&rows[row]);
+                        generator.begin_turn(row_id(row), rows[row].budget)?;
+                        decoding += 1;
                     }
-                } else if last == Some(ids.im_end) || last == Some(ids.endoftext) {
-                    r.stop = Some(if r.forced_last {
-                        StopReason::MaxTurns
-                    } else {
-                        StopReason::Answered
-                    });
-                } else if s.ids.len() >= budget {
-                    let used = r.ids.len() - r.prompt_len;
-                    r.stop = Some(
-                        if r.ids.len() >= cfg.max_context && used < cfg.max_response_tokens {
-                            StopReason::ContextFull
-                        } else {
-                            StopReason::MaxTokens
-                        },
-                    );
-                } else {
-                    r.stop = Some(StopReason::Answered);
                 }
-            }
-
-            // Run the calls (in parallel across rows), or tell the model its turns are up.
-            // As ARM-Thinker: a call in the max_turns-th turn is not run; the model is told to answer.
-            let turn_limit_reached = |r: &Row| r.turns.len() >= cfg.max_turns;
-            // Each call gets its row's tool context (moved out and back, so nothing is copied).
-            let jobs: Vec<(
-                usize,
-                Result<armt_tools::ParsedToolCall, String>,
-                ToolContext,
-                bool,
-            )> = calls
-                .into_iter()
-                .map(|(i, parsed)| {
-                    let last = turn_limit_reached(&rows[i]);
-                    (i, parsed, std::mem::take(&mut rows[i].ctx), last)
-                })
-                .collect();
-            let results: Vec<(usize, ToolResult, ToolContext)> = jobs
-                .into_par_iter()
-                .map(|(i, parsed, mut ctx, last)| {
-                    let res = if last {
-                        ToolResult::LastTurn
-                    } else {
-                        match parsed {
-                            Err(text) => ToolResult::Malformed(text),
-                            Ok(call) => {
-                                let started = Instant::now();
-                                let out = self.tools.call(&call, &mut ctx);
-                                ToolResult::Ran {
-                                    call,
-                                    out: Box::new(out),
-                                    ms: started.elapsed().as_secs_f64() * 1e3,
+                if finished == rows.len() {
+                    break;
+                }
+                let mut results: Vec<(usize, ToolResult, ToolContext)> = Vec::new();
+                let mut ended_rows = Vec::new();
+                if decoding > 0 {
+                    for (id, sampled) in generator.step(&stop_ids)? {
+                        let i = index_of_id(id)?;
+                        decoding -= 1;
+                        let budget = rows[i].budget;
+                        match self.record_turn(&mut rows[i], &sampled, budget, &ids)? {
+                            None => ended_rows.push(i),
+                            Some(parsed) => {
+                                let last = rows[i].turns.len() >= cfg.max_turns;
+                                let ctx = std::mem::take(&mut rows[i].ctx);
+                                match (last, parsed) {
+                                    (true, _) => results.push((i, ToolResult::LastTurn, ctx)),
+                                    (false, Err(text)) => results.push((i, ToolResult::Malformed(text), ctx)),
+                                    (false, Ok(call)) => {
+                                        in_tools += 1;
+                                        let tx = tx.clone();
+                                        let tools = self.tools;
+                                        scope.spawn(move || {
+                                            let mut ctx = ctx;
+                                            let started = Instant::now();
+                                            let out = tools.call(&call, &mut ctx);
+                                            let ms = started.elapsed().as_secs_f64() * 1e3;
+                                            let res = ToolResult::Ran {
+                                                call,
+                                                out: Box::new(out),
+                                                ms,
+                                            };
+                                            // The receiver outlives the scope's threads.
+                                            let _ = tx.send((i, res, ctx));
+                                        });
+                                    }
                                 }
                             }
                         }
-                    };
-                    (i, res, ctx)
-                })
-                .collect();
-
-            let mut append_rows = Vec::new();
-            let mut append_chunks = Vec::new();
-            for (i, res, ctx) in results {
-                let r = &mut rows[i];
-                r.ctx = ctx;
-                let (text, images): (String, Vec<Arc<image::DynamicImage>>) = match res {
-                    ToolResult::LastTurn => {
-                        r.forced_last = true;
-                        (LAST_TURN_MESSAGE.to_string(), Vec::new())
                     }
-                    ToolResult::Malformed(text) => {
-                        r.turns.last_mut().unwrap().tool_error = Some(text.clone());
-                        (text, Vec::new())
+                } else if in_tools > 0 {
+                    // Nothing to decode: wait for a tool.
+                    match rx.recv() {
+                        Ok(r) => {
+                            in_tools -= 1;
+                            results.push(r);
+                        }
+                        Err(_) => return Err(RolloutError::State("a tool thread vanished".into())),
                     }
-                    ToolResult::Ran { call, out, ms } => {
-                        let text = truncate_tool_text(&out.text, cfg.max_tool_text_chars);
-                        let room = cfg.max_images.saturating_sub(r.images.len());
-                        let (mut images, mut keys) = (out.images.clone(), out.image_keys.clone());
-                        let mut text = text;
-                        if images.len() > room {
-                            images.truncate(room);
-                            keys.truncate(room);
-                            text.push_str(&format!(
-                                "\n(Only {room} more image(s) allowed in this conversation: the rest were not shown.)"
-                            ));
-                        }
-                        let mut saved = Vec::new();
-                        for (img, key) in images.iter().zip(&keys) {
-                            let path = match &self.image_dir {
-                                Some(dir) => {
-                                    let p = dir.join(format!(
-                                        "{}-{}-{key}.png",
-                                        sanitize(&r.sample.id),
-                                        r.group_index
-                                    ));
-                                    img.save(&p).map_err(|e| {
-                                        RolloutError::Data(format!("saving {}: {e}", p.display()))
-                                    })?;
-                                    p
-                                }
-                                None => PathBuf::new(),
-                            };
-                            r.image_keys.push((key.clone(), path));
-                            saved.push(key.clone());
-                        }
-                        let turn = r.turns.last_mut().unwrap();
-                        if !out.success {
-                            turn.tool_error = Some(text.clone());
-                        }
-                        turn.tool_call = Some(ToolCallRecord {
-                            name: call.name,
-                            arguments: call.arguments,
-                            result_text: text.clone(),
-                            result_images: saved,
-                            success: out.success,
-                            reward: out.reward,
-                            duration_ms: ms,
-                        });
-                        (text, images)
-                    }
-                };
-                let chunk =
-                    self.encode_text_with_images(&self.tool_turn_text(images.len(), &text), &images)?;
-                if r.ids.len() + chunk.ids.len() >= cfg.max_context {
-                    r.stop = Some(StopReason::ContextFull);
-                    continue;
+                } else if queue.is_empty() {
+                    return Err(RolloutError::State("rows left with nothing to run".into()));
                 }
-                r.ids.extend_from_slice(&chunk.ids);
-                r.mask.extend(std::iter::repeat_n(0u8, chunk.ids.len()));
-                r.logprobs.extend(std::iter::repeat_n(0.0f32, chunk.ids.len()));
-                r.images.extend(chunk.images.iter().cloned());
-                append_rows.push(i);
-                append_chunks.push(chunk);
-            }
-            if !append_rows.is_empty() {
-                generator.append(&append_rows, &append_chunks)?;
-            }
-            let done = rows.iter().filter(|r| r.stop.is_some()).count();
-            if done > finished {
-                finished = done;
+                while let Ok(r) = rx.try_recv() {
+                    in_tools -= 1;
+                    results.push(r);
+                }
+                // Tool turns become appends (one batched forward), or end their rows.
+                let (mut append_rows, mut append_chunks) = (Vec::new(), Vec::new());
+                results.sort_by_key(|(i, _, _)| *i);
+                for (i, res, ctx) in results {
+                    rows[i].ctx = ctx;
+                    match self.tool_turn(&mut rows[i], res)? {
+                        Some(chunk) => {
+                            append_rows.push(i);
+                            append_chunks.push(chunk);
+                        }
+                        None => ended_rows.push(i),
+                    }
+                }
+                if !append_rows.is_empty() {
+                    let append_ids: Vec<usize> = append_rows.iter().map(|&i| row_id(i)).collect();
+                    generator.append(&append_ids, &append_chunks)?;
+                    for &i in &append_rows {
+                        rows[i].budget = self.turn_budget(&rows[i]);
+                        generator.begin_turn(row_id(i), rows[i].budget)?;
+                        decoding += 1;
+                    }
+                }
+                for i in ended_rows {
+                    generator.release(row_id(i));
+                    let block = block_of_group[i / n];
+                    rows_left[block] -= 1;
+                    if rows_left[block] == 0 {
+                        free_blocks.push(block);
+                    }
+                    finished += 1;
+                }
                 progress(finished);
             }
-        }
+            Ok(())
+        })?;
 
-        Ok(rows
+        let rollouts = rows
             .into_iter()
             .map(|r| {
                 let final_text = r
@@ -429,6 +430,7 @@ impl<'a> RolloutEnv<'a> {
                     .map(|t| t.assistant_text.clone())
                     .unwrap_or_default();
                 Rollout {
+                    group: r.sample_index,
                     trajectory: Trajectory {
                         sample_id: r.sample.id.clone(),
                         group_index: r.group_index,
@@ -446,8 +448,165 @@ impl<'a> RolloutEnv<'a> {
                     images: r.images,
                 }
             })
-            .collect())
+            .collect();
+        Ok(RunOutcome { rollouts, skipped })
     }
+
+    /// Tokens the row's next turn may take (≥ 1 while the row is live: appends that would leave
+    /// no room end the row instead).
+    fn turn_budget(&self, r: &Row) -> usize {
+        let cfg = self.config;
+        let used = r.ids.len() - r.prompt_len;
+        cfg.max_response_tokens
+            .saturating_sub(used)
+            .min(cfg.max_context.saturating_sub(r.ids.len()))
+            .min(cfg.max_turn_tokens)
+    }
+
+    /// Records what the policy wrote in a turn; sets the row's stop reason if it ended, or returns
+    /// the tool call it made (parsed, or the parse error to send back).
+    fn record_turn(
+        &self,
+        r: &mut Row,
+        s: &Sampled,
+        budget: usize,
+        ids: &TemplateIds,
+    ) -> Result<Option<Result<armt_tools::ParsedToolCall, String>>, RolloutError> {
+        let cfg = self.config;
+        r.ids.extend_from_slice(&s.ids);
+        r.mask.extend(std::iter::repeat_n(1u8, s.ids.len()));
+        r.logprobs.extend_from_slice(&s.logprobs);
+        let body: Vec<u32> = s
+            .ids
+            .iter()
+            .filter(|&&t| t != ids.im_end && t != ids.endoftext)
+            .map(|&t| t as u32)
+            .collect();
+        let text = self
+            .processor
+            .tokenizer()
+            .decode(&body, false)
+            .map_err(|e| RolloutError::State(format!("decoding: {e}")))?;
+        let last = s.ids.last().copied();
+        r.turns.push(Turn {
+            assistant_text: text.clone(),
+            tool_call: None,
+            tool_error: None,
+        });
+        if last == Some(ids.tool_call_end) {
+            if r.forced_last {
+                r.stop = Some(StopReason::MaxTurns);
+            } else {
+                return Ok(Some(
+                    parse_tool_call(&text).unwrap_or_else(|| Err("Error: no <tool_call> found.".into())),
+                ));
+            }
+        } else if last == Some(ids.im_end) || last == Some(ids.endoftext) {
+            r.stop = Some(if r.forced_last {
+                StopReason::MaxTurns
+            } else {
+                StopReason::Answered
+            });
+        } else if s.ids.len() >= budget {
+            let used = r.ids.len() - r.prompt_len;
+            r.stop = Some(
+                if r.ids.len() >= cfg.max_context && used < cfg.max_response_tokens {
+                    StopReason::ContextFull
+                } else {
+                    StopReason::MaxTokens
+                },
+            );
+        } else {
+            r.stop = Some(StopReason::Answered);
+        }
+        Ok(None)
+    }
+
+    /// The tool turn after a call (its result, an error, or the last-turn message), recorded in
+    /// the row; None when it does not fit the row's limits (the row ends).
+    fn tool_turn(&self, r: &mut Row, res: ToolResult) -> Result<Option<Chunk>, RolloutError> {
+        let cfg = self.config;
+        let (text, images): (String, Vec<Arc<image::DynamicImage>>) = match res {
+            ToolResult::LastTurn => {
+                r.forced_last = true;
+                (LAST_TURN_MESSAGE.to_string(), Vec::new())
+            }
+            ToolResult::Malformed(text) => {
+                if let Some(t) = r.turns.last_mut() {
+                    t.tool_error = Some(text.clone());
+                }
+                (text, Vec::new())
+            }
+            ToolResult::Ran { call, out, ms } => {
+                let text = truncate_tool_text(&out.text, cfg.max_tool_text_chars);
+                let room = cfg.max_images.saturating_sub(r.images.len());
+                let (mut images, mut keys) = (out.images.clone(), out.image_keys.clone());
+                let mut text = text;
+                if images.len() > room {
+                    images.truncate(room);
+                    keys.truncate(room);
+                    text.push_str(&format!(
+                        "\n(Only {room} more image(s) allowed in this conversation: the rest were not shown.)"
+                    ));
+                }
+                let mut saved = Vec::new();
+                for (img, key) in images.iter().zip(&keys) {
+                    let path = match &self.image_dir {
+                        Some(dir) => {
+                            let p =
+                                dir.join(format!("{}-{}-{key}.png", sanitize(&r.sample.id), r.group_index));
+                            img.save(&p)
+                                .map_err(|e| RolloutError::Data(format!("saving {}: {e}", p.display())))?;
+                            p
+                        }
+                        None => PathBuf::new(),
+                    };
+                    r.image_keys.push((key.clone(), path));
+                    saved.push(key.clone());
+                }
+                if let Some(turn) = r.turns.last_mut() {
+                    if !out.success {
+                        turn.tool_error = Some(text.clone());
+                    }
+                    turn.tool_call = Some(ToolCallRecord {
+                        name: call.name,
+                        arguments: call.arguments,
+                        result_text: text.clone(),
+                        result_images: saved,
+                        success: out.success,
+                        reward: out.reward,
+                        duration_ms: ms,
+                    });
+                }
+                (text, images)
+            }
+        };
+        let chunk = self.encode_text_with_images(&self.tool_turn_text(images.len(), &text), &images)?;
+        let used = r.ids.len() - r.prompt_len;
+        if r.ids.len() + chunk.ids.len() >= cfg.max_context {
+            r.stop = Some(StopReason::ContextFull);
+            return Ok(None);
+        }
+        // The response (policy and tool tokens, as verl's response_length) stays within its
+        // limit, with room for at least one more policy token.
+        if used + chunk.ids.len() >= cfg.max_response_tokens {
+            r.stop = Some(StopReason::MaxTokens);
+            return Ok(None);
+        }
+        r.ids.extend_from_slice(&chunk.ids);
+        r.mask.extend(std::iter::repeat_n(0u8, chunk.ids.len()));
+        r.logprobs.extend(std::iter::repeat_n(0.0f32, chunk.ids.len()));
+        r.images.extend(chunk.images.iter().cloned());
+        Ok(Some(chunk))
+    }
+}
+
+/// What [`RolloutEnv::run_keyed`] returns: the rollouts of the admitted prompts (group-major,
+/// `n` per prompt, `Rollout::group` naming the sample) and the indices of skipped samples.
+#[derive(Debug)]
+pub struct RunOutcome {
+    pub rollouts: Vec<Rollout>,
+    pub skipped: Vec<usize>,
 }
 
 enum ToolResult {

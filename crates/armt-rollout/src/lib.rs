@@ -5,11 +5,13 @@
 
 mod engine;
 mod generator;
+mod rng;
 
-pub use engine::{Rollout, RolloutEnv, TemplateIds, DEFAULT_COT_PROMPT, LAST_TURN_MESSAGE};
+pub use engine::{Rollout, RolloutEnv, RunOutcome, TemplateIds, DEFAULT_COT_PROMPT, LAST_TURN_MESSAGE};
 pub use generator::{
-    pixel_batch, sample, Chunk, Generator, ModelGenerator, Sampled, ScriptedGenerator, SplitMix64,
+    pixel_batch, sample, CachePlan, Chunk, Generator, ModelGenerator, Sampled, ScriptedGenerator,
 };
+pub use rng::{device_uniforms, RowRng, SplitMix64};
 
 use serde::{Deserialize, Serialize};
 
@@ -72,6 +74,16 @@ pub struct RolloutConfig {
     /// Appended to the user prompt.
     pub cot_prompt: String,
     pub sampling: SamplingConfig,
+    /// Rows decoding at once (a multiple of n is used: whole groups are admitted).
+    pub max_rows: usize,
+    /// KV-cache positions (per layer) the rollout may hold: each admitted group reserves its
+    /// prompt once plus `n × (min(max_response_tokens, max_context) + 1)`; groups wait until
+    /// that fits, and a prompt that can never fit is skipped (counted, not an error).
+    pub max_batch_tokens: usize,
+    /// Prompt tokens per prefill forward (long prompts are prefilled in chunks).
+    pub prefill_chunk: usize,
+    /// Decode steps between host reads of the rows' stop flags.
+    pub sync_every: usize,
 }
 
 impl Default for RolloutConfig {
@@ -86,6 +98,10 @@ impl Default for RolloutConfig {
             max_images: 8,
             cot_prompt: DEFAULT_COT_PROMPT.to_string(),
             sampling: SamplingConfig::default(),
+            max_rows: 64,
+            max_batch_tokens: 1 << 20,
+            prefill_chunk: 2048,
+            sync_every: 8,
         }
     }
 }

@@ -5,10 +5,11 @@ use armt_data::{Judgment, Sample, StopReason, TaskKind};
 use armt_model::Qwen25Vl;
 use armt_processing::{render_chat, Content, ContentPart, ImageSource, Message, Processor};
 use armt_rollout::{
-    Chunk, Generator, ModelGenerator, RolloutConfig, RolloutEnv, SamplingConfig, ScriptedGenerator,
-    LAST_TURN_MESSAGE,
+    CachePlan, Chunk, Generator, ModelGenerator, RolloutConfig, RolloutEnv, RowRng, Sampled, SamplingConfig,
+    ScriptedGenerator, LAST_TURN_MESSAGE,
 };
 use armt_tools::ToolRegistry;
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use tch::{Device, Kind, Tensor};
@@ -249,13 +250,15 @@ fn full_logprobs(model: &Qwen25Vl, ids: &[i64], images: &[armt_processing::Proce
     logits.squeeze_dim(0).log_softmax(-1, Kind::Float)
 }
 
-#[test]
-fn batched_kv_cache_sampling_matches_full_forwards() {
-    // Three rows of different lengths (one with an image), two sampling rounds with a ragged,
-    // image-bearing append in between: every recorded log-prob equals the full forward's.
-    let dir = tiny_model_dir();
-    let model = Qwen25Vl::load(&dir, Device::Cpu, Kind::Float).unwrap();
-    let processor = Processor::from_model_dir(&dir).unwrap();
+/// Prompts and tool turns for the generator-level tests: three prompts of different lengths
+/// (one with an image) and two tool turns (one adding an image).
+struct Pieces {
+    prompts: Vec<Chunk>,
+    tool_image: Chunk,
+    tool_text: Chunk,
+}
+
+fn pieces(processor: &Processor) -> Pieces {
     let img = image::open(repo().join("tests/fixtures/chats/images/rgb_84x61.png")).unwrap();
     let processed = processor.image_processor().preprocess(&img).unwrap();
     let pads = processed.grid_thw.iter().product::<usize>() / 4;
@@ -265,74 +268,166 @@ fn batched_kv_cache_sampling_matches_full_forwards() {
             "<|image_pad|>".repeat(pads)
         );
         Chunk {
-            ids: encode(&processor, &text),
+            ids: encode(processor, &text),
             images: vec![processed.clone()],
         }
     };
-    let prompts = vec![
-        Chunk {
-            ids: encode(
-                &processor,
-                "<|im_start|>user\nHello there, how are you?<|im_end|>\n<|im_start|>assistant\n",
-            ),
-            images: vec![],
-        },
-        with_image(
-            "<|im_start|>user\n",
-            "What is this?<|im_end|>\n<|im_start|>assistant\n",
-        ),
-        Chunk {
-            ids: encode(
-                &processor,
-                "<|im_start|>user\nHi<|im_end|>\n<|im_start|>assistant\n",
-            ),
-            images: vec![],
-        },
-    ];
-    let sampling = SamplingConfig {
-        temperature: 1.0,
-        top_p: 1.0,
-        top_k: 0,
-        seed: 7,
-    };
-    let mut g = ModelGenerator::new(&model, 3, sampling.clone(), 151643);
-    g.append(&[0, 1, 2], &prompts).unwrap();
-    let first = g.generate(&[0, 1, 2], &[5, 3, 4], &[]).unwrap();
-    let tool = with_image(
-        "<|im_end|>\n<|im_start|>user\n<tool_response>\n",
-        "zoomed\n</tool_response><|im_end|>\n<|im_start|>assistant\n",
-    );
-    let short = Chunk {
-        ids: encode(
-            &processor,
-            "<|im_end|>\n<|im_start|>user\nok<|im_end|>\n<|im_start|>assistant\n",
-        ),
+    let text = |t: &str| Chunk {
+        ids: encode(processor, t),
         images: vec![],
     };
-    g.append(&[2, 0], &[tool.clone(), short.clone()]).unwrap();
-    let second = g.generate(&[0, 2], &[4, 6], &[]).unwrap();
+    Pieces {
+        prompts: vec![
+            text("<|im_start|>user\nHello there, how are you?<|im_end|>\n<|im_start|>assistant\n"),
+            with_image(
+                "<|im_start|>user\n",
+                "What is this?<|im_end|>\n<|im_start|>assistant\n",
+            ),
+            text("<|im_start|>user\nHi<|im_end|>\n<|im_start|>assistant\n"),
+        ],
+        tool_image: with_image(
+            "<|im_end|>\n<|im_start|>user\n<tool_response>\n",
+            "zoomed\n</tool_response><|im_end|>\n<|im_start|>assistant\n",
+        ),
+        tool_text: text("<|im_end|>\n<|im_start|>user\nok<|im_end|>\n<|im_start|>assistant\n"),
+    }
+}
+
+/// What one row did: its prompt, then (sampled turn, appended chunk)… as a flat record.
+#[derive(Debug, Clone, Default)]
+struct RowLog {
+    prompt: usize,
+    turns: Vec<Sampled>,
+    appended: Vec<Chunk>,
+}
+
+/// Drives a `ModelGenerator` through a fixed script: groups of `n` rows per prompt, two turns
+/// per row with a tool turn in between (an image for even rows, text for odd ones), groups
+/// admitted as blocks free up. Returns each row's log, keyed by row id.
+fn drive(
+    model: &Qwen25Vl,
+    p: &Pieces,
+    n: usize,
+    blocks: usize,
+    sync_every: usize,
+    prefill_chunk: usize,
+    seed: u64,
+) -> (BTreeMap<usize, RowLog>, usize) {
+    let sampling = SamplingConfig {
+        temperature: 1.0,
+        top_p: 0.95,
+        top_k: 50,
+        seed,
+    };
+    let mut g = ModelGenerator::new(model, sampling, 151643);
+    let plan = CachePlan {
+        groups: blocks,
+        rows_per_group: n,
+        prefix_tokens: p.prompts.iter().map(|c| c.ids.len()).max().unwrap(),
+        suffix_tokens: 200,
+        turn_tokens: 7,
+        prefill_chunk,
+        sync_every,
+    };
+    g.prepare(&plan).unwrap();
+    let budgets = [5usize, 3, 7, 4, 6, 2];
+    let mut logs: BTreeMap<usize, RowLog> = BTreeMap::new();
+    let mut queue: Vec<usize> = (0..p.prompts.len()).rev().collect();
+    let mut free: Vec<usize> = (0..blocks).rev().collect();
+    let mut left = vec![0usize; blocks];
+    let mut block_of = BTreeMap::new();
+    let mut live = 0;
+    loop {
+        while let (Some(&k), Some(&b)) = (queue.last(), free.last()) {
+            queue.pop();
+            free.pop();
+            let rows: Vec<(usize, RowRng)> = (0..n)
+                .map(|j| (k * n + j, RowRng::new(seed, 1, k as u64, j as u64)))
+                .collect();
+            g.add_group(b, &p.prompts[k], &rows).unwrap();
+            left[b] = n;
+            block_of.insert(k, b);
+            for (row, _) in rows {
+                logs.insert(
+                    row,
+                    RowLog {
+                        prompt: k,
+                        ..RowLog::default()
+                    },
+                );
+                g.begin_turn(row, budgets[row % budgets.len()]).unwrap();
+                live += 1;
+            }
+        }
+        if live == 0 {
+            break;
+        }
+        let ended = g.step(&[]).unwrap();
+        let mut appends = (Vec::new(), Vec::new());
+        for (row, turn) in ended {
+            let log = logs.get_mut(&row).unwrap();
+            log.turns.push(turn);
+            if log.turns.len() == 1 {
+                let chunk = if row % 2 == 0 {
+                    p.tool_image.clone()
+                } else {
+                    p.tool_text.clone()
+                };
+                log.appended.push(chunk.clone());
+                appends.0.push(row);
+                appends.1.push(chunk);
+            } else {
+                g.release(row);
+                live -= 1;
+                let b = block_of[&(row / n)];
+                left[b] -= 1;
+                if left[b] == 0 {
+                    free.push(b);
+                }
+            }
+        }
+        g.append(&appends.0, &appends.1).unwrap();
+        for &row in &appends.0 {
+            g.begin_turn(row, budgets[(row + 3) % budgets.len()]).unwrap();
+        }
+    }
+    (logs, g.allocated_kv_tokens())
+}
+
+#[test]
+fn slot_cache_sampling_matches_full_forwards_and_ignores_batching() {
+    // Groups of two rows share one prefilled prompt; rows get tool turns (with and without an
+    // image) and a second turn; groups enter as earlier ones leave. Every recorded log-prob equals
+    // the full forward's, and the sampled tokens are the same whatever the number of resident
+    // groups, the sync interval and the prefill chunk.
+    let dir = tiny_model_dir();
+    let model = Qwen25Vl::load(&dir, Device::Cpu, Kind::Float).unwrap();
+    let processor = Processor::from_model_dir(&dir).unwrap();
+    let p = pieces(&processor);
+    let (logs, allocated) = drive(&model, &p, 2, 3, 4, 2048, 7);
+    assert_eq!(logs.len(), 6);
+    let max_prompt = p.prompts.iter().map(|c| c.ids.len()).max().unwrap();
+    assert!(
+        allocated <= 3 * (max_prompt + 2 * 200),
+        "{allocated} positions allocated"
+    );
 
     let _g = tch::no_grad_guard();
     let mut worst: f64 = 0.0;
-    for (row, (prompt, appended, second_turn)) in [
-        (0usize, (&prompts[0], Some(&short), Some(&second[0]))),
-        (1, (&prompts[1], None, None)),
-        (2, (&prompts[2], Some(&tool), Some(&second[1]))),
-    ] {
-        let mut ids = prompt.ids.clone();
-        let mut images = prompt.images.clone();
+    for log in logs.values() {
+        let mut ids = p.prompts[log.prompt].ids.clone();
+        let mut images = p.prompts[log.prompt].images.clone();
         let mut checks: Vec<(usize, i64, f32)> = Vec::new(); // (position predicting, token, recorded)
-        for (k, (&t, &lp)) in first[row].ids.iter().zip(&first[row].logprobs).enumerate() {
-            checks.push((ids.len() - 1 + k, t, lp));
-        }
-        ids.extend_from_slice(&first[row].ids);
-        if let (Some(chunk), Some(turn)) = (appended, second_turn) {
-            ids.extend_from_slice(&chunk.ids);
-            images.extend(chunk.images.iter().cloned());
-            for (k, (&t, &lp)) in turn.ids.iter().zip(&turn.logprobs).enumerate() {
-                checks.push((ids.len() - 1 + k, t, lp));
+        for (k, turn) in log.turns.iter().enumerate() {
+            assert!(!turn.ids.is_empty());
+            for (j, (&t, &lp)) in turn.ids.iter().zip(&turn.logprobs).enumerate() {
+                checks.push((ids.len() - 1 + j, t, lp));
             }
             ids.extend_from_slice(&turn.ids);
+            if let Some(chunk) = log.appended.get(k) {
+                ids.extend_from_slice(&chunk.ids);
+                images.extend(chunk.images.iter().cloned());
+            }
         }
         let logp = full_logprobs(&model, &ids, &images);
         for (pos, tok, recorded) in checks {
@@ -340,13 +435,199 @@ fn batched_kv_cache_sampling_matches_full_forwards() {
             worst = worst.max((want - recorded as f64).abs());
         }
     }
-    println!("batched KV-cache sampling vs full forward: worst |Δ log-prob| = {worst:.2e}");
+    println!("slot-cache sampling vs full forward: worst |Δ log-prob| = {worst:.2e}");
     assert!(worst < 1e-4, "log-probs differ by {worst}");
 
-    // Same seed, same samples.
-    let mut again = ModelGenerator::new(&model, 3, sampling, 151643);
-    again.append(&[0, 1, 2], &prompts).unwrap();
-    assert_eq!(again.generate(&[0, 1, 2], &[5, 3, 4], &[]).unwrap(), first);
+    let tokens = |l: &BTreeMap<usize, RowLog>| -> Vec<Vec<Vec<i64>>> {
+        l.values()
+            .map(|r| r.turns.iter().map(|t| t.ids.clone()).collect())
+            .collect()
+    };
+    for (blocks, sync_every, chunk) in [(1, 1, 5), (2, 3, 16), (3, 8, 2048)] {
+        let (other, _) = drive(&model, &p, 2, blocks, sync_every, chunk, 7);
+        assert_eq!(
+            tokens(&other),
+            tokens(&logs),
+            "blocks {blocks}, sync {sync_every}, chunk {chunk}"
+        );
+        for (a, b) in other.values().zip(logs.values()) {
+            for (x, y) in a.turns.iter().zip(&b.turns) {
+                for (u, v) in x.logprobs.iter().zip(&y.logprobs) {
+                    assert!((u - v).abs() < 1e-4, "{u} vs {v}");
+                }
+            }
+        }
+    }
+    let (other_seed, _) = drive(&model, &p, 2, 3, 4, 2048, 8);
+    assert_ne!(
+        tokens(&other_seed),
+        tokens(&logs),
+        "another seed draws other tokens"
+    );
+}
+
+fn env_run(
+    model: &Qwen25Vl,
+    processor: &Processor,
+    tools: &ToolRegistry,
+    samples: &[Sample],
+    config: &RolloutConfig,
+    n: usize,
+) -> (armt_rollout::RunOutcome, usize) {
+    let env = RolloutEnv {
+        processor,
+        tools,
+        config,
+        image_dir: None,
+    };
+    let mut g = ModelGenerator::new(model, config.sampling.clone(), 151643);
+    let groups: Vec<u64> = (0..samples.len() as u64).map(|k| 10 + k).collect();
+    let out = env
+        .run_keyed(&mut g, samples, n, 5, Some(&groups), |_| {})
+        .unwrap();
+    (out, g.allocated_kv_tokens())
+}
+
+#[test]
+fn model_rollouts_do_not_depend_on_max_rows_or_max_batch_tokens() {
+    // Ragged prompts (different lengths), groups of three, rows ending at different times, groups
+    // queued and admitted as others finish: the same trajectories whatever the limits, and the KV
+    // cache never holds more than max_batch_tokens positions.
+    let dir = tiny_model_dir();
+    let model = Qwen25Vl::load(&dir, Device::Cpu, Kind::Float).unwrap();
+    let processor = Processor::from_model_dir(&dir).unwrap();
+    let tools = ToolRegistry::from_yaml_file(repo().join("configs/tools/zoom.yaml")).unwrap();
+    let mut samples = vec![
+        zoom_sample("r0"),
+        zoom_sample("r1"),
+        zoom_sample("r2"),
+        zoom_sample("r3"),
+    ];
+    for (k, s) in samples.iter_mut().enumerate() {
+        s.prompt.push_str(&" More detail.".repeat(k * 3));
+    }
+    let base = RolloutConfig {
+        max_turns: 2,
+        max_turn_tokens: 9,
+        max_response_tokens: 14,
+        sampling: SamplingConfig {
+            seed: 11,
+            top_p: 0.9,
+            ..SamplingConfig::default()
+        },
+        ..RolloutConfig::default()
+    };
+    let (reference, _) = env_run(&model, &processor, &tools, &samples, &base, 3);
+    assert!(reference.skipped.is_empty());
+    assert_eq!(reference.rollouts.len(), 12);
+    let prompt_max = reference
+        .rollouts
+        .iter()
+        .map(|r| r.trajectory.prompt_len)
+        .max()
+        .unwrap();
+    let per_group = prompt_max + 3 * 15;
+    for (max_rows, max_batch_tokens, sync_every) in [
+        (3, 1 << 20, 8),
+        (6, 1 << 20, 1),
+        (64, per_group, 3),
+        (64, 2 * per_group + 5, 5),
+    ] {
+        let config = RolloutConfig {
+            max_rows,
+            max_batch_tokens,
+            sync_every,
+            prefill_chunk: 37,
+            ..base.clone()
+        };
+        let (other, allocated) = env_run(&model, &processor, &tools, &samples, &config, 3);
+        assert!(allocated <= max_batch_tokens, "{allocated} > {max_batch_tokens}");
+        assert_eq!(other.rollouts.len(), 12);
+        for (x, y) in other.rollouts.iter().zip(&reference.rollouts) {
+            let (a, b) = (&x.trajectory, &y.trajectory);
+            assert_eq!(
+                a.token_ids, b.token_ids,
+                "max_rows {max_rows}, max_batch_tokens {max_batch_tokens}"
+            );
+            assert_eq!(
+                (a.sample_id.as_str(), a.group_index),
+                (b.sample_id.as_str(), b.group_index)
+            );
+            for (u, v) in a.logprobs.iter().zip(&b.logprobs) {
+                assert!((u - v).abs() < 1e-4);
+            }
+        }
+    }
+    // The rows of a group differ (their own streams), and lengths vary (some stop early).
+    let first: Vec<&Vec<i64>> = reference.rollouts[..3]
+        .iter()
+        .map(|r| &r.trajectory.token_ids)
+        .collect();
+    assert!(first[0] != first[1] && first[1] != first[2]);
+
+    // A prompt that can never fit is skipped (and counted); the others run.
+    let mut long = zoom_sample("long");
+    long.prompt.push_str(&" Far too much detail.".repeat(60));
+    let mixed = vec![samples[0].clone(), long, samples[1].clone()];
+    let config = RolloutConfig {
+        max_batch_tokens: per_group + 40,
+        ..base.clone()
+    };
+    let (out, allocated) = env_run(&model, &processor, &tools, &mixed, &config, 3);
+    assert_eq!(out.skipped, vec![1]);
+    assert_eq!(out.rollouts.len(), 6);
+    assert!(out.rollouts.iter().all(|r| r.group != 1));
+    assert!(allocated <= per_group + 40);
+}
+
+#[test]
+fn scripted_rollouts_do_not_depend_on_max_rows() {
+    let processor = Processor::from_model_dir(&tiny_model_dir()).unwrap();
+    let tools = ToolRegistry::from_yaml_file(repo().join("configs/tools/all.yaml")).unwrap();
+    let samples = vec![zoom_sample("a"), zoom_sample("b"), zoom_sample("c")];
+    let script = |turns: &[&str]| turns.iter().map(|t| encode(&processor, t)).collect::<Vec<_>>();
+    let scripts = || {
+        vec![
+            script(&[ZOOM_CALL, ANSWER]),
+            script(&[ANSWER]),
+            script(&[UNKNOWN, ZOOM_CALL, ANSWER]),
+            script(&[BAD_JSON, ANSWER]),
+            script(&[ZOOM_CALL, ZOOM_CALL, ANSWER]),
+            script(&[ANSWER]),
+        ]
+    };
+    let run = |max_rows: usize| {
+        let config = RolloutConfig {
+            max_turns: 3,
+            max_rows,
+            ..RolloutConfig::default()
+        };
+        let env = RolloutEnv {
+            processor: &processor,
+            tools: &tools,
+            config: &config,
+            image_dir: None,
+        };
+        let mut g = ScriptedGenerator::new(scripts());
+        env.run(&mut g, &samples, 2, |_| {}).unwrap()
+    };
+    // Tool timings differ from run to run; everything else must not.
+    let untimed = |mut t: armt_data::Trajectory| {
+        for turn in &mut t.turns {
+            if let Some(c) = turn.tool_call.as_mut() {
+                c.duration_ms = 0.0;
+            }
+        }
+        t
+    };
+    let a = run(2);
+    let b = run(64);
+    assert_eq!(a.len(), 6);
+    for (x, y) in a.iter().zip(&b) {
+        assert_eq!(untimed(x.trajectory.clone()), untimed(y.trajectory.clone()));
+        assert_eq!(x.images.len(), y.images.len());
+    }
+    assert_eq!(a[4].images.len(), 3, "prompt image and two zooms");
 }
 
 #[test]
@@ -359,26 +640,17 @@ fn model_rollouts_are_reproducible_and_well_formed() {
         max_turns: 2,
         max_turn_tokens: 8,
         max_response_tokens: 12,
+        sampling: SamplingConfig {
+            seed: 3,
+            ..SamplingConfig::default()
+        },
         ..RolloutConfig::default()
-    };
-    let env = RolloutEnv {
-        processor: &processor,
-        tools: &tools,
-        config: &config,
-        image_dir: None,
     };
     let samples = vec![zoom_sample("m1"), zoom_sample("m2")];
     let run = || {
-        let mut g = ModelGenerator::new(
-            &model,
-            samples.len() * 2,
-            SamplingConfig {
-                seed: 3,
-                ..SamplingConfig::default()
-            },
-            151643,
-        );
-        env.run(&mut g, &samples, 2, |_| {}).unwrap()
+        env_run(&model, &processor, &tools, &samples, &config, 2)
+            .0
+            .rollouts
     };
     let (a, b) = (run(), run());
     for (x, y) in a.iter().zip(&b) {

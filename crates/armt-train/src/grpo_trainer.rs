@@ -152,23 +152,33 @@ pub fn train_grpo(mut run: GrpoRun) -> Result<PathBuf, TrainError> {
         };
         let rollout_t = Instant::now();
         let rollouts = {
-            let mut generator = ModelGenerator::new(&run.model, batch.len() * n, sampling, ids.endoftext)
-                .with_first_row(first_prompt * n);
-            env.run(&mut generator, &batch, n, |_| {})?
+            let mut generator = ModelGenerator::new(&run.model, sampling, ids.endoftext);
+            // Groups are numbered across the whole step (this rank's prompts start at
+            // `first_prompt`), so each row's random stream is the one a single process would use.
+            let global_groups: Vec<u64> = (first_prompt as u64..(first_prompt + batch.len()) as u64).collect();
+            env.run_keyed(
+                &mut generator,
+                &batch,
+                n,
+                step as u64,
+                Some(&global_groups),
+                |_| {},
+            )?
+            .rollouts
         };
         let rollout_s = rollout_t.elapsed().as_secs_f64();
 
         // 2. Rewards and group-normalised advantages.
         let mut rewards: Vec<RewardBreakdown> = Vec::with_capacity(rollouts.len());
-        for (k, r) in rollouts.iter().enumerate() {
-            let sample = &batch[k / n];
+        for r in &rollouts {
+            let sample = &batch[r.group];
             rewards.push(match cfg.stage {
                 1 => stage1_reward(&r.trajectory, sample, &cfg.reward)?,
                 _ => stage2_reward(&r.trajectory, sample, &cfg.reward)?,
             });
         }
         let scores: Vec<f64> = rewards.iter().map(|r| r.total as f64).collect();
-        let groups: Vec<usize> = (0..rollouts.len()).map(|k| k / n).collect();
+        let groups: Vec<usize> = rollouts.iter().map(|r| r.group).collect();
         let advantages = group_advantages(&scores, &groups, cfg.grpo.norm_adv_by_std, cfg.grpo.epsilon)?;
         let keep: Vec<bool> = if cfg.grpo.filter_constant_groups {
             informative_groups_mask(&scores, &groups)?

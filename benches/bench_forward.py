@@ -16,6 +16,7 @@ import torch
 from transformers import Qwen2_5_VLForConditionalGeneration
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "scripts", "reference"))
 import model as refmodel  # noqa: E402
 import processing  # noqa: E402
 

@@ -17,6 +17,7 @@ from PIL import Image
 from transformers import Qwen2_5_VLForConditionalGeneration, Qwen2VLImageProcessor
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "scripts", "reference"))
 import bench_forward  # noqa: E402  (the benchmark checkpoint)
 import model as refmodel  # noqa: E402
 
@@ -38,7 +39,7 @@ def main():
         refmodel.perturb_(m, cfg["seed"])
         refmodel.save_checkpoint(m, config, cfg, model_dir)
     hf = Qwen2_5_VLForConditionalGeneration.from_pretrained(model_dir, dtype=torch.float32).eval()
-    tools = os.path.join(os.path.dirname(__file__), "..", "..", "configs", "tools", "zoom.yaml")
+    tools = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "configs", "tools", "zoom.yaml")
     print(f"model: text 6x512, vision 6x256; {args.tokens} sampled tokens per row; f32 CPU, "
           f"{torch.get_num_threads()} threads")
     print(f"{'batch':>5} {'armt tok/s':>11} {'transformers tok/s':>19} {'ratio':>7}")
