@@ -1,5 +1,6 @@
 //! `armt`: train Qwen2.5-VL as an agentic multimodal reward model.
 
+mod compare;
 mod eval;
 mod forward;
 mod rollout;

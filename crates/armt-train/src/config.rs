@@ -97,6 +97,9 @@ pub struct LoopSection {
     pub seed: u64,
     /// Log-prob computation chunk along the sequence (memory).
     pub logprob_chunk: i64,
+    /// Greedy validation on `data.val` every N steps and at the last step, logged as `val/*`
+    /// (verl's `test_freq`); 0: off.
+    pub val_every: usize,
 }
 
 impl Default for LoopSection {
@@ -112,6 +115,7 @@ impl Default for LoopSection {
             run_dir: PathBuf::from("runs/train"),
             seed: 1,
             logprob_chunk: 512,
+            val_every: 0,
         }
     }
 }

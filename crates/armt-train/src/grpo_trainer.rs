@@ -108,6 +108,7 @@ pub fn train_grpo(mut run: GrpoRun) -> Result<PathBuf, TrainError> {
         image_dir: None,
     };
     let n = cfg.rollout.n;
+    let mut validator = crate::validation::Validator::from_config(cfg)?;
 
     let bar = ProgressBar::new(cfg.train.steps as u64);
     bar.set_style(
@@ -384,9 +385,12 @@ pub fn train_grpo(mut run: GrpoRun) -> Result<PathBuf, TrainError> {
         m.insert("perf/rollout_time_s".into(), rollout_s);
         m.insert("perf/train_time_s".into(), train_s);
         m.insert("perf/tokens_per_s".into(), tokens as f64 / step_s);
+        if let Some(v) = validator.as_mut().filter(|v| v.due(step, cfg.train.steps)) {
+            m.extend(v.run(&run.model, run.processor, run.tools, cfg)?);
+        }
         logger.log(step as u64, &m)?;
         write_rollout_sample(&run_dir, step, &rollouts, &rewards)?;
-        let line = format!(
+        let mut line = format!(
             "reward {:.3} acc {:.2} right-tool {:.2} len {:.0} {:.1}s/step",
             m["reward/mean"],
             m["reward/accuracy"],
@@ -394,6 +398,9 @@ pub fn train_grpo(mut run: GrpoRun) -> Result<PathBuf, TrainError> {
             m["response/length_mean"],
             step_s
         );
+        if let Some(a) = m.get("val/accuracy") {
+            line.push_str(&format!(" val-acc {a:.2}"));
+        }
         bar.set_position(step as u64);
         if bar.is_hidden() {
             // No terminal (a log file, CI): one line per step instead of the bar.
@@ -425,6 +432,9 @@ pub fn train_grpo(mut run: GrpoRun) -> Result<PathBuf, TrainError> {
         }
     }
     bar.finish();
+    if let Some(report) = validator.and_then(|v| v.last) {
+        eprintln!("{}: held-out tasks (greedy)\n{}", run.phase, report.table());
+    }
     let plots = armt_metrics::plot_metrics(&run_dir.join("metrics.jsonl"), &run_dir.join("plots"), None)?;
     if let Some(p) = plots.first() {
         eprintln!(
