@@ -21,15 +21,19 @@ pub const TINY_TOOLS_YAML: &str = include_str!("../../../configs/tools/tiny.yaml
 
 /// Training and held-out task counts, and the base seed the task sets are generated from
 /// (each `train.seed` gives its own task set, model initialisation and run).
-pub const TRAIN_TASKS: usize = 240;
+pub const TRAIN_TASKS: usize = 600;
 pub const VAL_TASKS: usize = 60;
 pub const SEED: u64 = 2025;
 /// BPE vocabulary of the tiny tokenizer.
 pub const TOKENIZER_VOCAB: usize = 4096;
-/// Cold-start traces per training task that answer without a tool (a random verdict), next to
-/// the two that use it (direct and with a retry). The cold-start model then often skips the
-/// tool and judges at chance; the RL stages have the tool's value to discover.
-pub const GUESS_TRACES: usize = 2;
+/// Cold-start traces per training task: `DIRECT_TRACES` copies of the expert's (right tool, then
+/// the verdict read off its answer) and `GUESS_TRACES` that answer without a tool (a random
+/// verdict, each its own draw). The cold-start model then mostly skips the tool and judges at
+/// chance, while it has seen how to read the tool's answer: the RL stages have the tool's value
+/// to discover. (The retry style, a wrong call first, is left out: its random first call is
+/// noise a tiny model spends its few steps on.)
+pub const DIRECT_TRACES: usize = 2;
+pub const GUESS_TRACES: usize = 3;
 /// Marks which `train.seed` the task set, tokenizer and tiny model under the root belong to.
 const SEED_FILE: &str = "seed.txt";
 
@@ -181,8 +185,8 @@ fn generate(root: &Path, seed: u64) -> Result<(), TrainError> {
     Ok(())
 }
 
-/// Expert demonstrations as training examples: each sample's scripted turns (a direct one, one
-/// that first makes a wrong call, and [`GUESS_TRACES`] that answer without a tool) run through
+/// Expert demonstrations as training examples: each sample's scripted turns
+/// ([`DIRECT_TRACES`] direct ones and [`GUESS_TRACES`] that answer without a tool) run through
 /// the real tools and template.
 pub fn expert_examples(
     samples: &[Sample],
@@ -191,8 +195,7 @@ pub fn expert_examples(
     rollout: &RolloutConfig,
 ) -> Result<Vec<Example>, TrainError> {
     let mut out = Vec::new();
-    let styles = [(ExpertStyle::Direct, 0u64), (ExpertStyle::Retry, 0)]
-        .into_iter()
+    let styles = std::iter::repeat_n((ExpertStyle::Direct, 0u64), DIRECT_TRACES)
         .chain((0..GUESS_TRACES as u64).map(|k| (ExpertStyle::Guess, k + 1)));
     for (style, variant) in styles {
         let scripts: Vec<Vec<Vec<i64>>> = samples
