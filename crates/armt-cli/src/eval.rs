@@ -44,9 +44,31 @@ pub struct EvalArgs {
     /// Where the built-in default lives.
     #[arg(long, default_value = "runs/tiny")]
     builtin_root: PathBuf,
+    /// Offer no tools: the system prompt lists none and any call fails. What the judge does
+    /// without them (on the built-in default, chance).
+    #[arg(long)]
+    no_tools: bool,
+    /// Evaluate several checkpoints side by side (per task kind: accuracy, format, right-tool
+    /// rate, tool calls, reward, and the share of the most common verdict). Without a CKPT on
+    /// the built-in default: cold start, stage 1, stage 2 and stage 2 without tools.
+    #[arg(long, num_args = 0.., value_name = "CKPT")]
+    compare: Option<Vec<PathBuf>>,
 }
 
 pub fn run(args: EvalArgs) -> Result<()> {
+    if let Some(ckpts) = &args.compare {
+        return crate::compare::run(crate::compare::CompareArgs {
+            checkpoints: ckpts.clone(),
+            data: args.data.clone(),
+            tools: args.tools.clone(),
+            config: args.config.clone(),
+            batch: args.batch,
+            device: args.device.clone(),
+            dtype: args.dtype.clone(),
+            builtin_root: args.builtin_root.clone(),
+            no_tools: args.no_tools,
+        });
+    }
     let cfg = match &args.config {
         Some(p) => TrainConfig::load(Some(p), &[])?,
         None => {
@@ -54,6 +76,9 @@ pub fn run(args: EvalArgs) -> Result<()> {
         }
     };
     let root = &args.builtin_root;
+    if args.model.is_none() {
+        builtin::limit_threads();
+    }
     let model_dir = match &args.model {
         Some(m) => m.clone(),
         None => checkpoint::latest(&root.join("stage2"))
@@ -67,12 +92,13 @@ pub fn run(args: EvalArgs) -> Result<()> {
     };
     let samples = match &args.data {
         Some(d) => armt_data::read_samples(d)?,
-        None => builtin::prepare(root)?.val,
+        None => builtin::open(root)?.val,
     };
     if samples.is_empty() {
         bail!("no samples to evaluate");
     }
     let tools = match &args.tools {
+        _ if args.no_tools => ToolRegistry::new(),
         Some(t) => ToolRegistry::from_yaml_file(t)?,
         None => builtin::tools()?,
     };

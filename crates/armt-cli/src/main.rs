@@ -2,6 +2,7 @@
 
 mod dist;
 mod dev;
+mod compare;
 mod eval;
 mod forward;
 mod plan;

@@ -82,18 +82,38 @@ pub fn run(args: TrainArgs) -> Result<()> {
     armt_train::install_ctrlc_handler();
     let mut cfg = load_config(args.stage, args.config.as_deref(), &args.overrides)?;
     let comm = crate::dist::setup(&mut cfg)?;
-    let cfg = cfg;
     let (device, kind) = device_kind(&cfg)?;
     let run_dir = cfg.train.run_dir.clone();
     let builtin_mode = cfg.model.path.is_none() && cfg.data.train.is_none();
 
     let (start_dir, samples, tools) = if builtin_mode {
+        builtin::limit_threads();
         let root = run_dir
             .parent()
             .filter(|p| !p.as_os_str().is_empty())
             .unwrap_or(Path::new("."))
             .to_path_buf();
-        let b = main_first(&comm, || Ok(builtin::prepare(&root)?))?;
+        // Stage 1 makes (or reuses) the task set of train.seed (rank 0 first, the others then
+        // read it); stage 2 continues that run.
+        let b = if cfg.stage == 1 {
+            main_first(&comm, || Ok(builtin::prepare(&root, cfg.train.seed)?))?
+        } else {
+            let b = builtin::open(&root)?;
+            if b.seed != cfg.train.seed {
+                bail!(
+                    "{} holds the built-in default of train.seed={}, not {}: run `armt train --stage 1 train.seed={}` first",
+                    root.display(),
+                    b.seed,
+                    cfg.train.seed,
+                    cfg.train.seed
+                );
+            }
+            b
+        };
+        if cfg.data.val.is_none() {
+            // Validation during training (train.val_every) runs on the held-out tasks.
+            cfg.data.val = Some(root.join("data/val/tasks.jsonl"));
+        }
         let tools = builtin::tools()?;
         let start = if cfg.stage == 1 {
             cold_start(&cfg, &root, &b, &tools, &comm)?
@@ -225,7 +245,7 @@ fn cold_start(
     let (device, kind) = device_kind(cfg)?;
     let model = Qwen25Vl::load(&weights, device, kind)?;
     let pad_id = TemplateIds::from_tokenizer(processor.tokenizer())?.endoftext;
-    Ok(armt_train::train_sft(SftRun {
+    let last = armt_train::train_sft(SftRun {
         config: cfg,
         model,
         model_dir: b.model_dir.clone(),
@@ -234,7 +254,23 @@ fn cold_start(
         pad_id,
         resume,
         comm: comm.clone(),
-    })?)
+    })?;
+    if cfg.train.val_every > 0 && comm.is_main() {
+        // The cold start's table, the baseline the RL stages are measured against.
+        let model = Qwen25Vl::load(&last, device, kind)?;
+        let report = armt_train::validation::evaluate(
+            &model,
+            &processor,
+            tools,
+            &cfg.rollout,
+            &cfg.reward,
+            &b.val,
+            64,
+            |_, _, _| Ok(()),
+        )?;
+        eprintln!("cold start: held-out tasks (greedy)\n{}", report.table());
+    }
+    Ok(last)
 }
 
 #[derive(clap::Args)]

@@ -168,11 +168,46 @@ fn killed_and_resumed_run_matches_an_uninterrupted_one() {
         .skip(1)
         .map(|x| x.parse().unwrap())
         .collect();
-    assert_eq!(all[0], 48.0, "every held-out task is scored");
+    assert_eq!(all[0], 60.0, "every held-out task is scored");
     assert!(
         (0.0..=1.0).contains(&all[1]) && (0.0..=1.5).contains(&all[4]),
         "{all:?}"
     );
+
+    // `armt eval --compare` with no checkpoints: the built-in stages present, side by side, and
+    // the last one again without tools (on a few held-out tasks, to stay quick).
+    let val = std::fs::read_to_string(root.join("a/data/val/tasks.jsonl")).unwrap();
+    let few: String = val.lines().take(6).map(|l| format!("{l}\n")).collect();
+    let few_path = root.join("a/data/val/few.jsonl");
+    std::fs::write(&few_path, few).unwrap();
+    let o = armt(&[
+        "eval".into(),
+        "--compare".into(),
+        "--builtin-root".into(),
+        root.join("a").display().to_string(),
+        "--data".into(),
+        few_path.display().to_string(),
+    ]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let table = String::from_utf8_lossy(&o.stdout);
+    let header = table.lines().find(|l| l.starts_with("metric")).expect("header");
+    for col in ["cold start", "stage 1", "stage 1 no tools"] {
+        assert!(header.contains(col), "no `{col}` column in:\n{table}");
+    }
+    for metric in [
+        "accuracy",
+        "format",
+        "right tool",
+        "tool calls",
+        "reward",
+        "top verdict",
+    ] {
+        let rows = table.lines().filter(|l| l.starts_with(metric)).count();
+        assert_eq!(
+            rows, 4,
+            "`{metric}`: a row per task kind and one for all:\n{table}"
+        );
+    }
 }
 
 fn checkpoint_loads_in_transformers(ckpt: &Path, scratch: &Path) {

@@ -19,6 +19,9 @@ pub(crate) const PANEL_H: u32 = 540;
 /// Smoothed lines are drawn in these solid colors (tests look for them to tell a curve was drawn).
 pub(crate) const MAIN_COLOR: RGBColor = RGBColor(31, 119, 180);
 pub(crate) const ACC_COLOR: RGBColor = RGBColor(230, 110, 0);
+pub(crate) const VAL_COLOR: RGBColor = RGBColor(44, 160, 44);
+/// The validation accuracy metric the trainers log (drawn into the reward curve when present).
+const VAL_ACCURACY: &str = "val/accuracy";
 
 /// TensorBoard's default smoothing is 0.6; reward curves from GRPO are noisier than most
 /// (a handful of groups per step), so the reward curve smooths harder.
@@ -91,6 +94,11 @@ pub fn plot_metrics(
         let path = out_dir.join("reward_curve.png");
         let reward = series(&rows, "reward/mean");
         let acc = acc_name.map(|n| (n, series(&rows, n)));
+        // Held-out accuracy (logged every train.val_every steps) on the same axis as the
+        // training accuracy: the rollouts' accuracy is sampled, this one is greedy.
+        let val = present
+            .contains(VAL_ACCURACY)
+            .then(|| series(&rows, VAL_ACCURACY));
         render(&path, REWARD_W, REWARD_H, |root| {
             let title = format!(
                 "Reward curve ({} step{})",
@@ -102,6 +110,7 @@ pub fn plot_metrics(
                 &title,
                 ("reward/mean", &reward),
                 acc.as_ref().map(|(n, s)| (*n, s.as_slice())),
+                val.as_deref(),
                 REWARD_SMOOTHING,
                 30,
             )
@@ -124,7 +133,7 @@ pub fn plot_metrics(
         let path = out_dir.join(format!("{stem}.png"));
         let pts = series(&rows, name);
         render(&path, PANEL_W, PANEL_H, |root| {
-            draw_panel(root, name, (name, &pts), None, PANEL_SMOOTHING, 24)
+            draw_panel(root, name, (name, &pts), None, None, PANEL_SMOOTHING, 24)
         })
         .map_err(|m| MetricsError::Plot {
             path: path.clone(),
@@ -236,12 +245,16 @@ fn render(
 }
 
 /// One chart: `main` raw (faint) and smoothed (solid), plus optionally a second metric on a
-/// right-hand axis with its own scale (accuracy is a rate in [0, 1], reward is not).
+/// right-hand axis with its own scale (accuracy is a rate in [0, 1], reward is not), and the
+/// validation accuracy (`val`, unsmoothed, with markers: it is logged every few steps) on that
+/// same right-hand axis.
+#[allow(clippy::too_many_arguments)]
 fn draw_panel(
     root: &DrawingArea<BitMapBackend<'_>, Shift>,
     title: &str,
     main: (&str, &[(f64, f64)]),
     second: Option<(&str, &[(f64, f64)])>,
+    val: Option<&[(f64, f64)]>,
     weight: f64,
     title_size: u32,
 ) -> Result<(), String> {
@@ -260,7 +273,9 @@ fn draw_panel(
         (x0, x1) = (x0 - 1.0, x1 + 1.0);
     }
     let (y0, y1) = range(main_pts.iter().map(|p| p.1));
-    let (s0, s1) = second.map_or((0.0, 1.0), |(_, pts)| range(pts.iter().map(|p| p.1)));
+    let (s0, s1) = second.map_or((0.0, 1.0), |(_, pts)| {
+        range(pts.iter().chain(val.unwrap_or_default()).map(|p| p.1))
+    });
     let no_data = main_pts.iter().all(|p| !p.1.is_finite());
     let caption = if no_data {
         format!("{title} (no finite values)")
@@ -338,6 +353,17 @@ fn draw_panel(
             .map_err(e)?
             .label(format!("{name} (smoothed, right axis)"))
             .legend(|(x, y)| PathElement::new(vec![(x, y), (x + 24, y)], ACC_COLOR.stroke_width(3)));
+        if let Some(vpts) = val {
+            let finite: Vec<(f64, f64)> = vpts.iter().copied().filter(|p| p.1.is_finite()).collect();
+            chart
+                .draw_secondary_series(finite.iter().map(|&p| Circle::new(p, 5, VAL_COLOR.filled())))
+                .map_err(e)?;
+            chart
+                .draw_secondary_series(LineSeries::new(finite, VAL_COLOR.stroke_width(2)))
+                .map_err(e)?
+                .label(format!("{VAL_ACCURACY} (held-out, greedy; right axis)"))
+                .legend(|(x, y)| PathElement::new(vec![(x, y), (x + 24, y)], VAL_COLOR.stroke_width(2)));
+        }
     }
     chart
         .configure_series_labels()

@@ -291,3 +291,39 @@ fn smoothing_is_debiased() {
         "{s:?}"
     );
 }
+
+#[test]
+fn reward_curve_shows_validation_accuracy_when_logged() {
+    let dir = tmp_dir("plot-val");
+    let mut log = MetricsLogger::create(&dir, None).unwrap();
+    for s in 1..=40u64 {
+        let x = s as f64;
+        let mut row = m(&[
+            ("reward/mean", 0.5 + 0.01 * x),
+            ("reward/accuracy", 0.3 + 0.01 * x),
+        ]);
+        if s % 10 == 0 {
+            row.insert("val/accuracy".into(), 0.4 + 0.1 * (x / 10.0));
+        }
+        log.log(s, &row).unwrap();
+    }
+    drop(log);
+    let paths = plot_metrics(&dir.join("metrics.jsonl"), &dir.join("plots"), None).unwrap();
+    let curve = image::open(&paths[0]).unwrap().to_rgb8();
+    // Four markers and the line between them, in the validation colour.
+    assert!(
+        count_color(&curve, plot::VAL_COLOR) > 400,
+        "validation accuracy missing"
+    );
+    assert!(
+        count_color(&curve, plot::ACC_COLOR) > 1000,
+        "training accuracy missing"
+    );
+
+    // Without val/accuracy the colour does not appear.
+    let dir = tmp_dir("plot-noval");
+    write_run(&dir, 40, true);
+    let paths = plot_metrics(&dir.join("metrics.jsonl"), &dir.join("plots"), None).unwrap();
+    let curve = image::open(&paths[0]).unwrap().to_rgb8();
+    assert_eq!(count_color(&curve, plot::VAL_COLOR), 0);
+}

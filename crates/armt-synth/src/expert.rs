@@ -17,6 +17,10 @@ pub enum ExpertStyle {
     /// a remark on it, the right call, then the answer (3 turns). Adds diversity and shows
     /// recovery.
     Retry,
+    /// No tool: a verdict drawn at random (1 turn). A judge that answers without looking: part
+    /// of the tiny default's cold start, so that the SFT model often skips the tool and RL has
+    /// the tool's value to discover (the verdict is chance without it).
+    Guess,
 }
 
 /// One scripted assistant turn.
@@ -103,8 +107,9 @@ pub fn expert_turns(sample: &Sample) -> Vec<String> {
 }
 
 /// The scripted turns for `sample` (empty if the sample was not made by this crate).
-/// `seed` only picks the wrong first call of [`ExpertStyle::Retry`].
-/// The final turn's verdict is always the sample's ground truth.
+/// `seed` only picks the wrong first call of [`ExpertStyle::Retry`] and the verdict of
+/// [`ExpertStyle::Guess`].
+/// The final turn's verdict is the sample's ground truth, except for [`ExpertStyle::Guess`].
 pub fn expert_script(sample: &Sample, style: ExpertStyle, seed: u64) -> Vec<ExpertTurn> {
     let Some(spec) = task_spec(sample) else {
         return Vec::new();
@@ -119,6 +124,14 @@ pub fn expert_script(sample: &Sample, style: ExpertStyle, seed: u64) -> Vec<Expe
         - 1;
     let v = verdict(sample);
     let mut turns = Vec::new();
+    if style == ExpertStyle::Guess {
+        let guess = match spec {
+            TaskSpec::Instruction { .. } => ["True", "False"][rng.gen_range(0..2)].to_string(),
+            _ => format!("Answer {} is better", rng.gen_range(1..=2)),
+        };
+        turns.push(answer_turn("I will judge without a tool.", &guess));
+        return turns;
+    }
     match spec {
         TaskSpec::Zoom { quadrant, candidates } => {
             let place = QUADRANTS[quadrant];
@@ -152,10 +165,11 @@ pub fn expert_script(sample: &Sample, style: ExpertStyle, seed: u64) -> Vec<Expe
             }
             let right = &candidates[gt_idx];
             debug_assert!(COLOURS.iter().any(|c| c.0 == right));
+            // What was seen first, then each candidate: the verdict is which one repeats it.
             turns.push(answer_turn(
                 &format!(
-                    "The zoomed image shows a {right} dot in the {place}. Answer {} says {right}, so it is correct.",
-                    gt_idx + 1
+                    "The zoomed dot is {right}. Answer 1 says {}. Answer 2 says {}.",
+                    candidates[0], candidates[1]
                 ),
                 &v,
             ));
@@ -199,11 +213,13 @@ pub fn expert_script(sample: &Sample, style: ExpertStyle, seed: u64) -> Vec<Expe
                     &by_query,
                 ));
             }
-            let right = &candidates[gt_idx];
+            let value = |c: &str| c.split_whitespace().next().unwrap_or_default().to_string();
             turns.push(answer_turn(
                 &format!(
-                    "The page about the {subject} gives {right}. Answer {} says {right}, so it is correct.",
-                    gt_idx + 1
+                    "The page says {}. Answer 1 says {}. Answer 2 says {}.",
+                    value(&candidates[gt_idx]),
+                    value(&candidates[0]),
+                    value(&candidates[1])
                 ),
                 &v,
             ));
@@ -231,14 +247,7 @@ pub fn expert_script(sample: &Sample, style: ExpertStyle, seed: u64) -> Vec<Expe
                     &args,
                 ));
             }
-            let ok = v == "True";
-            turns.push(answer_turn(
-                &format!(
-                    "The check result is {v}, so text_0 {} the instruction.",
-                    if ok { "follows" } else { "does not follow" }
-                ),
-                &v,
-            ));
+            turns.push(answer_turn(&format!("The check result is {v}."), &v));
         }
     }
     turns

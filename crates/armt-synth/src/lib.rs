@@ -26,11 +26,12 @@ pub use model_files::{
     TinyModelSpec,
 };
 pub use tasks::{
-    generate_tasks, generate_tasks_with, task_spec, tools_used, Constraint, DocFact, SynthConfig, TaskSpec,
-    COLOURS, DOC_FACTS, FIXED_COT_PROMPT, INSTRUCTION_VALIDATORS, QUADRANTS, QUADRANT_BBOXES,
-    SHORT_COT_PROMPT,
+    generate_tasks, generate_tasks_with, task_spec, tools_used, value_words, Constraint, DocFact,
+    SynthConfig, TaskSpec, COLOURS, DOC_FACTS, DOC_VALUES, FIXED_COT_PROMPT, INSTRUCTION_VALIDATORS,
+    QUADRANTS, QUADRANT_BBOXES, SHORT_COT_PROMPT,
 };
 pub use tokenizer::{
-    build_tiny_tokenizer, build_tiny_tokenizer_opts, build_tiny_tokenizer_with, default_corpus, fixed_corpus,
-    full_vocab_size, special_token_ids, SpecialTokenIds, ADDED_TOKENS, DEFAULT_VOCAB, SPECIAL_TOKENS,
+    build_tiny_tokenizer, build_tiny_tokenizer_opts, build_tiny_tokenizer_with,
+    build_tiny_tokenizer_with_words, default_corpus, fixed_corpus, full_vocab_size, special_token_ids,
+    SpecialTokenIds, ADDED_TOKENS, DEFAULT_VOCAB, SPECIAL_TOKENS,
 };

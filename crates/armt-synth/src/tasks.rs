@@ -43,7 +43,7 @@ impl Default for SynthConfig {
     fn default() -> Self {
         Self {
             zoom_image_size: 224,
-            dot_size: 6,
+            dot_size: 10,
             min_pages: 3,
             max_pages: 4,
             page_size: (112, 112),
@@ -74,7 +74,22 @@ pub const COLOURS: [(&str, [u8; 3]); 4] = [
 /// value, question, answer with `{}`, value range).
 pub type DocFact = (&'static str, &'static str, &'static str, &'static str, (u32, u32));
 
-/// The document facts; each page of a document states a different one.
+/// The values a document fact takes: a small set of whole tens, so that each value is one token
+/// of the tiny tokenizer (see [`VALUE_WORDS`]) and the judge's check is "is this the page's value".
+pub const DOC_VALUES: [u32; 8] = [20, 30, 40, 50, 60, 70, 80, 90];
+
+/// The words the judge must read off a tool's answer and compare with a candidate: colours, the
+/// document values and the validators' verdicts. The tiny tokenizer keeps each one a single
+/// token (never merged with its neighbours), so copying it is one attention step.
+pub fn value_words() -> Vec<String> {
+    let mut v: Vec<String> = COLOURS.iter().map(|c| c.0.to_string()).collect();
+    v.extend(DOC_VALUES.iter().map(|n| n.to_string()));
+    v.extend(["True".to_string(), "False".to_string()]);
+    v
+}
+
+/// The document facts; each page of a document states a different one. The value ranges are
+/// those of the first design; [`DOC_VALUES`] is what the generator draws from.
 pub const DOC_FACTS: [DocFact; 12] = [
     (
         "tower",
@@ -99,10 +114,10 @@ pub const DOC_FACTS: [DocFact; 12] = [
     ),
     (
         "train",
-        "The train leaves at {} o'clock.",
-        "When does the train leave?",
-        "at {} o'clock",
-        (1, 12),
+        "The train has {} seats.",
+        "How many seats does the train have?",
+        "{} seats",
+        (20, 90),
     ),
     (
         "bag",
@@ -134,10 +149,10 @@ pub const DOC_FACTS: [DocFact; 12] = [
     ),
     (
         "museum",
-        "The museum opens at {} o'clock.",
-        "When does the museum open?",
-        "at {} o'clock",
-        (7, 11),
+        "The museum has {} rooms.",
+        "How many rooms does the museum have?",
+        "{} rooms",
+        (20, 90),
     ),
     (
         "ship",
@@ -458,6 +473,16 @@ fn per_sample_rng(seed: u64, i: usize) -> ChaCha8Rng {
     )
 }
 
+/// The ground truth of sample `i` ("answer 1 is right" / "the response follows"): consecutive
+/// samples of a kind come in pairs with one truth each, which of the two is drawn from
+/// `(seed, pair)`. So every kind is balanced (exactly, over an even count per kind) and no
+/// constant verdict scores above chance, while the truth cannot be told from a sample's index.
+fn balanced_truth(seed: u64, i: usize) -> bool {
+    let (kind, j) = (i % 3, i / 3);
+    let mut pair_rng = per_sample_rng(seed ^ 0x5eed_ba1a_4ce0_0000, kind + 3 * (j / 2));
+    (j % 2 == 0) ^ pair_rng.gen_bool(0.5)
+}
+
 fn pair_prompt(head: &str, question: &str, a1: &str, a2: &str) -> String {
     format!("{head}Question: {question}\nAnswer 1: {a1}\nAnswer 2: {a2}\nWhich answer is better?\n{SHORT_COT_PROMPT}")
 }
@@ -551,10 +576,11 @@ pub fn generate_tasks_with(dir: &Path, n: usize, seed: u64, cfg: &SynthConfig) -
     let mut rows = Vec::with_capacity(n);
     for i in 0..n {
         let mut rng = per_sample_rng(seed, i);
+        let first = balanced_truth(seed, i);
         let sample = match i % 3 {
-            0 => zoom_sample(dir, i, &mut rng, cfg)?,
-            1 => document_sample(dir, i, &mut rng, cfg)?,
-            _ => instruction_sample(i, &mut rng),
+            0 => zoom_sample(dir, i, &mut rng, cfg, first)?,
+            1 => document_sample(dir, i, &mut rng, cfg, first)?,
+            _ => instruction_sample(i, &mut rng, first),
         };
         rows.push(sample);
     }
@@ -571,7 +597,13 @@ pub fn generate_tasks_with(dir: &Path, n: usize, seed: u64, cfg: &SynthConfig) -
     Ok(armt_data::read_samples(&path)?)
 }
 
-fn zoom_sample(dir: &Path, i: usize, rng: &mut ChaCha8Rng, cfg: &SynthConfig) -> Result<Sample> {
+fn zoom_sample(
+    dir: &Path,
+    i: usize,
+    rng: &mut ChaCha8Rng,
+    cfg: &SynthConfig,
+    gt_first: bool,
+) -> Result<Sample> {
     let mut colours = [0usize, 1, 2, 3];
     colours.shuffle(rng);
     let (img, _) = zoom_image(rng, cfg, &colours);
@@ -587,7 +619,6 @@ fn zoom_sample(dir: &Path, i: usize, rng: &mut ChaCha8Rng, cfg: &SynthConfig) ->
             break c;
         }
     };
-    let gt_first = rng.gen_bool(0.5);
     let (a1, a2) = if gt_first { (right, wrong) } else { (wrong, right) };
     let prompt = pair_prompt(
         "The given image is `original_image`.\n",
@@ -607,7 +638,13 @@ fn zoom_sample(dir: &Path, i: usize, rng: &mut ChaCha8Rng, cfg: &SynthConfig) ->
     })
 }
 
-fn document_sample(dir: &Path, i: usize, rng: &mut ChaCha8Rng, cfg: &SynthConfig) -> Result<Sample> {
+fn document_sample(
+    dir: &Path,
+    i: usize,
+    rng: &mut ChaCha8Rng,
+    cfg: &SynthConfig,
+    gt_first: bool,
+) -> Result<Sample> {
     let n_pages = rng.gen_range(cfg.min_pages..=cfg.max_pages);
     let mut facts: Vec<usize> = (0..DOC_FACTS.len()).collect();
     facts.shuffle(rng);
@@ -617,8 +654,8 @@ fn document_sample(dir: &Path, i: usize, rng: &mut ChaCha8Rng, cfg: &SynthConfig
     let mut pages = Vec::new();
     let mut right_value = 0;
     for (p, &f) in facts.iter().enumerate() {
-        let (_, statement, _, _, (lo, hi)) = DOC_FACTS[f];
-        let v = rng.gen_range(lo..=hi);
+        let statement = DOC_FACTS[f].1;
+        let v = *DOC_VALUES.choose(rng).expect("non-empty");
         if p == fact_page {
             right_value = v;
         }
@@ -629,15 +666,14 @@ fn document_sample(dir: &Path, i: usize, rng: &mut ChaCha8Rng, cfg: &SynthConfig
             .with_context(|| format!("writing {}", rel.display()))?;
         pages.push(DocumentPage { image: rel, text });
     }
-    let (_, _, question, answer, (lo, hi)) = DOC_FACTS[facts[fact_page]];
+    let (_, _, question, answer, _) = DOC_FACTS[facts[fact_page]];
     let wrong_value = loop {
-        let v = rng.gen_range(lo..=hi);
+        let v = *DOC_VALUES.choose(rng).expect("non-empty");
         if v != right_value {
             break v;
         }
     };
     let (right, wrong) = (fill(answer, right_value), fill(answer, wrong_value));
-    let gt_first = rng.gen_bool(0.5);
     let (a1, a2) = if gt_first {
         (&right, &wrong)
     } else {
@@ -661,8 +697,7 @@ fn document_sample(dir: &Path, i: usize, rng: &mut ChaCha8Rng, cfg: &SynthConfig
     })
 }
 
-fn instruction_sample(i: usize, rng: &mut ChaCha8Rng) -> Sample {
-    let want = rng.gen_bool(0.5);
+fn instruction_sample(i: usize, rng: &mut ChaCha8Rng, want: bool) -> Sample {
     let (c, resp) = instruction_case(rng, want);
     let prompt = format!(
         "Instruction: {}\nResponse `text_0`: {resp}\nDoes `text_0` follow the instruction?\n{SHORT_COT_PROMPT}",

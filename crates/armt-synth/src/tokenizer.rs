@@ -170,6 +170,20 @@ pub fn build_tiny_tokenizer_opts(
     vocab_size: usize,
     split_words: bool,
 ) -> Result<Tokenizer> {
+    build_tiny_tokenizer_with_words(corpus, vocab_size, split_words, &[])
+}
+
+/// As [`build_tiny_tokenizer_opts`], plus `words` as added tokens that match whole words only
+/// (after [`ADDED_TOKENS`]): each stays one token wherever it stands and is never merged with
+/// the text around it. Without this, a merging BPE folds a value into phrase tokens
+/// ("is red." in one place, " red\nAnswer" in another), and a tiny model cannot tell that the
+/// colour a tool showed is the colour a candidate names.
+pub fn build_tiny_tokenizer_with_words(
+    corpus: &[String],
+    vocab_size: usize,
+    split_words: bool,
+    words: &[String],
+) -> Result<Tokenizer> {
     let alphabet = ByteLevel::alphabet().into_iter().collect();
     let mut trainer = BpeTrainerBuilder::new()
         .vocab_size(vocab_size)
@@ -206,6 +220,15 @@ pub fn build_tiny_tokenizer_opts(
         .map(|s| AddedToken::from(*s, false).normalized(false))
         .collect();
     tok.add_tokens(&added);
+    let words: Vec<AddedToken> = words
+        .iter()
+        .map(|w| {
+            AddedToken::from(w.as_str(), false)
+                .single_word(true)
+                .normalized(false)
+        })
+        .collect();
+    tok.add_tokens(&words);
     Ok(tok)
 }
 

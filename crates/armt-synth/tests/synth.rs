@@ -81,8 +81,9 @@ fn labels_are_balanced() {
         (TaskKind::Document, "1", "2"),
         (TaskKind::Instruction, "true", "false"),
     ] {
+        // Exactly balanced: each consecutive pair of a kind holds one truth of each.
         let (na, nb) = (count(k, a), count(k, b));
-        assert!(na > 30 && nb > 30, "{k:?}: {na} vs {nb}");
+        assert_eq!((na, nb), (50, 50), "{k:?}");
     }
     // All five constraint kinds occur.
     let mut kinds = std::collections::BTreeSet::new();
@@ -190,7 +191,8 @@ fn zoom_detail_lies_inside_expert_bbox() {
                 y1 = y1.max(y + 1);
             }
         }
-        assert_eq!(n, 36, "{}: one 6x6 dot of the right colour", s.id);
+        let dot = SynthConfig::default().dot_size;
+        assert_eq!(n, dot * dot, "{}: one square dot of the right colour", s.id);
         let turns = expert_script(s, ExpertStyle::Direct, 0);
         let (name, args) = turns[0].tool_call.clone().unwrap();
         assert_eq!(name, "image_zoom_in_tool");
@@ -433,4 +435,46 @@ fn model_files_are_consistent() {
     let m2 = d.join("model2");
     tiny_model_files(&m2, &build_tiny_tokenizer(&default_corpus(&samples)).unwrap()).unwrap();
     assert_eq!(files(&m), files(&m2));
+}
+
+#[test]
+fn guess_traces_answer_without_a_tool_with_both_verdicts() {
+    let d = tmp("guess");
+    let samples = generate_tasks(&d, 60, 4).unwrap();
+    let mut seen = std::collections::BTreeSet::new();
+    for s in &samples {
+        let turns = expert_script(s, ExpertStyle::Guess, 5);
+        assert_eq!(turns.len(), 1, "{}", s.id);
+        assert!(turns[0].tool_call.is_none());
+        let v = final_verdict(&turns[0].text).expect("strict format");
+        seen.insert((s.task, v));
+    }
+    // Both verdicts of every kind occur: a guess carries no information about the truth.
+    assert_eq!(seen.len(), 6, "{seen:?}");
+}
+
+#[test]
+fn value_words_stay_single_tokens_wherever_they_stand() {
+    let d = tmp("tok-values");
+    let samples = generate_tasks(&d, 30, 2).unwrap();
+    let words = value_words();
+    let tok = build_tiny_tokenizer_with_words(&default_corpus(&samples), 1024, false, &words).unwrap();
+    for text in [
+        "<think>The zoomed dot is red. Answer 1 says blue. Answer 2 says red.</think>",
+        "Answer 1: yellow\nAnswer 2: green\nWhich answer is better?",
+        "[Page 2]\nThe tower is 40 meters tall.",
+        "Check result: False\nReason: x",
+    ] {
+        let enc = tok.encode(text, false).unwrap();
+        assert_eq!(tok.decode(enc.get_ids(), false).unwrap(), text, "round trip");
+        let toks = enc.get_tokens();
+        for w in &words {
+            let whole = text
+                .split(|c: char| !c.is_alphanumeric())
+                .filter(|x| x == w)
+                .count();
+            let single = toks.iter().filter(|t| *t == w).count();
+            assert_eq!(single, whole, "{w} in {text}: {toks:?}");
+        }
+    }
 }

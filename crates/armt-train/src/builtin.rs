@@ -19,17 +19,55 @@ pub const TINY_STAGE1_TOML: &str = include_str!("../../../configs/tiny-stage1.to
 pub const TINY_STAGE2_TOML: &str = include_str!("../../../configs/tiny-stage2.toml");
 pub const TINY_TOOLS_YAML: &str = include_str!("../../../configs/tools/tiny.yaml");
 
-/// Training and held-out task counts, and the seed everything is generated from.
-pub const TRAIN_TASKS: usize = 240;
-pub const VAL_TASKS: usize = 48;
+/// Training and held-out task counts, and the base seed the task sets are generated from
+/// (each `train.seed` gives its own task set, model initialisation and run).
+pub const TRAIN_TASKS: usize = 600;
+pub const VAL_TASKS: usize = 60;
 pub const SEED: u64 = 2025;
 /// BPE vocabulary of the tiny tokenizer.
 pub const TOKENIZER_VOCAB: usize = 4096;
+/// Cold-start traces per training task: `DIRECT_TRACES` copies of the expert's (right tool, then
+/// the verdict read off its answer) and `GUESS_TRACES` that answer without a tool (a random
+/// verdict, each its own draw). The cold-start model then mostly skips the tool and judges at
+/// chance, while it has seen how to read the tool's answer: the RL stages have the tool's value
+/// to discover. (The retry style, a wrong call first, is left out: its random first call is
+/// noise a tiny model spends its few steps on.)
+pub const DIRECT_TRACES: usize = 2;
+pub const GUESS_TRACES: usize = 3;
+/// Marks which `train.seed` the task set, tokenizer and tiny model under the root belong to.
+const SEED_FILE: &str = "seed.txt";
 
 pub struct Builtin {
     pub model_dir: PathBuf,
     pub train: Vec<Sample>,
     pub val: Vec<Sample>,
+    /// The `train.seed` the task set and model were made for.
+    pub seed: u64,
+}
+
+/// The tiny model's shape: 4 layers, so that a copy of a value out of a tool's answer and its
+/// comparison with a candidate fit in the depth (induction needs two layers at least).
+pub fn model_spec() -> armt_synth::TinyModelSpec {
+    armt_synth::TinyModelSpec {
+        num_hidden_layers: 4,
+        ..Default::default()
+    }
+}
+
+/// The task-generation seed of `train.seed`: the training and held-out sets differ, and each
+/// `train.seed` gives another pair.
+fn task_seed(seed: u64) -> u64 {
+    SEED.wrapping_add(seed.wrapping_mul(1_000_003))
+}
+
+/// One libtorch thread for the tiny model unless `OMP_NUM_THREADS` says otherwise: its matrices
+/// (hidden size 128) gain nothing from intra-op parallelism, and OpenMP threads that spin at
+/// barriers stall when the CPU is shared (measured on the 2-core machine under a load of ~20:
+/// 14 s per SFT step with 2 threads, 2-3 s with 1).
+pub fn limit_threads() {
+    if std::env::var_os("OMP_NUM_THREADS").is_none() {
+        tch::set_num_threads(1);
+    }
 }
 
 pub fn tools() -> Result<ToolRegistry, TrainError> {
@@ -43,60 +81,113 @@ fn synth_err(e: impl std::fmt::Display) -> TrainError {
     TrainError::State(format!("built-in default: {e}"))
 }
 
-/// Creates (once) the task set and the tiny model under `root`; later calls reuse them.
-pub fn prepare(root: &Path) -> Result<Builtin, TrainError> {
-    let data = root.join("data");
-    let model_dir = root.join("tiny-model");
-    let train_file = data.join("train").join("tasks.jsonl");
-    let val_file = data.join("val").join("tasks.jsonl");
-    if !model_dir.join("model.safetensors").exists() || !train_file.exists() || !val_file.exists() {
-        eprintln!(
-            "built-in default: generating {TRAIN_TASKS}+{VAL_TASKS} synthetic tasks and a tiny model in {}",
-            root.display()
-        );
-        let train = armt_synth::generate_tasks(&data.join("train"), TRAIN_TASKS, SEED).map_err(synth_err)?;
-        armt_synth::generate_tasks(&data.join("val"), VAL_TASKS, SEED + 1).map_err(synth_err)?;
-        let tools = tools()?;
-        let mut corpus = armt_synth::default_corpus(&train);
-        // What the model will read: the real system prompt and the tools' real answers.
-        // Every sequence starts with the system prompt: weighting it lets BPE learn merges for
-        // it, which keeps sequences short (the cost of every step on a CPU).
-        let system = armt_tools::system_prompt(&tools.schemas());
-        corpus.extend(std::iter::repeat_n(system, 64));
-        corpus.push(armt_rollout::LAST_TURN_MESSAGE.to_string());
-        for s in &train {
-            let mut ctx = armt_tools::ToolContext::from_sample(s);
-            for style in [ExpertStyle::Direct, ExpertStyle::Retry] {
-                for turn in armt_synth::expert_script(s, style, SEED) {
-                    if let Some(Ok(call)) = armt_tools::parse_tool_call(&turn.text) {
-                        corpus.push(tools.call(&call, &mut ctx).text);
-                    }
-                }
+fn io_err(path: &Path) -> impl FnOnce(std::io::Error) -> TrainError + '_ {
+    move |source| TrainError::Io {
+        path: path.to_path_buf(),
+        source,
+    }
+}
+
+/// The seed the built-in default under `root` was prepared for, if it is complete.
+pub fn prepared_seed(root: &Path) -> Option<u64> {
+    let complete = root.join("tiny-model").join("model.safetensors").exists()
+        && root.join("data/train/tasks.jsonl").exists()
+        && root.join("data/val/tasks.jsonl").exists();
+    if !complete {
+        return None;
+    }
+    std::fs::read_to_string(root.join(SEED_FILE))
+        .ok()?
+        .trim()
+        .parse()
+        .ok()
+}
+
+/// Creates the task set and the tiny model for `seed` under `root`, unless they are there for
+/// that seed already (then they are reused). Another seed's files, and the runs made from them
+/// (sft, stage1, stage2), are removed first.
+pub fn prepare(root: &Path, seed: u64) -> Result<Builtin, TrainError> {
+    if prepared_seed(root) != Some(seed) {
+        for dir in ["data", "tiny-model", "sft", "stage1", "stage2"] {
+            let p = root.join(dir);
+            if p.exists() {
+                std::fs::remove_dir_all(&p).map_err(io_err(&p))?;
             }
         }
-        let tokenizer =
-            armt_synth::build_tiny_tokenizer_opts(&corpus, TOKENIZER_VOCAB, false).map_err(synth_err)?;
-        armt_synth::tiny_model_files(&model_dir, &tokenizer).map_err(synth_err)?;
-        let config = armt_model::Qwen25VlConfig::from_file(&model_dir.join("config.json"))?;
-        let mut model = Qwen25Vl::new(config, Device::Cpu, Kind::Float);
-        model.init_random(0.02, SEED as i64);
-        // Written last: its presence marks the preparation complete.
-        let tmp = model_dir.join("model.safetensors.partial");
-        crate::checkpoint::write_safetensors(&tmp, &crate::checkpoint::model_tensors(&model))?;
-        std::fs::rename(&tmp, model_dir.join("model.safetensors")).map_err(|e| TrainError::Io {
-            path: model_dir.clone(),
-            source: e,
-        })?;
+        generate(root, seed)?;
     }
+    open(root)
+}
+
+/// The built-in default already prepared under `root` (by `armt train --stage 1`).
+pub fn open(root: &Path) -> Result<Builtin, TrainError> {
+    let seed = prepared_seed(root).ok_or_else(|| {
+        TrainError::State(format!(
+            "no built-in task set under {}: run `armt train --stage 1` first",
+            root.display()
+        ))
+    })?;
     Ok(Builtin {
-        model_dir,
-        train: armt_data::read_samples(&train_file)?,
-        val: armt_data::read_samples(&val_file)?,
+        model_dir: root.join("tiny-model"),
+        train: armt_data::read_samples(&root.join("data/train/tasks.jsonl"))?,
+        val: armt_data::read_samples(&root.join("data/val/tasks.jsonl"))?,
+        seed,
     })
 }
 
-/// Expert demonstrations as training examples: each sample's scripted turns (a direct one and
-/// one that first makes a wrong call) run through the real tools and template.
+fn generate(root: &Path, seed: u64) -> Result<(), TrainError> {
+    let data = root.join("data");
+    let model_dir = root.join("tiny-model");
+    eprintln!(
+        "built-in default: generating {TRAIN_TASKS}+{VAL_TASKS} synthetic tasks (seed {seed}) and a tiny model in {}",
+        root.display()
+    );
+    let base = task_seed(seed);
+    let train = armt_synth::generate_tasks(&data.join("train"), TRAIN_TASKS, base).map_err(synth_err)?;
+    armt_synth::generate_tasks(&data.join("val"), VAL_TASKS, base.wrapping_add(1)).map_err(synth_err)?;
+    let tools = tools()?;
+    let mut corpus = armt_synth::default_corpus(&train);
+    // What the model will read: the real system prompt and the tools' real answers.
+    // Every sequence starts with the system prompt: weighting it lets BPE learn merges for
+    // it, which keeps sequences short (the cost of every step on a CPU).
+    let system = armt_tools::system_prompt(&tools.schemas());
+    corpus.extend(std::iter::repeat_n(system, 64));
+    corpus.push(armt_rollout::LAST_TURN_MESSAGE.to_string());
+    for s in &train {
+        let mut ctx = armt_tools::ToolContext::from_sample(s);
+        for style in [ExpertStyle::Direct, ExpertStyle::Retry, ExpertStyle::Guess] {
+            for turn in armt_synth::expert_script(s, style, base) {
+                corpus.push(turn.text.clone());
+                if let Some(Ok(call)) = armt_tools::parse_tool_call(&turn.text) {
+                    corpus.push(tools.call(&call, &mut ctx).text);
+                }
+            }
+        }
+    }
+    let tokenizer = armt_synth::build_tiny_tokenizer_with_words(
+        &corpus,
+        TOKENIZER_VOCAB,
+        false,
+        &armt_synth::value_words(),
+    )
+    .map_err(synth_err)?;
+    armt_synth::tiny_model_files_with(&model_dir, &tokenizer, &model_spec()).map_err(synth_err)?;
+    let config = armt_model::Qwen25VlConfig::from_file(&model_dir.join("config.json"))?;
+    let mut model = Qwen25Vl::new(config, Device::Cpu, Kind::Float);
+    model.init_random(0.02, base as i64);
+    // Written last (with the seed marker): their presence marks the preparation complete.
+    let tmp = model_dir.join("model.safetensors.partial");
+    crate::checkpoint::write_safetensors(&tmp, &crate::checkpoint::model_tensors(&model))?;
+    let weights = model_dir.join("model.safetensors");
+    std::fs::rename(&tmp, &weights).map_err(io_err(&weights))?;
+    let marker = root.join(SEED_FILE);
+    std::fs::write(&marker, format!("{seed}\n")).map_err(io_err(&marker))?;
+    Ok(())
+}
+
+/// Expert demonstrations as training examples: each sample's scripted turns
+/// ([`DIRECT_TRACES`] direct ones and [`GUESS_TRACES`] that answer without a tool) run through
+/// the real tools and template.
 pub fn expert_examples(
     samples: &[Sample],
     processor: &Processor,
@@ -104,11 +195,13 @@ pub fn expert_examples(
     rollout: &RolloutConfig,
 ) -> Result<Vec<Example>, TrainError> {
     let mut out = Vec::new();
-    for style in [ExpertStyle::Direct, ExpertStyle::Retry] {
+    let styles = std::iter::repeat_n((ExpertStyle::Direct, 0u64), DIRECT_TRACES)
+        .chain((0..GUESS_TRACES as u64).map(|k| (ExpertStyle::Guess, k + 1)));
+    for (style, variant) in styles {
         let scripts: Vec<Vec<Vec<i64>>> = samples
             .iter()
             .map(|s| {
-                armt_synth::expert_script(s, style, SEED)
+                armt_synth::expert_script(s, style, SEED.wrapping_add(variant))
                     .into_iter()
                     .map(|turn| {
                         let text = format!("{}<|im_end|>", turn.text);

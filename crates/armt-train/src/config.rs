@@ -117,6 +117,9 @@ pub struct LoopSection {
     /// ZeRO stage of the data-parallel optimizer (0: replicated, 1: sharded optimizer state and
     /// masters, 2: gradients too); `armt plan` divides the sharded state by the GPU count.
     pub zero_stage: u8,
+    /// Greedy validation on `data.val` every N steps and at the last step, logged as `val/*`
+    /// (verl's `test_freq`); 0: off.
+    pub val_every: usize,
 }
 
 impl Default for LoopSection {
@@ -134,6 +137,7 @@ impl Default for LoopSection {
             logit_chunk: 512,
             logprob_micro_batch: None,
             zero_stage: 0,
+            val_every: 0,
         }
     }
 }

@@ -121,6 +121,7 @@ pub fn train_grpo(mut run: GrpoRun) -> Result<PathBuf, TrainError> {
         image_dir: None,
     };
     let n = cfg.rollout.n;
+    let mut validator = crate::validation::Validator::from_config(cfg)?;
 
     let bar = match dp.is_main() {
         true => ProgressBar::new(cfg.train.steps as u64),
@@ -428,11 +429,14 @@ pub fn train_grpo(mut run: GrpoRun) -> Result<PathBuf, TrainError> {
         m.insert("perf/rollout_time_s".into(), rollout_s);
         m.insert("perf/train_time_s".into(), train_s);
         m.insert("perf/tokens_per_s".into(), tokens as f64 / step_s);
+        if let Some(v) = validator.as_mut().filter(|v| v.due(step, cfg.train.steps)) {
+            m.extend(v.run(&run.model, run.processor, run.tools, cfg)?);
+        }
         if let Some(logger) = logger.as_mut() {
             logger.log(step as u64, &m)?;
         }
         write_rollout_sample(&run_dir, dp.rank(), &rollouts, &local_rewards)?;
-        let line = format!(
+        let mut line = format!(
             "reward {:.3} acc {:.2} right-tool {:.2} len {:.0} {:.1}s/step",
             m["reward/mean"],
             m["reward/accuracy"],
@@ -440,6 +444,9 @@ pub fn train_grpo(mut run: GrpoRun) -> Result<PathBuf, TrainError> {
             m["response/length_mean"],
             step_s
         );
+        if let Some(a) = m.get("val/accuracy") {
+            line.push_str(&format!(" val-acc {a:.2}"));
+        }
         bar.set_position(step as u64);
         if bar.is_hidden() && dp.is_main() {
             // No terminal (a log file, CI): one line per step instead of the bar.
@@ -472,6 +479,9 @@ pub fn train_grpo(mut run: GrpoRun) -> Result<PathBuf, TrainError> {
     }
     bar.finish();
     dp.finish()?;
+    if let Some(report) = validator.and_then(|v| v.last).filter(|_| dp.is_main()) {
+        eprintln!("{}: held-out tasks (greedy)\n{}", run.phase, report.table());
+    }
     if !dp.is_main() {
         return last_ckpt.ok_or_else(|| TrainError::State("no checkpoint written".into()));
     }

@@ -12,6 +12,7 @@ mod optimizer;
 mod policy_logprobs;
 mod sft;
 mod zero;
+pub mod validation;
 
 pub use batch::{token_logprobs, Example};
 pub use config::{
