@@ -66,7 +66,7 @@ pub struct MicroStepArgs {
 pub fn run(cmd: DevCommand) -> Result<()> {
     match cmd {
         DevCommand::TinyModel { root } => {
-            let b = armt_train::builtin::prepare(&root)?;
+            let b = armt_train::builtin::prepare(&root, 1)?;
             println!("{}", b.model_dir.display());
             Ok(())
         }

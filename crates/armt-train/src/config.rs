@@ -64,8 +64,6 @@ pub struct OptimSection {
     pub min_lr_ratio: f64,
     /// Gradient-norm clip (0: off).
     pub grad_clip: f64,
-    /// Dtype of the master weights the optimizer updates ("f32"; unset: as the model).
-    pub master_dtype: Option<String>,
     pub adamw: AdamWConfig,
     /// Master weights' dtype: unset or "f32" (fp32 masters, DeepSpeed/FSDP mixed precision),
     /// or "none" (the compute dtype: updates below half a bf16 step are lost).
@@ -81,7 +79,6 @@ impl Default for OptimSection {
             schedule: "constant".into(),
             min_lr_ratio: 0.0,
             grad_clip: 1.0,
-            master_dtype: None,
             adamw: AdamWConfig::default(),
             master_dtype: None,
         }

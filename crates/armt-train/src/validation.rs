@@ -230,7 +230,7 @@ pub fn evaluate(
     let pad = TemplateIds::from_tokenizer(processor.tokenizer())?.endoftext;
     let mut report = EvalReport::default();
     for chunk in samples.chunks(batch.max(1)) {
-        let mut generator = ModelGenerator::new(model, chunk.len(), greedy.sampling.clone(), pad);
+        let mut generator = ModelGenerator::new(model, greedy.sampling.clone(), pad);
         for (r, sample) in env.run(&mut generator, chunk, 1, |_| {})?.into_iter().zip(chunk) {
             let reward = report.add(&r.trajectory, sample, rewards)?;
             each(&r.trajectory, sample, reward)?;
