@@ -1,8 +1,8 @@
 //! `armt`: train Qwen2.5-VL as an agentic multimodal reward model.
 
-mod dist;
-mod dev;
 mod compare;
+mod dev;
+mod dist;
 mod eval;
 mod forward;
 mod plan;

@@ -13,6 +13,7 @@ use std::sync::Arc;
 use serde_json::Value;
 
 use crate::error::{ProcessingError, Result};
+use crate::hermes;
 
 /// The text the template puts in place of every image; expanded to one pad per merged patch later.
 pub const IMAGE_PLACEHOLDER: &str = "<|vision_start|><|image_pad|><|vision_end|>";
@@ -22,14 +23,6 @@ pub const IMAGE_PAD: &str = "<|image_pad|>";
 /// as ARM-Thinker's training template does; the text-only Qwen2.5 template says
 /// "You are Qwen, created by Alibaba Cloud. You are a helpful assistant." instead).
 pub const DEFAULT_SYSTEM: &str = "You are a helpful assistant.";
-
-const TOOLS_HEADER: &str =
-    "\n\n# Tools\n\nYou may call one or more functions to assist with the user query.\n\n\
-You are provided with function signatures within <tools></tools> XML tags:\n<tools>";
-const TOOLS_FOOTER: &str =
-    "\n</tools>\n\nFor each function call, return a json object with function name and \
-arguments within <tool_call></tool_call> XML tags:\n<tool_call>\n{\"name\": <function-name>, \
-\"arguments\": <args-json-object>}\n</tool_call><|im_end|>\n";
 
 const ROLES: [&str; 4] = ["system", "user", "assistant", "tool"];
 
@@ -367,12 +360,8 @@ pub fn render_chat(messages: &[Message], tools: Option<&[Value]>, add_generation
             Some(m) if first_is_system => render_content(&mut out, &m.content),
             _ => out.push_str(DEFAULT_SYSTEM),
         }
-        out.push_str(TOOLS_HEADER);
-        for t in tools {
-            out.push('\n');
-            write_py_json(&mut out, t);
-        }
-        out.push_str(TOOLS_FOOTER);
+        hermes::write_tools_block(&mut out, tools);
+        out.push_str("<|im_end|>\n");
     } else if !messages.is_empty() && !first_is_system {
         out.push_str("<|im_start|>system\n");
         out.push_str(DEFAULT_SYSTEM);
@@ -390,11 +379,7 @@ pub fn render_chat(messages: &[Message], tools: Option<&[Value]>, add_generation
                     render_content(&mut out, &m.content);
                 }
                 for tc in &m.tool_calls {
-                    out.push_str("\n<tool_call>\n{\"name\": \"");
-                    out.push_str(&tc.name);
-                    out.push_str("\", \"arguments\": ");
-                    write_py_json(&mut out, &tc.arguments);
-                    out.push_str("}\n</tool_call>");
+                    hermes::write_tool_call(&mut out, &tc.name, &tc.arguments);
                 }
                 out.push_str("<|im_end|>\n");
             }
@@ -402,9 +387,12 @@ pub fn render_chat(messages: &[Message], tools: Option<&[Value]>, add_generation
                 if i == 0 || messages[i - 1].role != "tool" {
                     out.push_str("<|im_start|>user");
                 }
-                out.push_str("\n<tool_response>\n");
+                out.push('\n');
+                out.push_str(hermes::TOOL_RESPONSE_OPEN);
+                out.push('\n');
                 render_content(&mut out, &m.content);
-                out.push_str("\n</tool_response>");
+                out.push('\n');
+                out.push_str(hermes::TOOL_RESPONSE_CLOSE);
                 if i + 1 == messages.len() || messages[i + 1].role != "tool" {
                     out.push_str("<|im_end|>\n");
                 }

@@ -15,6 +15,7 @@
 
 mod chat;
 mod error;
+pub mod hermes;
 mod image_proc;
 mod processor;
 

@@ -6,6 +6,7 @@ use crate::generator::{CachePlan, Chunk, Generator, Sampled};
 use crate::rng::RowRng;
 use crate::{RolloutConfig, RolloutError};
 use armt_data::{Sample, StopReason, ToolCallRecord, Trajectory, Turn};
+use armt_processing::hermes::{TOOL_CALL_CLOSE, TOOL_CALL_OPEN, TOOL_RESPONSE_CLOSE, TOOL_RESPONSE_OPEN};
 use armt_processing::{render_chat, Content, ContentPart, ImageSource, Message, ProcessedImage, Processor};
 use armt_tools::{parse_tool_call, truncate_tool_text, ToolContext, ToolRegistry};
 use std::collections::VecDeque;
@@ -48,7 +49,7 @@ impl TemplateIds {
         Ok(Self {
             im_end: id("<|im_end|>")?,
             endoftext: id("<|endoftext|>")?,
-            tool_call_end: id("</tool_call>")?,
+            tool_call_end: id(TOOL_CALL_CLOSE)?,
             image_pad: id("<|image_pad|>")?,
         })
     }
@@ -152,12 +153,14 @@ impl<'a> RolloutEnv<'a> {
     /// `</tool_call>`: close the assistant turn, the tool response (images first, then text)
     /// inside a user turn, and open the next assistant turn.
     fn tool_turn_text(&self, n_images: usize, text: &str) -> String {
-        let mut s = String::from("<|im_end|>\n<|im_start|>user\n<tool_response>\n");
+        let mut s = format!("<|im_end|>\n<|im_start|>user\n{TOOL_RESPONSE_OPEN}\n");
         for _ in 0..n_images {
             s.push_str("<|vision_start|><|image_pad|><|vision_end|>");
         }
         s.push_str(text);
-        s.push_str("\n</tool_response><|im_end|>\n<|im_start|>assistant\n");
+        s.push_str(&format!(
+            "\n{TOOL_RESPONSE_CLOSE}<|im_end|>\n<|im_start|>assistant\n"
+        ));
         s
     }
 
@@ -498,7 +501,8 @@ impl<'a> RolloutEnv<'a> {
                 r.stop = Some(StopReason::MaxTurns);
             } else {
                 return Ok(Some(
-                    parse_tool_call(&text).unwrap_or_else(|| Err("Error: no <tool_call> found.".into())),
+                    parse_tool_call(&text)
+                        .unwrap_or_else(|| Err(format!("Error: no {TOOL_CALL_OPEN} found."))),
                 ));
             }
         } else if last == Some(ids.im_end) || last == Some(ids.endoftext) {

@@ -11,10 +11,17 @@ pub struct ParsedToolCall {
     pub arguments: Value,
 }
 
-const OPEN: &str = "<tool_call>";
-const CLOSE: &str = "</tool_call>";
+use armt_processing::hermes::{CALL_FORMAT, TOOL_CALL_CLOSE as CLOSE, TOOL_CALL_OPEN as OPEN};
+
 /// Appended to every parse error so the model can retry in the right format.
-const FORMAT_HINT: &str = "Write exactly one call as <tool_call>\n{\"name\": <function-name>, \"arguments\": <args-json-object>}\n</tool_call>";
+struct FormatHint;
+
+impl std::fmt::Display for FormatHint {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "Write exactly one call as {CALL_FORMAT}")
+    }
+}
+const FORMAT_HINT: FormatHint = FormatHint;
 
 /// Parses the first `<tool_call>…</tool_call>` block of an assistant turn.
 ///
@@ -100,22 +107,9 @@ pub fn truncate_tool_text(text: &str, max_chars: usize) -> String {
 /// tools when the chat has no system message (checked by a test).
 pub fn system_prompt(schemas: &[Value]) -> String {
     let mut out = String::from(armt_processing::DEFAULT_SYSTEM);
-    if schemas.is_empty() {
-        return out;
+    if !schemas.is_empty() {
+        armt_processing::hermes::write_tools_block(&mut out, schemas);
     }
-    out.push_str(
-        "\n\n# Tools\n\nYou may call one or more functions to assist with the user query.\n\n\
-You are provided with function signatures within <tools></tools> XML tags:\n<tools>",
-    );
-    for s in schemas {
-        out.push('\n');
-        armt_processing::write_py_json(&mut out, s);
-    }
-    out.push_str(
-        "\n</tools>\n\nFor each function call, return a json object with function name and \
-arguments within <tool_call></tool_call> XML tags:\n<tool_call>\n{\"name\": <function-name>, \
-\"arguments\": <args-json-object>}\n</tool_call>",
-    );
     out
 }
 

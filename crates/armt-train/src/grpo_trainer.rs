@@ -156,7 +156,8 @@ pub fn train_grpo(mut run: GrpoRun) -> Result<PathBuf, TrainError> {
             let mut generator = ModelGenerator::new(&run.model, sampling, ids.endoftext);
             // Groups are numbered across the whole step (this rank's prompts start at
             // `first_prompt`), so each row's random stream is the one a single process would use.
-            let global_groups: Vec<u64> = (first_prompt as u64..(first_prompt + batch.len()) as u64).collect();
+            let global_groups: Vec<u64> =
+                (first_prompt as u64..(first_prompt + batch.len()) as u64).collect();
             env.run_keyed(
                 &mut generator,
                 &batch,

@@ -11,8 +11,8 @@ mod mixed_precision;
 mod optimizer;
 mod policy_logprobs;
 mod sft;
-mod zero;
 pub mod validation;
+mod zero;
 
 pub use batch::{token_logprobs, Example};
 pub use config::{
