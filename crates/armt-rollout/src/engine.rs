@@ -44,7 +44,7 @@ impl TemplateIds {
         let id = |t: &str| {
             tok.token_to_id(t)
                 .map(|i| i as i64)
-                .ok_or_else(|| RolloutError::State(format!("the tokenizer has no `{t}` token")))
+                .ok_or_else(|| RolloutError::MissingToken(t.to_string()))
         };
         Ok(Self {
             im_end: id("<|im_end|>")?,
@@ -99,7 +99,7 @@ impl<'a> RolloutEnv<'a> {
         for (k, piece) in pieces.enumerate() {
             let img = images
                 .get(k)
-                .ok_or_else(|| RolloutError::State("more image slots than images".into()))?;
+                .ok_or_else(|| RolloutError::Invariant("more image slots than images".into()))?;
             let p = ip.preprocess(img)?;
             let n = p.grid_thw.iter().product::<usize>() / (merge * merge);
             for _ in 0..n {
@@ -112,7 +112,10 @@ impl<'a> RolloutEnv<'a> {
             .processor
             .tokenizer()
             .encode(expanded.as_str(), false)
-            .map_err(|e| RolloutError::State(format!("tokenizing: {e}")))?;
+            .map_err(|source| RolloutError::Tokenizer {
+                what: "tokenizing",
+                source,
+            })?;
         Ok(Chunk {
             ids: enc.get_ids().iter().map(|&i| i as i64).collect(),
             images: processed,
@@ -141,8 +144,10 @@ impl<'a> RolloutEnv<'a> {
         let text = render_chat(&messages, Some(&schemas), true);
         let mut images = Vec::new();
         for p in &sample.images {
-            let img = image::open(p).map_err(|e| {
-                RolloutError::Data(format!("sample {}: image {}: {e}", sample.id, p.display()))
+            let img = image::open(p).map_err(|source| RolloutError::Image {
+                sample: sample.id.clone(),
+                path: p.clone(),
+                source,
             })?;
             images.push(Arc::new(img));
         }
@@ -193,7 +198,7 @@ impl<'a> RolloutEnv<'a> {
         let cfg = self.config;
         let ids = TemplateIds::from_tokenizer(self.processor.tokenizer())?;
         if n == 0 || cfg.max_rows < n || cfg.max_response_tokens == 0 || cfg.max_turn_tokens == 0 {
-            return Err(RolloutError::Data(format!(
+            return Err(RolloutError::Settings(format!(
                 "rollout: n = {n}, max_rows = {}, max_response_tokens = {}, max_turn_tokens = {}: \
                  need n >= 1, max_rows >= n and non-zero token limits",
                 cfg.max_rows, cfg.max_response_tokens, cfg.max_turn_tokens
@@ -201,7 +206,7 @@ impl<'a> RolloutEnv<'a> {
         }
         if let Some(g) = groups {
             if g.len() != samples.len() {
-                return Err(RolloutError::Data(format!(
+                return Err(RolloutError::Settings(format!(
                     "{} group indices for {} samples",
                     g.len(),
                     samples.len()
@@ -294,7 +299,7 @@ impl<'a> RolloutEnv<'a> {
             index_of
                 .get(&id)
                 .copied()
-                .ok_or_else(|| RolloutError::State(format!("the generator returned unknown row {id}")))
+                .ok_or_else(|| RolloutError::Invariant(format!("the generator returned unknown row {id}")))
         };
         // Phase 3: the loop. Decode windows; turns that end go to the tools (on their own
         // threads, while the other rows keep decoding); tool turns come back as appends.
@@ -379,10 +384,10 @@ impl<'a> RolloutEnv<'a> {
                             in_tools -= 1;
                             results.push(r);
                         }
-                        Err(_) => return Err(RolloutError::State("a tool thread vanished".into())),
+                        Err(_) => return Err(RolloutError::Invariant("a tool thread vanished".into())),
                     }
                 } else if queue.is_empty() {
-                    return Err(RolloutError::State("rows left with nothing to run".into()));
+                    return Err(RolloutError::Invariant("rows left with nothing to run".into()));
                 }
                 while let Ok(r) = rx.try_recv() {
                     in_tools -= 1;
@@ -489,7 +494,10 @@ impl<'a> RolloutEnv<'a> {
             .processor
             .tokenizer()
             .decode(&body, false)
-            .map_err(|e| RolloutError::State(format!("decoding: {e}")))?;
+            .map_err(|source| RolloutError::Tokenizer {
+                what: "decoding",
+                source,
+            })?;
         let last = s.ids.last().copied();
         r.turns.push(Turn {
             assistant_text: text.clone(),
@@ -559,8 +567,10 @@ impl<'a> RolloutEnv<'a> {
                         Some(dir) => {
                             let p =
                                 dir.join(format!("{}-{}-{key}.png", sanitize(&r.sample.id), r.group_index));
-                            img.save(&p)
-                                .map_err(|e| RolloutError::Data(format!("saving {}: {e}", p.display())))?;
+                            img.save(&p).map_err(|source| RolloutError::SaveImage {
+                                path: p.clone(),
+                                source,
+                            })?;
                             p
                         }
                         None => PathBuf::new(),

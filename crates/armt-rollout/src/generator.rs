@@ -174,7 +174,7 @@ impl<'m> ModelGenerator<'m> {
     fn parts(&mut self) -> Result<(&CachePlan, &mut SlotCache, &mut DeviceRows), RolloutError> {
         match (&self.plan, &mut self.cache, &mut self.dev) {
             (Some(p), Some(c), Some(d)) => Ok((p, c, d)),
-            _ => Err(RolloutError::State("the generator was not prepared".into())),
+            _ => Err(RolloutError::Invariant("the generator was not prepared".into())),
         }
     }
 
@@ -182,7 +182,7 @@ impl<'m> ModelGenerator<'m> {
         self.slot_of_row
             .get(&row)
             .copied()
-            .ok_or_else(|| RolloutError::State(format!("row {row} is not in the generator")))
+            .ok_or_else(|| RolloutError::Invariant(format!("row {row} is not in the generator")))
     }
 
     /// Grows the row slots (by doubling, up to the plan) so positions below `needed` exist.
@@ -191,7 +191,7 @@ impl<'m> ModelGenerator<'m> {
         let max = plan.suffix_tokens as i64;
         let needed = needed as i64;
         if needed > max {
-            return Err(RolloutError::State(format!(
+            return Err(RolloutError::Invariant(format!(
                 "a row needs {needed} cache positions, over the planned {max}"
             )));
         }
@@ -346,7 +346,7 @@ impl Generator for ModelGenerator<'_> {
         let (plan, cache, dev) = self.parts()?;
         let (n, chunk) = (plan.rows_per_group, plan.prefill_chunk.max(1) as i64);
         if block >= plan.groups || rows.len() > n || prompt.ids.is_empty() {
-            return Err(RolloutError::State(format!(
+            return Err(RolloutError::Invariant(format!(
                 "group block {block} with {} rows and {} prompt tokens does not fit the plan",
                 rows.len(),
                 prompt.ids.len()
@@ -354,7 +354,7 @@ impl Generator for ModelGenerator<'_> {
         }
         let p = prompt.ids.len() as i64;
         if p > cache.prefix_cap() {
-            return Err(RolloutError::State(format!(
+            return Err(RolloutError::Invariant(format!(
                 "a prompt of {p} tokens is over the planned {}",
                 cache.prefix_cap()
             )));
@@ -390,7 +390,7 @@ impl Generator for ModelGenerator<'_> {
             last = Some(h.get(0).get(s - 1));
             start += s;
         }
-        let last = last.ok_or_else(|| RolloutError::State("an empty prompt".into()))?;
+        let last = last.ok_or_else(|| RolloutError::Invariant("an empty prompt".into()))?;
         let logits = model.logits(&last.view([1, -1])).to_kind(Kind::Float);
         let slots: Vec<i64> = (0..rows.len()).map(|j| (block * n + j) as i64).collect();
         let idx = Tensor::from_slice(&slots).to_device(device);
@@ -437,12 +437,12 @@ impl Generator for ModelGenerator<'_> {
         for (&row, chunk) in rows.iter().zip(chunks) {
             let slot = self.slot(row)?;
             if self.decoding.contains(&slot) || self.starting.iter().any(|&(s, _)| s == slot) {
-                return Err(RolloutError::State(format!("row {row} is in a turn")));
+                return Err(RolloutError::Invariant(format!("row {row} is in a turn")));
             }
             let mut row_ids = std::mem::take(&mut self.pending[slot]);
             row_ids.extend_from_slice(&chunk.ids);
             if row_ids.is_empty() {
-                return Err(RolloutError::State(format!("nothing to append to row {row}")));
+                return Err(RolloutError::Invariant(format!("nothing to append to row {row}")));
             }
             let index = rope_index(
                 &row_ids,
@@ -547,7 +547,7 @@ impl Generator for ModelGenerator<'_> {
         let slot = self.slot(row)?;
         let turn_tokens = self.plan.as_ref().map(|p| p.turn_tokens).unwrap_or(0);
         if budget == 0 || budget > turn_tokens || !self.pending[slot].is_empty() {
-            return Err(RolloutError::State(format!(
+            return Err(RolloutError::Invariant(format!(
                 "row {row} cannot start a turn of {budget} tokens (at most {turn_tokens}, after its context)"
             )));
         }
@@ -774,7 +774,7 @@ impl ScriptedGenerator {
         if row < self.turns.len() {
             Ok(())
         } else {
-            Err(RolloutError::State(format!("no script for row {row}")))
+            Err(RolloutError::Invariant(format!("no script for row {row}")))
         }
     }
 }

@@ -23,10 +23,35 @@ pub enum RolloutError {
     Processing(#[from] armt_processing::ProcessingError),
     #[error(transparent)]
     Torch(#[from] tch::TchError),
-    #[error("bad rollout input: {0}")]
-    Data(String),
-    #[error("rollout: {0}")]
-    State(String),
+    /// A sample's image cannot be read or decoded.
+    #[error("sample {sample}: image {path}: {source}")]
+    Image {
+        sample: String,
+        path: std::path::PathBuf,
+        #[source]
+        source: image::ImageError,
+    },
+    /// An observation image cannot be written next to the trajectories.
+    #[error("saving {path}: {source}")]
+    SaveImage {
+        path: std::path::PathBuf,
+        #[source]
+        source: image::ImageError,
+    },
+    #[error("the tokenizer has no `{0}` token")]
+    MissingToken(String),
+    #[error("{what}: {source}")]
+    Tokenizer {
+        what: &'static str,
+        #[source]
+        source: tokenizers::Error,
+    },
+    /// Settings or arguments the engine cannot run with (named in the message).
+    #[error("rollout settings: {0}")]
+    Settings(String),
+    /// The engine and a generator disagree about their rows: a bug, not bad input.
+    #[error("rollout engine invariant broken (a bug): {0}")]
+    Invariant(String),
 }
 
 /// How tokens are drawn. Same seed, same trajectories (on CPU).
