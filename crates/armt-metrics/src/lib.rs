@@ -21,8 +21,13 @@ use std::time::{SystemTime, UNIX_EPOCH};
 pub enum MetricsError {
     #[error("{path}: {source}")]
     Io { path: PathBuf, source: std::io::Error },
-    #[error("{path}:{line}: malformed metrics row: {msg}")]
-    Row { path: PathBuf, line: usize, msg: String },
+    #[error("{path}:{line}: malformed metrics row: {source}")]
+    Row {
+        path: PathBuf,
+        line: usize,
+        #[source]
+        source: RowError,
+    },
     #[error("{path}: metric name `{name}` is reserved for the row's own field")]
     ReservedName { path: PathBuf, name: String },
     #[error("{path}: no metric named `{name}` (present: {present})")]
@@ -31,8 +36,14 @@ pub enum MetricsError {
         name: String,
         present: String,
     },
-    #[error("{path}: cannot draw plot: {msg}")]
-    Plot { path: PathBuf, msg: String },
+    #[error("{path}: no metric rows to plot")]
+    NoRows { path: PathBuf },
+    #[error("{path}: cannot draw plot: {source}")]
+    Plot {
+        path: PathBuf,
+        #[source]
+        source: plot::DrawError,
+    },
 }
 
 fn io_err(path: &Path) -> impl FnOnce(std::io::Error) -> MetricsError + '_ {
@@ -218,10 +229,10 @@ fn repair_jsonl(path: &Path, resume_step: Option<u64>) -> Result<(), MetricsErro
         if line.trim().is_empty() {
             continue;
         }
-        let step = row_step(line).map_err(|msg| MetricsError::Row {
+        let step = row_step(line).map_err(|source| MetricsError::Row {
             path: path.to_path_buf(),
             line: i + 1,
-            msg,
+            source,
         })?;
         if resume_step.is_none_or(|r| step <= r) {
             kept.push_str(line);
@@ -237,11 +248,21 @@ fn repair_jsonl(path: &Path, resume_step: Option<u64>) -> Result<(), MetricsErro
     std::fs::rename(&tmp, path).map_err(io_err(path))
 }
 
-fn row_step(line: &str) -> Result<u64, String> {
-    let v: serde_json::Value = serde_json::from_str(line).map_err(|e| e.to_string())?;
-    v.get("step")
-        .and_then(|s| s.as_u64())
-        .ok_or_else(|| "no non-negative integer `step`".to_string())
+/// The `step` of a metrics row, or why the row has none.
+fn row_step(line: &str) -> Result<u64, RowError> {
+    let v: serde_json::Value = serde_json::from_str(line).map_err(RowError::Json)?;
+    v.get("step").and_then(|s| s.as_u64()).ok_or(RowError::NoStep)
+}
+
+/// What is wrong with one row of metrics.jsonl.
+#[derive(Debug, thiserror::Error)]
+pub enum RowError {
+    #[error(transparent)]
+    Json(serde_json::Error),
+    #[error("no non-negative integer `step`")]
+    NoStep,
+    #[error("metric `{name}` is not a number: {value}")]
+    NotANumber { name: String, value: serde_json::Value },
 }
 
 /// Reads metrics.jsonl: (step, metrics) per row, in file order. `time` is not a metric and is
@@ -256,21 +277,21 @@ pub fn read_metrics(path: &Path) -> Result<Vec<MetricRow>, MetricsError> {
         if line.trim().is_empty() {
             continue;
         }
-        let err = |msg: String| MetricsError::Row {
+        let err = |source: RowError| MetricsError::Row {
             path: path.to_path_buf(),
             line: i + 1,
-            msg,
+            source,
         };
         let parsed: Result<serde_json::Map<String, serde_json::Value>, _> = serde_json::from_str(line);
         let obj = match parsed {
             Ok(o) => o,
             Err(_) if i + 1 == n_lines && !text.ends_with('\n') => break,
-            Err(e) => return Err(err(e.to_string())),
+            Err(e) => return Err(err(RowError::Json(e))),
         };
         let step = obj
             .get("step")
             .and_then(|s| s.as_u64())
-            .ok_or_else(|| err("no non-negative integer `step`".into()))?;
+            .ok_or_else(|| err(RowError::NoStep))?;
         let mut row = BTreeMap::new();
         for (k, v) in obj {
             if k == "step" || k == "time" {
@@ -280,7 +301,12 @@ pub fn read_metrics(path: &Path) -> Result<Vec<MetricRow>, MetricsError> {
                 serde_json::Value::Null => f64::NAN,
                 serde_json::Value::Number(n) => n.as_f64().unwrap_or(f64::NAN),
                 serde_json::Value::Bool(b) => f64::from(u8::from(b)),
-                other => return Err(err(format!("metric `{k}` is not a number: {other}"))),
+                other => {
+                    return Err(err(RowError::NotANumber {
+                        name: k,
+                        value: other,
+                    }))
+                }
             };
             row.insert(k, x);
         }

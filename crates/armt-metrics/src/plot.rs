@@ -32,17 +32,23 @@ const FONT: &str = "sans-serif";
 
 /// plotters' ab_glyph backend only knows fonts registered by name; register the embedded one
 /// under the family names plotters' built-in styles ask for.
-fn ensure_font() -> Result<(), String> {
-    static DONE: OnceLock<Result<(), String>> = OnceLock::new();
-    DONE.get_or_init(|| {
-        for family in ["sans-serif", "serif", "monospace"] {
+fn ensure_font() -> Result<(), DrawError> {
+    static LOADED: OnceLock<bool> = OnceLock::new();
+    let loaded = *LOADED.get_or_init(|| {
+        ["sans-serif", "serif", "monospace"].into_iter().all(|family| {
             plotters::style::register_font(family, FontStyle::Normal, epaint_default_fonts::UBUNTU_LIGHT)
-                .map_err(|_| "the embedded Ubuntu font did not load".to_string())?;
-        }
+                .is_ok()
+        })
+    });
+    if loaded {
         Ok(())
-    })
-    .clone()
+    } else {
+        Err("the embedded Ubuntu font did not load".into())
+    }
 }
+
+/// Why a chart could not be drawn: plotters' drawing and backend errors, image encoding.
+pub type DrawError = Box<dyn std::error::Error + Send + Sync>;
 
 /// Draws each metric (or a chosen list) against step into PNG files under out_dir and returns
 /// the written paths. The first is `reward_curve.png` whenever `reward/mean` was logged
@@ -56,12 +62,14 @@ pub fn plot_metrics(
     names: Option<&[String]>,
 ) -> Result<Vec<PathBuf>, MetricsError> {
     let rows = read_metrics(metrics_jsonl)?;
-    let plot_err = |msg: String| MetricsError::Plot {
+    let plot_err = |source: DrawError| MetricsError::Plot {
         path: metrics_jsonl.to_path_buf(),
-        msg,
+        source,
     };
     if rows.is_empty() {
-        return Err(plot_err("no metric rows to plot".into()));
+        return Err(MetricsError::NoRows {
+            path: metrics_jsonl.to_path_buf(),
+        });
     }
     ensure_font().map_err(plot_err)?;
     let present: BTreeSet<&str> = rows
@@ -115,9 +123,9 @@ pub fn plot_metrics(
                 30,
             )
         })
-        .map_err(|m| MetricsError::Plot {
+        .map_err(|source| MetricsError::Plot {
             path: path.clone(),
-            msg: m,
+            source,
         })?;
         written.push(path);
     }
@@ -135,9 +143,9 @@ pub fn plot_metrics(
         render(&path, PANEL_W, PANEL_H, |root| {
             draw_panel(root, name, (name, &pts), None, None, PANEL_SMOOTHING, 24)
         })
-        .map_err(|m| MetricsError::Plot {
+        .map_err(|source| MetricsError::Plot {
             path: path.clone(),
-            msg: m,
+            source,
         })?;
         written.push(path);
     }
@@ -231,17 +239,17 @@ fn render(
     path: &Path,
     w: u32,
     h: u32,
-    draw: impl FnOnce(&DrawingArea<BitMapBackend<'_>, Shift>) -> Result<(), String>,
-) -> Result<(), String> {
+    draw: impl FnOnce(&DrawingArea<BitMapBackend<'_>, Shift>) -> Result<(), DrawError>,
+) -> Result<(), DrawError> {
     let mut buf = vec![255u8; (w * h * 3) as usize];
     {
         let root = BitMapBackend::with_buffer(&mut buf, (w, h)).into_drawing_area();
-        root.fill(&WHITE).map_err(|e| e.to_string())?;
+        root.fill(&WHITE)?;
         draw(&root)?;
-        root.present().map_err(|e| e.to_string())?;
+        root.present()?;
     }
     let img = image::RgbImage::from_raw(w, h, buf).ok_or("bitmap buffer has the wrong size")?;
-    img.save(path).map_err(|e| e.to_string())
+    Ok(img.save(path)?)
 }
 
 /// One chart: `main` raw (faint) and smoothed (solid), plus optionally a second metric on a
@@ -257,8 +265,7 @@ fn draw_panel(
     val: Option<&[(f64, f64)]>,
     weight: f64,
     title_size: u32,
-) -> Result<(), String> {
-    let e = |e: DrawingAreaErrorKind<_>| e.to_string();
+) -> Result<(), DrawError> {
     let (main_name, main_pts) = main;
     let all_x = main_pts
         .iter()
@@ -289,8 +296,7 @@ fn draw_panel(
         .x_label_area_size(55)
         .y_label_area_size(95)
         .right_y_label_area_size(if second.is_some() { 95 } else { 0 })
-        .build_cartesian_2d(x0..x1, y0..y1)
-        .map_err(e)?
+        .build_cartesian_2d(x0..x1, y0..y1)?
         .set_secondary_coord(x0..x1, s0..s1);
     chart
         .configure_mesh()
@@ -305,11 +311,11 @@ fn draw_panel(
         .axis_desc_style((FONT, 20))
         .light_line_style(RGBColor(235, 235, 235))
         .draw()
-        .map_err(e)?;
+        ?;
 
     let faint = MAIN_COLOR.mix(0.3).stroke_width(1);
     for (i, seg) in segments(main_pts).into_iter().enumerate() {
-        let s = chart.draw_series(LineSeries::new(seg, faint)).map_err(e)?;
+        let s = chart.draw_series(LineSeries::new(seg, faint))?;
         if i == 0 {
             s.label(format!("{main_name} (raw)"))
                 .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 24, y)], faint));
@@ -317,13 +323,10 @@ fn draw_panel(
     }
     let smoothed = smooth(main_pts, weight);
     if smoothed.len() == 1 {
-        chart
-            .draw_series(std::iter::once(Circle::new(smoothed[0], 5, MAIN_COLOR.filled())))
-            .map_err(e)?;
+        chart.draw_series(std::iter::once(Circle::new(smoothed[0], 5, MAIN_COLOR.filled())))?;
     }
     chart
-        .draw_series(LineSeries::new(smoothed, MAIN_COLOR.stroke_width(3)))
-        .map_err(e)?
+        .draw_series(LineSeries::new(smoothed, MAIN_COLOR.stroke_width(3)))?
         .label(format!("{main_name} (smoothed {weight})"))
         .legend(|(x, y)| PathElement::new(vec![(x, y), (x + 24, y)], MAIN_COLOR.stroke_width(3)));
 
@@ -334,33 +337,24 @@ fn draw_panel(
             .y_label_formatter(&|y| fmt_value(*y))
             .label_style((FONT, 17))
             .axis_desc_style((FONT, 20))
-            .draw()
-            .map_err(e)?;
+            .draw()?;
         let faint = ACC_COLOR.mix(0.3).stroke_width(1);
         for seg in segments(pts) {
-            chart
-                .draw_secondary_series(LineSeries::new(seg, faint))
-                .map_err(e)?;
+            chart.draw_secondary_series(LineSeries::new(seg, faint))?;
         }
         let sm = smooth(pts, weight);
         if sm.len() == 1 {
-            chart
-                .draw_secondary_series(std::iter::once(Circle::new(sm[0], 5, ACC_COLOR.filled())))
-                .map_err(e)?;
+            chart.draw_secondary_series(std::iter::once(Circle::new(sm[0], 5, ACC_COLOR.filled())))?;
         }
         chart
-            .draw_secondary_series(LineSeries::new(sm, ACC_COLOR.stroke_width(3)))
-            .map_err(e)?
+            .draw_secondary_series(LineSeries::new(sm, ACC_COLOR.stroke_width(3)))?
             .label(format!("{name} (smoothed, right axis)"))
             .legend(|(x, y)| PathElement::new(vec![(x, y), (x + 24, y)], ACC_COLOR.stroke_width(3)));
         if let Some(vpts) = val {
             let finite: Vec<(f64, f64)> = vpts.iter().copied().filter(|p| p.1.is_finite()).collect();
+            chart.draw_secondary_series(finite.iter().map(|&p| Circle::new(p, 5, VAL_COLOR.filled())))?;
             chart
-                .draw_secondary_series(finite.iter().map(|&p| Circle::new(p, 5, VAL_COLOR.filled())))
-                .map_err(e)?;
-            chart
-                .draw_secondary_series(LineSeries::new(finite, VAL_COLOR.stroke_width(2)))
-                .map_err(e)?
+                .draw_secondary_series(LineSeries::new(finite, VAL_COLOR.stroke_width(2)))?
                 .label(format!("{VAL_ACCURACY} (held-out, greedy; right axis)"))
                 .legend(|(x, y)| PathElement::new(vec![(x, y), (x + 24, y)], VAL_COLOR.stroke_width(2)));
         }
@@ -371,8 +365,7 @@ fn draw_panel(
         .background_style(WHITE.mix(0.85))
         .border_style(RGBColor(160, 160, 160))
         .label_font((FONT, 17))
-        .draw()
-        .map_err(e)?;
+        .draw()?;
     Ok(())
 }
 
