@@ -290,16 +290,25 @@ fn figure(h: &mut String, key: &str, path: Option<&PathBuf>) {
                 h,
                 "<figure><div class=\"missing\">missing image<br><b>{}</b><br>{}</div><figcaption>{}</figcaption></figure>",
                 esc(&path.display().to_string()),
-                esc(&why),
+                esc(&why.to_string()),
                 esc(key)
             );
         }
     }
 }
 
-fn data_url(path: &Path) -> Result<String, String> {
-    let bytes = std::fs::read(path).map_err(|e| e.to_string())?;
-    let mime = sniff_mime(&bytes).ok_or_else(|| "not a PNG, JPEG, GIF or WebP file".to_string())?;
+/// Why an observation image cannot be embedded (shown in its place on the page).
+#[derive(Debug, thiserror::Error)]
+enum EmbedError {
+    #[error(transparent)]
+    Read(#[from] std::io::Error),
+    #[error("not a PNG, JPEG, GIF or WebP file")]
+    NotAnImage,
+}
+
+fn data_url(path: &Path) -> Result<String, EmbedError> {
+    let bytes = std::fs::read(path)?;
+    let mime = sniff_mime(&bytes).ok_or(EmbedError::NotAnImage)?;
     Ok(format!("data:{mime};base64,{}", base64(&bytes)))
 }
 

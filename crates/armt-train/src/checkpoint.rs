@@ -75,8 +75,7 @@ pub(crate) fn start_or_resume(
         .into_iter()
         .filter(|(_, t)| t.requires_grad())
         .collect();
-    let (master, named_kind) =
-        MasterDtype::parse(cfg.optim.master_dtype.as_deref()).map_err(TrainError::Config)?;
+    let (master, named_kind) = MasterDtype::parse(cfg.optim.master_dtype.as_deref())?;
     if let Some(kind) = named_kind {
         if let Some((name, p)) = params.iter().find(|(_, p)| p.kind() != kind) {
             return Err(TrainError::Config(format!(
@@ -85,7 +84,7 @@ pub(crate) fn start_or_resume(
             )));
         }
     }
-    let stage = ZeroStage::from_index(cfg.train.zero_stage).map_err(TrainError::Config)?;
+    let stage = ZeroStage::from_index(cfg.train.zero_stage)?;
     let mut optimizer = AdamW::new(params, cfg.optim.adamw.clone())
         .with_master_dtype(master)
         .with_zero_stage(stage)

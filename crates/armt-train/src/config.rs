@@ -291,8 +291,8 @@ impl TrainConfig {
                 self.optim.schedule
             ));
         }
-        crate::MasterDtype::parse(self.optim.master_dtype.as_deref()).map_err(TrainError::Config)?;
-        crate::ZeroStage::from_index(self.train.zero_stage).map_err(TrainError::Config)?;
+        crate::MasterDtype::parse(self.optim.master_dtype.as_deref())?;
+        crate::ZeroStage::from_index(self.train.zero_stage)?;
         self.grpo
             .validate()
             .map_err(|e| TrainError::Config(e.to_string()))?;
@@ -307,8 +307,34 @@ impl TrainConfig {
     }
 }
 
-fn apply_override(root: &mut toml::Value, assignment: &str) -> Result<(), String> {
-    let (key, raw) = assignment.split_once('=').ok_or("expected key.path=value")?;
+/// A setting whose value is outside what it accepts.
+#[derive(Debug, thiserror::Error)]
+#[error("{key} = `{value}`: expected {expected}")]
+pub struct InvalidSetting {
+    pub key: &'static str,
+    pub value: String,
+    pub expected: &'static str,
+}
+
+impl From<InvalidSetting> for TrainError {
+    fn from(e: InvalidSetting) -> Self {
+        TrainError::Config(e.to_string())
+    }
+}
+
+/// Why a `key.path=value` override cannot be applied.
+#[derive(Debug, thiserror::Error)]
+pub enum OverrideError {
+    #[error("expected key.path=value")]
+    NoEquals,
+    #[error("`{0}` is not a table")]
+    NotATable(String),
+    #[error("empty key")]
+    EmptyKey,
+}
+
+fn apply_override(root: &mut toml::Value, assignment: &str) -> Result<(), OverrideError> {
+    let (key, raw) = assignment.split_once('=').ok_or(OverrideError::NoEquals)?;
     let value: toml::Value = match toml::from_str::<toml::Table>(&format!("v = {raw}")) {
         Ok(mut t) => t.remove("v").unwrap(),
         Err(_) => toml::Value::String(raw.to_string()),
@@ -318,7 +344,7 @@ fn apply_override(root: &mut toml::Value, assignment: &str) -> Result<(), String
     for (i, part) in parts.iter().enumerate() {
         let table = cur
             .as_table_mut()
-            .ok_or_else(|| format!("`{}` is not a table", parts[..i].join(".")))?;
+            .ok_or_else(|| OverrideError::NotATable(parts[..i].join(".")))?;
         if i + 1 == parts.len() {
             table.insert(part.to_string(), value);
             return Ok(());
@@ -327,7 +353,7 @@ fn apply_override(root: &mut toml::Value, assignment: &str) -> Result<(), String
             .entry(part.to_string())
             .or_insert_with(|| toml::Value::Table(Default::default()));
     }
-    Err("empty key".into())
+    Err(OverrideError::EmptyKey)
 }
 
 #[cfg(test)]

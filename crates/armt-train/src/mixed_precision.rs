@@ -21,15 +21,17 @@ impl MasterDtype {
     /// `optim.master_dtype`: unset or "f32"/"fp32"/"float32" → fp32 masters; "none" or
     /// "compute" → the compute dtype. "bf16"/"f16" are accepted as "the compute dtype" and
     /// checked against it when the optimizer is built (see [`MasterDtype::resolve`]).
-    pub fn parse(value: Option<&str>) -> Result<(Self, Option<Kind>), String> {
+    pub fn parse(value: Option<&str>) -> Result<(Self, Option<Kind>), crate::config::InvalidSetting> {
         match value.map(|s| s.trim().to_ascii_lowercase()).as_deref() {
             None | Some("f32" | "fp32" | "float32") => Ok((Self::F32, None)),
             Some("none" | "compute") => Ok((Self::Compute, None)),
             Some("bf16" | "bfloat16") => Ok((Self::Compute, Some(Kind::BFloat16))),
             Some("f16" | "fp16" | "float16") => Ok((Self::Compute, Some(Kind::Half))),
-            Some(other) => Err(format!(
-                "optim.master_dtype = `{other}`: expected f32 (default), none (the compute dtype), bf16 or f16"
-            )),
+            Some(other) => Err(crate::config::InvalidSetting {
+                key: "optim.master_dtype",
+                value: other.to_string(),
+                expected: "f32 (default), none (the compute dtype), bf16 or f16",
+            }),
         }
     }
 
@@ -55,7 +57,7 @@ mod tests {
             MasterDtype::parse(Some("bf16")).unwrap(),
             (MasterDtype::Compute, Some(Kind::BFloat16))
         );
-        let err = MasterDtype::parse(Some("f8")).unwrap_err();
+        let err = MasterDtype::parse(Some("f8")).unwrap_err().to_string();
         assert!(err.contains("optim.master_dtype") && err.contains("f8"), "{err}");
         assert_eq!(MasterDtype::Compute.resolve(Kind::BFloat16), Kind::BFloat16);
         assert_eq!(MasterDtype::F32.resolve(Kind::BFloat16), Kind::Float);

@@ -31,12 +31,16 @@ pub enum ZeroStage {
 
 impl ZeroStage {
     /// `train.zero_stage`: 0, 1 or 2.
-    pub fn from_index(stage: u8) -> Result<Self, String> {
+    pub fn from_index(stage: u8) -> Result<Self, crate::config::InvalidSetting> {
         match stage {
             0 => Ok(Self::Replicated),
             1 => Ok(Self::ShardedState),
             2 => Ok(Self::ShardedGradients),
-            s => Err(format!("train.zero_stage = {s}: expected 0, 1 or 2")),
+            s => Err(crate::config::InvalidSetting {
+                key: "train.zero_stage",
+                value: s.to_string(),
+                expected: "0, 1 or 2",
+            }),
         }
     }
 
