@@ -6,7 +6,7 @@ use crate::forward::{parse_device, parse_dtype};
 use anyhow::{bail, Context, Result};
 use armt_model::Qwen25Vl;
 use armt_processing::Processor;
-use armt_rewards::{stage1_reward, stage2_reward, RewardConfig};
+use armt_rewards::{routed_reward, stage1_reward, RewardConfig};
 use armt_rollout::{ModelGenerator, RolloutConfig, RolloutEnv, SamplingConfig, TemplateIds};
 use armt_tools::ToolRegistry;
 use armt_train::{builtin, checkpoint, TrainConfig};
@@ -44,9 +44,17 @@ pub struct EvalArgs {
     /// Where the built-in default lives.
     #[arg(long, default_value = "runs/tiny")]
     builtin_root: PathBuf,
+    /// ARMBench-VL evaluation (`--armbench FILE…`).
+    #[command(flatten)]
+    bench: armbench::BenchArgs,
 }
 
+mod armbench;
+
 pub fn run(args: EvalArgs) -> Result<()> {
+    if !args.bench.armbench.is_empty() {
+        return armbench::run_in_process(&args);
+    }
     let cfg = match &args.config {
         Some(p) => TrainConfig::load(Some(p), &[])?,
         None => {
@@ -66,7 +74,7 @@ pub fn run(args: EvalArgs) -> Result<()> {
             })?,
     };
     let samples = match &args.data {
-        Some(d) => armt_data::read_samples(d)?,
+        Some(d) => armt_data::read_dataset(d, &cfg.data.formats)?,
         None => builtin::prepare(root)?.val,
     };
     if samples.is_empty() {
@@ -107,7 +115,7 @@ pub fn run(args: EvalArgs) -> Result<()> {
         let mut generator = ModelGenerator::new(&model, chunk.len(), rollout.sampling.clone(), pad);
         for (r, sample) in env.run(&mut generator, chunk, 1, |_| {})?.into_iter().zip(chunk) {
             let s1 = stage1_reward(&r.trajectory, sample, &rewards)?;
-            let s2 = stage2_reward(&r.trajectory, sample, &rewards)?;
+            let s2 = routed_reward(2, &r.trajectory, sample, &rewards)?;
             for key in [format!("{:?}", sample.task).to_lowercase(), "all".to_string()] {
                 let e = by_task.entry(key).or_default();
                 e[0] += 1.0;

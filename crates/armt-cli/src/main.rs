@@ -2,6 +2,7 @@
 
 mod eval;
 mod forward;
+mod messages;
 mod rollout;
 mod train;
 mod view;

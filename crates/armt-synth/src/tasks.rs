@@ -604,6 +604,7 @@ fn zoom_sample(dir: &Path, i: usize, rng: &mut ChaCha8Rng, cfg: &SynthConfig) ->
         response: None,
         judgment: Judgment::Pair { candidates: 2 },
         ground_truth: if gt_first { "1" } else { "2" }.into(),
+        source: None,
     })
 }
 
@@ -658,6 +659,7 @@ fn document_sample(dir: &Path, i: usize, rng: &mut ChaCha8Rng, cfg: &SynthConfig
         response: None,
         judgment: Judgment::Pair { candidates: 2 },
         ground_truth: if gt_first { "1" } else { "2" }.into(),
+        source: None,
     })
 }
 
@@ -677,6 +679,7 @@ fn instruction_sample(i: usize, rng: &mut ChaCha8Rng) -> Sample {
         response: Some(resp),
         judgment: Judgment::Single,
         ground_truth: if want { "true" } else { "false" }.into(),
+        source: None,
     }
 }
 

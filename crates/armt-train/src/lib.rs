@@ -8,6 +8,7 @@ mod config;
 mod grpo_trainer;
 mod optimizer;
 mod sft;
+pub mod sft_llamafactory;
 
 pub use batch::{token_logprobs, Example};
 pub use config::{
