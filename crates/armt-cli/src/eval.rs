@@ -74,7 +74,7 @@ pub fn run(args: EvalArgs) -> Result<()> {
             })?,
     };
     let samples = match &args.data {
-        Some(d) => armt_data::read_dataset(d, &cfg.data.formats)?,
+        Some(d) => armt_data::read_dataset(d, &args.bench.format_options(&cfg.data.formats))?,
         None => builtin::prepare(root)?.val,
     };
     if samples.is_empty() {

@@ -28,12 +28,23 @@ pub struct BenchArgs {
     /// Where results go: `<work-dir>/<name>.jsonl`, `<name>_scores.json`, `images/`.
     #[arg(long, default_value = "eval_results")]
     pub work_dir: PathBuf,
-    /// Item images resolve here (default: each file's folder).
+    /// Item (and `--data` row) images resolve here (default: each file's folder).
     #[arg(long)]
     pub image_root: Option<PathBuf>,
     /// Document pages `<doc_id>_<page>.<ext>` are here (default: the image root).
     #[arg(long)]
     pub doc_root: Option<PathBuf>,
+}
+
+impl BenchArgs {
+    /// `base` with the image and document roots given on the command line.
+    pub fn format_options(&self, base: &FormatOptions) -> FormatOptions {
+        FormatOptions {
+            image_root: self.image_root.clone().or_else(|| base.image_root.clone()),
+            doc_root: self.doc_root.clone().or_else(|| base.doc_root.clone()),
+            ..base.clone()
+        }
+    }
 }
 
 /// One item's outcome, as the original's `judge_result`.
@@ -74,11 +85,7 @@ pub fn run_bench(
             .file_stem()
             .map(|s| s.to_string_lossy().into_owned())
             .unwrap_or_default();
-        let opts = FormatOptions {
-            image_root: bench.image_root.clone(),
-            doc_root: bench.doc_root.clone(),
-            ..FormatOptions::default()
-        };
+        let opts = bench.format_options(&FormatOptions::default());
         let items: Vec<ArmBenchItem> = read_items(file)?
             .into_iter()
             .filter(|it| !done.contains(&(track.clone(), it.key())))
