@@ -4,6 +4,7 @@ mod eval;
 mod forward;
 mod messages;
 mod rollout;
+mod serve;
 mod train;
 mod view;
 
@@ -37,6 +38,8 @@ enum Command {
     Eval(eval::EvalArgs),
     /// Render trajectory JSONL as a self-contained HTML page.
     View(view::ViewArgs),
+    /// Serve a checkpoint over HTTP: OpenAI chat completions with the tool loop, and /v1/judge.
+    Serve(serve::ServeArgs),
 }
 
 fn main() -> Result<()> {
@@ -49,5 +52,6 @@ fn main() -> Result<()> {
         Command::Plot(args) => train::run_plot(args),
         Command::View(args) => view::run(args),
         Command::Eval(args) => eval::run(args),
+        Command::Serve(args) => serve::run(args),
     }
 }

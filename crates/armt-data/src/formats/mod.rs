@@ -182,7 +182,7 @@ pub(crate) fn resolve(root: &Path, p: &str) -> PathBuf {
 }
 
 /// The file extension an encoded image's magic bytes say it is.
-pub(crate) fn image_extension(bytes: &[u8]) -> &'static str {
+pub fn image_extension(bytes: &[u8]) -> &'static str {
     match bytes {
         [0x89, b'P', b'N', b'G', ..] => "png",
         [0xFF, 0xD8, 0xFF, ..] => "jpg",
