@@ -219,3 +219,152 @@ pub fn mmif_reward(
     r.format_ok = check_format(&traj.final_text).is_ok();
     Ok(r)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use armt_data::{Judgment, StopReason, TaskKind, ToolCallRecord, Turn};
+
+    fn sample(source: &str, judgment: Judgment, gt: &str) -> Sample {
+        Sample {
+            id: "s".into(),
+            task: TaskKind::Zoom,
+            prompt: "q".into(),
+            images: vec![],
+            document: None,
+            response: None,
+            judgment,
+            ground_truth: gt.into(),
+            source: Some(source.into()),
+        }
+    }
+
+    /// `calls` zoom calls (successful or not), then `final_text`.
+    fn traj(calls: &[bool], final_text: &str) -> Trajectory {
+        let mut turns: Vec<Turn> = calls
+            .iter()
+            .map(|&ok| Turn {
+                assistant_text: "<tool_call>{}</tool_call>".into(),
+                tool_call: Some(ToolCallRecord {
+                    name: "image_zoom_in_tool".into(),
+                    arguments: serde_json::json!({}),
+                    result_text: if ok {
+                        "This is the zoom-in image".into()
+                    } else {
+                        "Error: x".into()
+                    },
+                    result_images: vec![],
+                    success: ok,
+                    reward: 0.0,
+                    duration_ms: 0.0,
+                }),
+                tool_error: None,
+            })
+            .collect();
+        turns.push(Turn {
+            assistant_text: final_text.into(),
+            tool_call: None,
+            tool_error: None,
+        });
+        Trajectory {
+            sample_id: "s".into(),
+            group_index: 0,
+            task: TaskKind::Zoom,
+            token_ids: vec![1, 2],
+            prompt_len: 1,
+            loss_mask: vec![1],
+            logprobs: vec![0.0],
+            turns,
+            images: vec![],
+            final_text: final_text.into(),
+            stop_reason: StopReason::Answered,
+            reward: None,
+        }
+    }
+
+    const RIGHT: &str = "<think>t</think><answer>Overall Judgment: Answer 1 is better</answer>";
+    const WRONG: &str = "<think>t</think><answer>Overall Judgment: Answer 2 is better</answer>";
+    const BAD_RIGHT: &str = "Answer 1 is better";
+
+    fn total(source: &str, calls: &[bool], text: &str) -> f32 {
+        let cfg = RewardConfig::default();
+        routed_reward(
+            2,
+            &traj(calls, text),
+            &sample(source, Judgment::Pair { candidates: 2 }, "1"),
+            &cfg,
+        )
+        .unwrap()
+        .total
+    }
+
+    #[test]
+    fn v8_table() {
+        // pair_rm_with_tool_reward_v8: 0 / 0.3 / 0.4 / 1.0 / 1.5.
+        assert_eq!(total("deepeyes_crop", &[true], BAD_RIGHT), 0.0);
+        assert_eq!(total("deepeyes_crop", &[], WRONG), 0.3);
+        assert_eq!(total("deepeyes_crop", &[false], WRONG), 0.4);
+        assert_eq!(total("deepeyes_crop", &[false], RIGHT), 1.0);
+        assert_eq!(total("deepeyes_crop", &[true], RIGHT), 1.5);
+        assert_eq!(total("mp_docvqa", &[true], RIGHT), 1.5);
+    }
+
+    #[test]
+    fn llava_critic_tables_and_accuracy() {
+        // Default LC version v2: ok+right 1.5, bad+right 1.0, ok+wrong 0.5, bad+wrong 0.
+        assert_eq!(total("llava_critic", &[], RIGHT), 1.5);
+        assert_eq!(total("llava_critic", &[], BAD_RIGHT), 1.0);
+        assert_eq!(total("llava_critic", &[], WRONG), 0.5);
+        assert_eq!(total("llava_critic", &[], "no verdict"), 0.0);
+        assert_eq!(total("val_llava_critic", &[true], RIGHT), 1.0);
+        assert_eq!(total("val_llava_critic", &[true], WRONG), 0.0);
+        let mut cfg = RewardConfig::default();
+        cfg.sources
+            .insert("llava_critic".into(), "llava_critic_v1".into());
+        let r = |t| {
+            routed_reward(
+                2,
+                &traj(&[], t),
+                &sample("llava_critic", Judgment::Pair { candidates: 2 }, "1"),
+                &cfg,
+            )
+        };
+        assert_eq!(
+            (
+                r(RIGHT).unwrap().total,
+                r(WRONG).unwrap().total,
+                r(BAD_RIGHT).unwrap().total
+            ),
+            (1.5, 0.3, 0.0)
+        );
+    }
+
+    #[test]
+    fn mmif_and_matching() {
+        let cfg = RewardConfig::default();
+        let s = sample("mmif_v3_train", Judgment::Single, "false");
+        let r = |t| routed_reward(2, &traj(&[], t), &s, &cfg).unwrap().total;
+        assert_eq!(r("<answer>Overall Judgment: False</answer>"), 1.0);
+        // mmif.py's regex has no room for a trailing period or think tags it does not need.
+        assert_eq!(r("<answer>Overall Judgment: False.</answer>"), 0.0);
+        assert_eq!(r("<answer>Overall Judgment: True</answer>"), 0.0);
+        assert_eq!(route_for(&cfg.sources, "val_deepeyes_crop"), Some("accuracy"));
+        assert_eq!(route_for(&cfg.sources, "unknown"), None);
+        // No source: armt's stage-2 reward; stage 1 always the tool reward.
+        let mut plain = sample("x", Judgment::Pair { candidates: 2 }, "1");
+        plain.source = None;
+        let t = traj(&[true], RIGHT);
+        assert_eq!(
+            routed_reward(2, &t, &plain, &cfg).unwrap(),
+            stage2_reward(&t, &plain, &cfg).unwrap()
+        );
+        let s1 = sample("deepeyes_crop", Judgment::Pair { candidates: 2 }, "1");
+        assert_eq!(
+            routed_reward(1, &t, &s1, &cfg).unwrap(),
+            stage1_reward(&t, &s1, &cfg).unwrap()
+        );
+        let mut bad = cfg.clone();
+        bad.sources.insert("x".into(), "nope".into());
+        assert!(bad.validate().unwrap_err().to_string().contains("nope"));
+    }
+}

@@ -53,12 +53,11 @@ pub struct Judged {
     pub system: String,
 }
 
+/// Rolls out a batch of samples (observation images saved under the given folder).
+pub type JudgeFn<'a> = dyn FnMut(&[Sample], &Path) -> Result<Vec<Judged>> + 'a;
+
 /// Runs the benchmark with `judge` doing the rollouts (in-process model or a remote server).
-pub fn run_bench(
-    args: &EvalArgs,
-    model_name: &str,
-    judge: &mut dyn FnMut(&[Sample], &Path) -> Result<Vec<Judged>>,
-) -> Result<()> {
+pub fn run_bench(args: &EvalArgs, model_name: &str, judge: &mut JudgeFn) -> Result<()> {
     let bench = &args.bench;
     std::fs::create_dir_all(&bench.work_dir)
         .with_context(|| format!("creating {}", bench.work_dir.display()))?;
