@@ -6,7 +6,7 @@ use crate::forward::{parse_device, parse_dtype};
 use anyhow::{bail, Context, Result};
 use armt_model::Qwen25Vl;
 use armt_processing::Processor;
-use armt_rewards::{stage1_reward, stage2_reward, RewardConfig};
+use armt_rewards::{routed_reward, stage1_reward, RewardConfig};
 use armt_rollout::{ModelGenerator, RolloutConfig, RolloutEnv, SamplingConfig, TemplateIds};
 use armt_tools::ToolRegistry;
 use armt_train::{builtin, checkpoint, TrainConfig};
@@ -53,7 +53,12 @@ pub struct EvalArgs {
     /// the built-in default: cold start, stage 1, stage 2 and stage 2 without tools.
     #[arg(long, num_args = 0.., value_name = "CKPT")]
     compare: Option<Vec<PathBuf>>,
+    /// ARMBench-VL evaluation (`--armbench FILE…`).
+    #[command(flatten)]
+    bench: armbench::BenchArgs,
 }
+
+mod armbench;
 
 pub fn run(args: EvalArgs) -> Result<()> {
     if let Some(ckpts) = &args.compare {
@@ -68,6 +73,9 @@ pub fn run(args: EvalArgs) -> Result<()> {
             builtin_root: args.builtin_root.clone(),
             no_tools: args.no_tools,
         });
+    }
+    if !args.bench.armbench.is_empty() {
+        return armbench::run_in_process(&args);
     }
     let cfg = match &args.config {
         Some(p) => TrainConfig::load(Some(p), &[])?,
@@ -91,7 +99,7 @@ pub fn run(args: EvalArgs) -> Result<()> {
             })?,
     };
     let samples = match &args.data {
-        Some(d) => armt_data::read_samples(d)?,
+        Some(d) => armt_data::read_dataset(d, &args.bench.format_options(&cfg.data.formats))?,
         None => builtin::open(root)?.val,
     };
     if samples.is_empty() {
@@ -134,7 +142,7 @@ pub fn run(args: EvalArgs) -> Result<()> {
         for r in env.run(&mut generator, chunk, 1, |_| {})? {
             let sample = &chunk[r.group];
             let s1 = stage1_reward(&r.trajectory, sample, &rewards)?;
-            let s2 = stage2_reward(&r.trajectory, sample, &rewards)?;
+            let s2 = routed_reward(2, &r.trajectory, sample, &rewards)?;
             for key in [format!("{:?}", sample.task).to_lowercase(), "all".to_string()] {
                 let e = by_task.entry(key).or_default();
                 e[0] += 1.0;

@@ -5,9 +5,11 @@ mod dev;
 mod dist;
 mod eval;
 mod forward;
+mod messages;
 mod plan;
 mod rollout;
 mod rollout_bench;
+mod serve;
 mod train;
 mod view;
 
@@ -51,6 +53,8 @@ enum Command {
     /// (Developer) the rollout engine's decode, prefill and full-rollout speed on a random model.
     #[command(hide = true)]
     RolloutBench(rollout_bench::RolloutBenchArgs),
+    /// Serve a checkpoint over HTTP: OpenAI chat completions with the tool loop, and /v1/judge.
+    Serve(serve::ServeArgs),
 }
 
 fn main() -> Result<()> {
@@ -67,5 +71,6 @@ fn main() -> Result<()> {
         Command::Plan(args) => plan::run(args),
         Command::Dev(cmd) => dev::run(cmd),
         Command::RolloutBench(args) => rollout_bench::run(args),
+        Command::Serve(args) => serve::run(args),
     }
 }

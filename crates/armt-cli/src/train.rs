@@ -136,7 +136,7 @@ pub fn run(args: TrainArgs) -> Result<()> {
             None => bail!("model.path is not set (give a checkpoint directory, or no data.train for the built-in default)"),
         };
         let data = cfg.data.train.clone().context("data.train is not set")?;
-        let samples = armt_data::read_samples(&data)?;
+        let samples = armt_data::read_dataset(&data, &cfg.data.formats)?;
         (start, samples, ToolRegistry::from_yaml_file(&cfg.tools.config)?)
     };
 
@@ -278,9 +278,16 @@ pub struct SftArgs {
     /// Model checkpoint directory to start from.
     #[arg(long)]
     model: PathBuf,
-    /// Trajectory JSONL (as `armt rollout` writes; images must exist at their recorded paths).
+    /// Trajectory JSONL (as `armt rollout` writes; images must exist at their recorded paths), or
+    /// LLaMA-Factory conversations (`.json` array or JSONL with `messages`/`conversations`).
     #[arg(long)]
     data: PathBuf,
+    /// Tool schemas for LLaMA-Factory rows that declare no `tools` of their own.
+    #[arg(long)]
+    tools: Option<PathBuf>,
+    /// LLaMA-Factory image paths resolve here (default: the data file's folder).
+    #[arg(long)]
+    image_root: Option<PathBuf>,
     /// Config TOML for the [sft], [optim] and [train] sections (default: built-in defaults).
     #[arg(long)]
     config: Option<PathBuf>,
@@ -298,8 +305,20 @@ pub fn run_sft(args: SftArgs) -> Result<()> {
     let (device, kind) = device_kind(&cfg)?;
     let run_dir = cfg.train.run_dir.clone();
     let processor = Processor::from_model_dir(&args.model)?;
-    let trajs = armt_data::read_trajectories(&args.data)?;
-    let examples = armt_train::examples_from_trajectories(&trajs, &processor)?;
+    let examples = if armt_data::formats::llamafactory::looks_like_llamafactory(&args.data) {
+        let convs =
+            armt_data::formats::llamafactory::read_conversations(&args.data, args.image_root.as_deref())?;
+        let tools = args
+            .tools
+            .as_ref()
+            .map(ToolRegistry::from_yaml_file)
+            .transpose()?
+            .map(|t| t.schemas());
+        armt_train::sft_llamafactory::examples_from_conversations(&convs, &processor, tools.as_deref())?
+    } else {
+        let trajs = armt_data::read_trajectories(&args.data)?;
+        armt_train::examples_from_trajectories(&trajs, &processor)?
+    };
     let resume = resume_path(&args.resume, &run_dir)?;
     let model = Qwen25Vl::load(resume.as_deref().unwrap_or(&args.model), device, kind)?;
     let pad_id = TemplateIds::from_tokenizer(processor.tokenizer())?.endoftext;

@@ -11,7 +11,17 @@ pub enum DataError {
     Io { path: PathBuf, source: std::io::Error },
     #[error("{path}:{line}: malformed row: {msg}")]
     Row { path: PathBuf, line: usize, msg: String },
+    #[error("{path}: not a readable parquet file: {source}")]
+    Parquet {
+        path: PathBuf,
+        source: parquet::errors::ParquetError,
+    },
+    #[error("{path}: {msg}")]
+    Format { path: PathBuf, msg: String },
 }
+
+pub mod formats;
+pub use formats::{read_dataset, FormatOptions};
 
 /// The paper's three task kinds, each answered best with its own tool.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
@@ -66,6 +76,10 @@ pub struct Sample {
     pub judgment: Judgment,
     /// The right verdict: "1", "2", … for pairs; "true"/"false" for single judgments.
     pub ground_truth: String,
+    /// Where the row came from (ARM-Thinker's `data_source`, e.g. `deepeyes_crop`): selects the
+    /// stage-2 reward through `reward.sources`. None: armt's own stage rewards.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub source: Option<String>,
 }
 
 /// Reads a JSONL dataset; image and page paths become relative to the file's folder.
@@ -100,7 +114,7 @@ pub fn read_samples(path: &Path) -> Result<Vec<Sample>, DataError> {
     Ok(out)
 }
 
-fn validate(s: &Sample) -> Result<(), String> {
+pub(crate) fn validate(s: &Sample) -> Result<(), String> {
     if s.id.is_empty() {
         return Err("empty `id`".into());
     }

@@ -26,6 +26,9 @@ use regex::Regex;
 use serde::{Deserialize, Serialize};
 use std::sync::OnceLock;
 
+pub mod routing;
+pub use routing::{routed_reward, ROUTES};
+
 #[derive(Debug, thiserror::Error)]
 pub enum RewardError {
     #[error("invalid reward config: {0}")]
@@ -199,12 +202,26 @@ impl Default for Stage2Config {
     }
 }
 
-#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct RewardConfig {
     pub stage1: Stage1Config,
     pub stage2: Stage2Config,
     pub task_tools: TaskTools,
+    /// `data_source` → stage-2 reward route (see [`routing`]); only samples with a source use it.
+    #[serde(default = "routing::default_sources")]
+    pub sources: std::collections::BTreeMap<String, String>,
+}
+
+impl Default for RewardConfig {
+    fn default() -> Self {
+        Self {
+            stage1: Stage1Config::default(),
+            stage2: Stage2Config::default(),
+            task_tools: TaskTools::default(),
+            sources: routing::default_sources(),
+        }
+    }
 }
 
 impl RewardConfig {
@@ -239,6 +256,7 @@ impl RewardConfig {
                 s2.call_cost
             )));
         }
+        routing::validate_sources(&self.sources)?;
         for task in [TaskKind::Zoom, TaskKind::Document, TaskKind::Instruction] {
             if self.task_tools.for_task(task).is_empty() {
                 return Err(RewardError::Config(format!(
@@ -576,6 +594,7 @@ mod tests {
             response: None,
             judgment,
             ground_truth: gt.into(),
+            source: None,
         }
     }
 

@@ -32,6 +32,7 @@ fn zoom_sample(id: &str) -> Sample {
         response: None,
         judgment: Judgment::Pair { candidates: 2 },
         ground_truth: "1".into(),
+        source: None,
     }
 }
 

@@ -635,6 +635,7 @@ fn zoom_sample(
         response: None,
         judgment: Judgment::Pair { candidates: 2 },
         ground_truth: if gt_first { "1" } else { "2" }.into(),
+        source: None,
     })
 }
 
@@ -694,6 +695,7 @@ fn document_sample(
         response: None,
         judgment: Judgment::Pair { candidates: 2 },
         ground_truth: if gt_first { "1" } else { "2" }.into(),
+        source: None,
     })
 }
 
@@ -712,6 +714,7 @@ fn instruction_sample(i: usize, rng: &mut ChaCha8Rng, want: bool) -> Sample {
         response: Some(resp),
         judgment: Judgment::Single,
         ground_truth: if want { "true" } else { "false" }.into(),
+        source: None,
     }
 }
 

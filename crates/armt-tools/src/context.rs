@@ -221,6 +221,7 @@ mod tests {
             response: Some("Hello.".into()),
             judgment: Judgment::Single,
             ground_truth: "true".into(),
+            source: None,
         };
         let mut ctx = ToolContext::from_sample(&s);
         assert_eq!(ctx.image_keys(), vec!["original_image", "original_image_1"]);

@@ -193,13 +193,26 @@ pub struct InstructionTool {
     check: InstructionCheck,
     schema: Value,
     name: String,
+    /// Append the `Reason:` line (armt's default); off reproduces the original's bare verdict.
+    reason: bool,
 }
 
 impl InstructionTool {
     pub fn new(check: InstructionCheck, schema: Option<Value>) -> Self {
         let schema = schema.unwrap_or_else(|| check.default_schema());
         let name = crate::function_name(&schema, check.default_name());
-        Self { check, schema, name }
+        Self {
+            check,
+            schema,
+            name,
+            reason: true,
+        }
+    }
+
+    /// With `false` the output is only `Check result: True|False`, as the original's validators give.
+    pub fn with_reason(mut self, reason: bool) -> Self {
+        self.reason = reason;
+        self
     }
 
     pub fn check(&self) -> InstructionCheck {
@@ -229,10 +242,12 @@ impl Tool for InstructionTool {
         };
         match evaluate(self.check, text, args) {
             Ok((passed, reason)) => {
-                let mut o = ToolOutput::ok(format!(
-                    "Check result: {}\nReason: {reason}",
-                    if passed { "True" } else { "False" }
-                ));
+                let verdict = if passed { "True" } else { "False" };
+                let mut o = ToolOutput::ok(if self.reason {
+                    format!("Check result: {verdict}\nReason: {reason}")
+                } else {
+                    format!("Check result: {verdict}")
+                });
                 o.metrics.insert("check_result".into(), Value::Bool(passed));
                 o
             }

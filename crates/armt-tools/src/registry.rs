@@ -81,10 +81,15 @@ impl ToolSpec {
                 struct Plain {
                     #[serde(default, rename = "type")]
                     kind: Option<String>,
+                    /// `false`: no `Reason:` line (the original's output).
+                    #[serde(default)]
+                    reason: Option<bool>,
                 }
                 let c: Plain = serde_json::from_value(config).map_err(|e| format!("config: {e}"))?;
                 check_native(&c.kind)?;
-                Box::new(InstructionTool::new(check, self.schema.clone()))
+                Box::new(
+                    InstructionTool::new(check, self.schema.clone()).with_reason(c.reason.unwrap_or(true)),
+                )
             }
         };
         validate_schema(tool.schema())?;

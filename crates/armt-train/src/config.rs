@@ -38,6 +38,8 @@ pub struct DataSection {
     pub val: Option<PathBuf>,
     /// Cold-start (SFT) trajectories (JSONL written by `armt rollout`).
     pub sft: Option<PathBuf>,
+    /// How ARM-Thinker parquet / ARMBench-VL files become samples (image roots, source → task).
+    pub formats: armt_data::FormatOptions,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

@@ -14,7 +14,7 @@ use armt_grpo::{
 use armt_metrics::MetricsLogger;
 use armt_model::Qwen25Vl;
 use armt_processing::Processor;
-use armt_rewards::{stage1_reward, stage2_reward, RewardBreakdown};
+use armt_rewards::{routed_reward, RewardBreakdown};
 use armt_rollout::{ModelGenerator, RolloutEnv, SamplingConfig, TemplateIds};
 use armt_tools::ToolRegistry;
 use indicatif::{ProgressBar, ProgressStyle};
@@ -174,10 +174,8 @@ pub fn train_grpo(mut run: GrpoRun) -> Result<PathBuf, TrainError> {
         let mut rewards: Vec<RewardBreakdown> = Vec::with_capacity(rollouts.len());
         for r in &rollouts {
             let sample = &batch[r.group];
-            rewards.push(match cfg.stage {
-                1 => stage1_reward(&r.trajectory, sample, &cfg.reward)?,
-                _ => stage2_reward(&r.trajectory, sample, &cfg.reward)?,
-            });
+            // Stage 1: the tool reward; stage 2: the sample's source's route (armt's own without one).
+            rewards.push(routed_reward(cfg.stage, &r.trajectory, sample, &cfg.reward)?);
         }
         let scores: Vec<f64> = rewards.iter().map(|r| r.total as f64).collect();
         let groups: Vec<usize> = rollouts.iter().map(|r| r.group).collect();

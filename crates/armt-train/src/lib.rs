@@ -13,6 +13,7 @@ mod policy_logprobs;
 mod sft;
 pub mod validation;
 mod zero;
+pub mod sft_llamafactory;
 
 pub use batch::{token_logprobs, Example};
 pub use config::{
