@@ -107,7 +107,7 @@ fn synthetic_example(cfg: &Qwen25VlConfig, tokens: usize, image_side: usize) -> 
     let mut images = Vec::new();
     if image_side > 0 {
         let merge = cfg.vision.spatial_merge_size;
-        if image_side % merge != 0 {
+        if !image_side.is_multiple_of(merge) {
             bail!("--image-side {image_side} must be a multiple of the merge size {merge}");
         }
         let patches = image_side * image_side;

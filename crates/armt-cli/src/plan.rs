@@ -735,7 +735,7 @@ pub fn run(args: PlanArgs) -> Result<()> {
     if args.gpus == 0 {
         bail!("--gpus must be at least 1");
     }
-    if !(args.gpu_mem_gib > 0.0) {
+    if args.gpu_mem_gib.is_nan() || args.gpu_mem_gib <= 0.0 {
         bail!("--gpu-mem-gib must be positive");
     }
     let text = std::fs::read_to_string(&args.config)

@@ -114,16 +114,16 @@ impl ChunkedLogprobs {
                         .hidden
                         .narrow(0, start, len)
                         .linear::<Tensor>(&self.weight, None);
-                    let mut objective = Tensor::zeros([], (Kind::Float, z.device()));
+                    let mut terms = Vec::new();
                     if g_logp.defined() {
                         let lp = logprobs_from_logits(&z, &self.targets.narrow(0, start, len))
                             .expect("shapes checked in new");
-                        objective = objective + (lp * g_logp.narrow(0, start, len)).sum(Kind::Float);
+                        terms.push((lp * g_logp.narrow(0, start, len)).sum(Kind::Float));
                     }
                     if let Some(g) = &g_ent {
-                        objective =
-                            objective + (entropy_from_logits(&z) * g.narrow(0, start, len)).sum(Kind::Float);
+                        terms.push((entropy_from_logits(&z) * g.narrow(0, start, len)).sum(Kind::Float));
                     }
+                    let objective = terms.into_iter().reduce(|a, b| a + b).expect("at least one term");
                     if objective.requires_grad() {
                         objective.backward();
                     }
