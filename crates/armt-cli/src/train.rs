@@ -197,6 +197,8 @@ pub fn run(args: TrainArgs) -> Result<()> {
         phase,
         comm: comm.clone(),
     })?;
+    // The last collective is done: other ranks exiting from here on is expected.
+    armt_dist::nccl::mark_finished();
     if !comm.is_main() {
         return Ok(());
     }
@@ -332,6 +334,7 @@ pub fn run_sft(args: SftArgs) -> Result<()> {
         resume,
         comm: comm.clone(),
     })?;
+    armt_dist::nccl::mark_finished();
     if comm.is_main() {
         eprintln!("armt sft: final checkpoint {}", last.display());
     }

@@ -186,11 +186,11 @@ impl DataParallel {
         self.any(local)
     }
 
-    /// Called once the last collective is done: peers leaving from now on is not an error.
+    /// The end of a trainer's collectives: every rank has finished its last step. (The
+    /// command marks the whole process group done with `armt_dist::nccl::mark_finished` once
+    /// its last trainer returns: a cold start is followed by GRPO in the same group.)
     pub fn finish(&self) -> Result<(), TrainError> {
-        self.barrier()?;
-        armt_dist::nccl::mark_finished();
-        Ok(())
+        self.barrier()
     }
 }
 
