@@ -198,7 +198,7 @@ fn time_decode(
     seed: u64,
 ) -> Result<(f64, f64)> {
     let n = batch.min(16);
-    if batch % n != 0 {
+    if !batch.is_multiple_of(n) {
         bail!("batch {batch} is not a multiple of {n}");
     }
     let sync_every = 8;

@@ -214,8 +214,9 @@ impl ImageProcessorConfig {
 #[derive(Debug, Clone)]
 pub struct ProcessedImage {
     /// Row-major `[num_patches, patch_dim]`, rows in (block-row, block-col, merge-row, merge-col)
-    /// order, columns in (channel, temporal, patch-row, patch-col) order.
-    pub pixel_values: Vec<f32>,
+    /// order, columns in (channel, temporal, patch-row, patch-col) order. Shared: the n rollouts
+    /// of a prompt (and the trainer's copies of them) hold one buffer, not n.
+    pub pixel_values: std::sync::Arc<Vec<f32>>,
     /// `[t, h, w]` in patches; `t` is 1 for a still image.
     pub grid_thw: [usize; 3],
     /// `3 · temporal_patch_size · patch_size²` (1176 for Qwen2.5-VL).
@@ -363,7 +364,7 @@ impl ImageProcessor {
             }
         }
         Ok(ProcessedImage {
-            pixel_values: out,
+            pixel_values: std::sync::Arc::new(out),
             grid_thw: [1, gh, gw],
             patch_dim,
         })

@@ -84,6 +84,38 @@ struct Row<'s> {
     budget: usize,
 }
 
+impl Row<'_> {
+    fn into_rollout(self) -> Rollout {
+        let final_text = self
+            .turns
+            .last()
+            .map(|t| t.assistant_text.clone())
+            .unwrap_or_default();
+        Rollout {
+            group: self.sample_index,
+            trajectory: Trajectory {
+                sample_id: self.sample.id.clone(),
+                group_index: self.group_index,
+                task: self.sample.task,
+                token_ids: self.ids,
+                prompt_len: self.prompt_len,
+                loss_mask: self.mask,
+                logprobs: self.logprobs,
+                turns: self.turns,
+                images: self.image_keys,
+                final_text,
+                stop_reason: self.stop.unwrap_or(StopReason::MaxTokens),
+                reward: None,
+            },
+            images: self.images,
+        }
+    }
+}
+
+/// A prompt that fits: its sample's index, its tokens and images, and the decoded images (for
+/// the tools).
+type Prompt = (usize, Chunk, Vec<Arc<image::DynamicImage>>);
+
 impl<'a> RolloutEnv<'a> {
     fn encode_text_with_images(
         &self,
@@ -214,46 +246,14 @@ impl<'a> RolloutEnv<'a> {
             }
         }
         // Phase 1: prompts (tokenized, images decoded once per sample), and which ones fit.
-        let suffix = cfg.max_response_tokens.min(cfg.max_context) + 1;
-        let mut kept: Vec<(usize, Chunk, Vec<Arc<image::DynamicImage>>)> = Vec::new();
-        let mut skipped = Vec::new();
-        for (k, sample) in samples.iter().enumerate() {
-            let (chunk, images) = self.prompt_chunk(sample)?;
-            let len = chunk.ids.len();
-            if len >= cfg.max_context || len + n * suffix > cfg.max_batch_tokens {
-                skipped.push(k);
-                continue;
-            }
-            kept.push((k, chunk, images));
-        }
-        if !skipped.is_empty() {
-            eprintln!(
-                "rollout: skipped {} of {} prompts too long for max_context {} / max_batch_tokens {}",
-                skipped.len(),
-                samples.len(),
-                cfg.max_context,
-                cfg.max_batch_tokens
-            );
-        }
+        let (kept, skipped) = self.admissible_prompts(samples, n)?;
         if kept.is_empty() {
             return Ok(RunOutcome {
                 rollouts: Vec::new(),
                 skipped,
             });
         }
-        let prefix = kept.iter().map(|(_, c, _)| c.ids.len()).max().unwrap_or(1);
-        let plan = CachePlan {
-            groups: (cfg.max_rows / n)
-                .min(kept.len())
-                .min(cfg.max_batch_tokens / (prefix + n * suffix))
-                .max(1),
-            rows_per_group: n,
-            prefix_tokens: prefix,
-            suffix_tokens: suffix,
-            turn_tokens: cfg.max_turn_tokens,
-            prefill_chunk: cfg.prefill_chunk,
-            sync_every: cfg.sync_every,
-        };
+        let plan = self.cache_plan(&kept, n);
         generator.prepare(&plan)?;
 
         // Phase 2: one record per row, group-major (row id = index).
@@ -360,15 +360,7 @@ impl<'a> RolloutEnv<'a> {
                                         let tx = tx.clone();
                                         let tools = self.tools;
                                         scope.spawn(move || {
-                                            let mut ctx = ctx;
-                                            let started = Instant::now();
-                                            let out = tools.call(&call, &mut ctx);
-                                            let ms = started.elapsed().as_secs_f64() * 1e3;
-                                            let res = ToolResult::Ran {
-                                                call,
-                                                out: Box::new(out),
-                                                ms,
-                                            };
+                                            let (res, ctx) = run_tool(tools, call, ctx);
                                             // The receiver outlives the scope's threads.
                                             let _ = tx.send((i, res, ctx));
                                         });
@@ -429,35 +421,60 @@ impl<'a> RolloutEnv<'a> {
             Ok(())
         })?;
 
-        let rollouts = rows
-            .into_iter()
-            .map(|r| {
-                let final_text = r
-                    .turns
-                    .last()
-                    .map(|t| t.assistant_text.clone())
-                    .unwrap_or_default();
-                Rollout {
-                    group: r.sample_index,
-                    trajectory: Trajectory {
-                        sample_id: r.sample.id.clone(),
-                        group_index: r.group_index,
-                        task: r.sample.task,
-                        token_ids: r.ids,
-                        prompt_len: r.prompt_len,
-                        loss_mask: r.mask,
-                        logprobs: r.logprobs,
-                        turns: r.turns,
-                        images: r.image_keys,
-                        final_text,
-                        stop_reason: r.stop.unwrap_or(StopReason::MaxTokens),
-                        reward: None,
-                    },
-                    images: r.images,
-                }
-            })
-            .collect();
+        let rollouts = rows.into_iter().map(Row::into_rollout).collect();
         Ok(RunOutcome { rollouts, skipped })
+    }
+
+    /// The samples' prompts, and the indices of those that can never fit (prompt not below
+    /// `max_context`, or one group over `max_batch_tokens`), which are skipped with a logged count.
+    fn admissible_prompts(
+        &self,
+        samples: &[Sample],
+        n: usize,
+    ) -> Result<(Vec<Prompt>, Vec<usize>), RolloutError> {
+        let cfg = self.config;
+        let suffix = suffix_tokens(cfg);
+        let mut kept: Vec<Prompt> = Vec::new();
+        let mut skipped = Vec::new();
+        for (k, sample) in samples.iter().enumerate() {
+            let (chunk, images) = self.prompt_chunk(sample)?;
+            let len = chunk.ids.len();
+            if len >= cfg.max_context || len + n * suffix > cfg.max_batch_tokens {
+                skipped.push(k);
+                continue;
+            }
+            kept.push((k, chunk, images));
+        }
+        if !skipped.is_empty() {
+            eprintln!(
+                "rollout: skipped {} of {} prompts too long for max_context {} / max_batch_tokens {}",
+                skipped.len(),
+                samples.len(),
+                cfg.max_context,
+                cfg.max_batch_tokens
+            );
+        }
+        Ok((kept, skipped))
+    }
+
+    /// Resident groups and cache sizes: as many whole groups as `max_rows` rows and
+    /// `max_batch_tokens` KV positions (longest prompt + n row slots each) allow.
+    fn cache_plan(&self, kept: &[Prompt], n: usize) -> CachePlan {
+        let cfg = self.config;
+        let suffix = suffix_tokens(cfg);
+        let prefix = kept.iter().map(|(_, c, _)| c.ids.len()).max().unwrap_or(1);
+        CachePlan {
+            groups: (cfg.max_rows / n)
+                .min(kept.len())
+                .min(cfg.max_batch_tokens / (prefix + n * suffix))
+                .max(1),
+            rows_per_group: n,
+            prefix_tokens: prefix,
+            suffix_tokens: suffix,
+            turn_tokens: cfg.max_turn_tokens,
+            prefill_chunk: cfg.prefill_chunk,
+            sync_every: cfg.sync_every,
+        }
     }
 
     /// Tokens the row's next turn may take (≥ 1 while the row is live: appends that would leave
@@ -615,12 +632,41 @@ impl<'a> RolloutEnv<'a> {
     }
 }
 
+/// Cache positions one row may add after its prompt: the response limit (or the context), plus
+/// one scratch position for decode writes past a finished turn.
+fn suffix_tokens(cfg: &RolloutConfig) -> usize {
+    cfg.max_response_tokens.min(cfg.max_context) + 1
+}
+
 /// What [`RolloutEnv::run_keyed`] returns: the rollouts of the admitted prompts (group-major,
 /// `n` per prompt, `Rollout::group` naming the sample) and the indices of skipped samples.
 #[derive(Debug)]
 pub struct RunOutcome {
     pub rollouts: Vec<Rollout>,
     pub skipped: Vec<usize>,
+}
+
+/// Runs one tool call against its row's context (on a tool thread). A panicking tool still
+/// answers (with an error), or the loop would wait for it forever.
+fn run_tool(
+    tools: &ToolRegistry,
+    call: armt_tools::ParsedToolCall,
+    mut ctx: ToolContext,
+) -> (ToolResult, ToolContext) {
+    let started = Instant::now();
+    let out = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| tools.call(&call, &mut ctx)))
+        .unwrap_or_else(|_| {
+            armt_tools::ToolOutput::error(format!("Error: the tool '{}' failed.", call.name))
+        });
+    let ms = started.elapsed().as_secs_f64() * 1e3;
+    (
+        ToolResult::Ran {
+            call,
+            out: Box::new(out),
+            ms,
+        },
+        ctx,
+    )
 }
 
 enum ToolResult {
