@@ -66,7 +66,11 @@ pub fn run(args: EvalArgs) -> Result<()> {
             })?,
     };
     let samples = match &args.data {
-        Some(d) => armt_data::read_samples(d)?,
+        Some(d) => {
+            let samples = armt_data::read_samples(d)?;
+            armt_data::validate::validate_samples(&samples, &armt_data::validate::DatasetCheck::for_file(d))?;
+            samples
+        }
         None => builtin::prepare(root)?.val,
     };
     if samples.is_empty() {

@@ -22,6 +22,10 @@ pub struct TrainArgs {
     /// Resume from the latest checkpoint of the run directory (`--resume`), or from the given one (`--resume=CKPT`).
     #[arg(long, num_args = 0..=1, require_equals = true, default_missing_value = "latest")]
     resume: Option<String>,
+    /// Resume even though settings that change the run's meaning (data, group size, rewards,
+    /// seed …) differ from the checkpoint's.
+    #[arg(long)]
+    allow_config_change: bool,
     /// Overrides, e.g. rollout.n=8 optim.lr=1e-6 train.steps=50.
     overrides: Vec<String>,
 }
@@ -62,13 +66,51 @@ fn resume_path(resume: &Option<String>, run_dir: &Path) -> Result<Option<PathBuf
     })
 }
 
+/// `--resume PATH` (with a space) reads PATH as the first override; an override has a `=`, so a
+/// first "override" without one is the resume path.
+fn resume_with_space(resume: &mut Option<String>, overrides: &mut Vec<String>) {
+    let first_is_path = overrides.first().is_some_and(|o| !o.contains('='));
+    if resume.as_deref() == Some("latest") && first_is_path {
+        *resume = Some(overrides.remove(0));
+    }
+}
+
+/// Takes the run directory's lock and removes what a crashed run left half-written.
+fn lock_run_dir(run_dir: &Path) -> Result<armt_train::run_lock::RunLock> {
+    let lock = armt_train::run_lock::RunLock::acquire(run_dir)?;
+    if let Some(stale) = &lock.stale {
+        eprintln!(
+            "armt: taking over a stale lock on {} left by a run that is no longer running ({stale})",
+            run_dir.display()
+        );
+    }
+    for p in armt_train::run_lock::clean_stale_files(run_dir) {
+        eprintln!(
+            "armt: removed {} (left half-written by an earlier run)",
+            p.display()
+        );
+    }
+    Ok(lock)
+}
+
+/// A NaN stop names the checkpoint to go back to.
+fn with_last_good(e: armt_train::TrainError, run_dir: &Path) -> anyhow::Error {
+    match e {
+        armt_train::TrainError::NonFinite { .. } => {
+            anyhow::anyhow!("{e}; {}", armt_train::finite::last_good_hint(run_dir, None))
+        }
+        e => e.into(),
+    }
+}
+
 fn device_kind(cfg: &TrainConfig) -> Result<(Device, Kind)> {
-    let device = parse_device(cfg.model.device.as_deref())?;
+    let device = parse_device(cfg.model.device.as_deref()).context("model.device")?;
     Ok((device, parse_dtype(cfg.model.dtype.as_deref(), device)?))
 }
 
-pub fn run(args: TrainArgs) -> Result<()> {
+pub fn run(mut args: TrainArgs) -> Result<()> {
     armt_train::install_ctrlc_handler();
+    resume_with_space(&mut args.resume, &mut args.overrides);
     let cfg = load_config(args.stage, args.config.as_deref(), &args.overrides)?;
     let (device, kind) = device_kind(&cfg)?;
     let run_dir = cfg.train.run_dir.clone();
@@ -82,6 +124,9 @@ pub fn run(args: TrainArgs) -> Result<()> {
             .to_path_buf();
         let b = builtin::prepare(&root)?;
         let tools = builtin::tools()?;
+        let origin = root.join("data/train/tasks.jsonl");
+        armt_train::validate::check_dataset(&cfg, &b.train, &origin, &tools, "the built-in tools")?;
+        let _lock = lock_run_dir(&run_dir)?;
         let start = if cfg.stage == 1 {
             cold_start(&cfg, &root, &b, &tools)?
         } else {
@@ -104,10 +149,18 @@ pub fn run(args: TrainArgs) -> Result<()> {
         };
         let data = cfg.data.train.clone().context("data.train is not set")?;
         let samples = armt_data::read_samples(&data)?;
-        (start, samples, ToolRegistry::from_yaml_file(&cfg.tools.config)?)
+        let tools = ToolRegistry::from_yaml_file(&cfg.tools.config)?;
+        let origin = cfg.tools.config.display().to_string();
+        armt_train::validate::check_dataset(&cfg, &samples, &data, &tools, &origin)?;
+        (start, samples, tools)
     };
 
+    let _lock = lock_run_dir(&run_dir)?;
     let resume = resume_path(&args.resume, &run_dir)?;
+    let phase = format!("stage {}", cfg.stage);
+    if let Some(ckpt) = &resume {
+        armt_train::resume_check::check(ckpt, &phase, &cfg, args.allow_config_change)?;
+    }
     if resume.is_none() {
         if let Some(old) = checkpoint::latest(&run_dir) {
             if builtin_mode {
@@ -116,7 +169,7 @@ pub fn run(args: TrainArgs) -> Result<()> {
                     "armt train: starting over; removing the earlier run in {}",
                     run_dir.display()
                 );
-                std::fs::remove_dir_all(&run_dir)
+                armt_train::run_lock::clear_run_dir(&run_dir)
                     .with_context(|| format!("removing {}", run_dir.display()))?;
             } else {
                 bail!(
@@ -144,7 +197,6 @@ pub fn run(args: TrainArgs) -> Result<()> {
         None
     };
     let processor = Processor::from_model_dir(&start_dir)?;
-    let phase = format!("stage {}", cfg.stage);
     let last = armt_train::train_grpo(GrpoRun {
         config: &cfg,
         model,
@@ -155,7 +207,8 @@ pub fn run(args: TrainArgs) -> Result<()> {
         samples,
         resume,
         phase,
-    })?;
+    })
+    .map_err(|e| with_last_good(e, &run_dir))?;
     eprintln!(
         "armt train: stage {} done; final checkpoint {}",
         cfg.stage,
@@ -173,6 +226,7 @@ pub fn run(args: TrainArgs) -> Result<()> {
 /// The built-in default's cold start: SFT on expert trajectories unless it already finished.
 fn cold_start(cfg: &TrainConfig, root: &Path, b: &builtin::Builtin, tools: &ToolRegistry) -> Result<PathBuf> {
     let sft_dir = root.join("sft");
+    let _lock = lock_run_dir(&sft_dir)?;
     if let Some(last) = checkpoint::latest(&sft_dir) {
         if checkpoint::read_state(&last)?.step >= cfg.sft.steps {
             eprintln!("cold start: using {}", last.display());
@@ -191,15 +245,16 @@ fn cold_start(cfg: &TrainConfig, root: &Path, b: &builtin::Builtin, tools: &Tool
     let (device, kind) = device_kind(cfg)?;
     let model = Qwen25Vl::load(&weights, device, kind)?;
     let pad_id = TemplateIds::from_tokenizer(processor.tokenizer())?.endoftext;
-    Ok(armt_train::train_sft(SftRun {
+    armt_train::train_sft(SftRun {
         config: cfg,
         model,
         model_dir: b.model_dir.clone(),
         examples,
-        run_dir: sft_dir,
+        run_dir: sft_dir.clone(),
         pad_id,
         resume,
-    })?)
+    })
+    .map_err(|e| with_last_good(e, &sft_dir))
 }
 
 #[derive(clap::Args)]
@@ -215,19 +270,27 @@ pub struct SftArgs {
     config: Option<PathBuf>,
     #[arg(long, num_args = 0..=1, require_equals = true, default_missing_value = "latest")]
     resume: Option<String>,
+    /// Resume even though settings that change the run's meaning differ from the checkpoint's.
+    #[arg(long)]
+    allow_config_change: bool,
     /// Overrides, e.g. sft.steps=200 sft.lr=1e-5 train.run_dir=runs/sft.
     overrides: Vec<String>,
 }
 
-pub fn run_sft(args: SftArgs) -> Result<()> {
+pub fn run_sft(mut args: SftArgs) -> Result<()> {
     armt_train::install_ctrlc_handler();
+    resume_with_space(&mut args.resume, &mut args.overrides);
     let cfg = TrainConfig::load(args.config.as_deref(), &args.overrides)?;
     let (device, kind) = device_kind(&cfg)?;
     let run_dir = cfg.train.run_dir.clone();
-    let processor = Processor::from_model_dir(&args.model)?;
     let trajs = armt_data::read_trajectories(&args.data)?;
+    let processor = Processor::from_model_dir(&args.model)?;
     let examples = armt_train::examples_from_trajectories(&trajs, &processor)?;
+    let _lock = lock_run_dir(&run_dir)?;
     let resume = resume_path(&args.resume, &run_dir)?;
+    if let Some(ckpt) = &resume {
+        armt_train::resume_check::check(ckpt, "sft", &cfg, args.allow_config_change)?;
+    }
     let model = Qwen25Vl::load(resume.as_deref().unwrap_or(&args.model), device, kind)?;
     let pad_id = TemplateIds::from_tokenizer(processor.tokenizer())?.endoftext;
     let last = armt_train::train_sft(SftRun {
@@ -235,10 +298,11 @@ pub fn run_sft(args: SftArgs) -> Result<()> {
         model,
         model_dir: args.model.clone(),
         examples,
-        run_dir,
+        run_dir: run_dir.clone(),
         pad_id,
         resume,
-    })?;
+    })
+    .map_err(|e| with_last_good(e, &run_dir))?;
     eprintln!("armt sft: final checkpoint {}", last.display());
     Ok(())
 }

@@ -2,6 +2,8 @@
 //! right judgment is) and trajectories (what the policy wrote, which tools ran, why it
 //! stopped). Both are JSON lines; a malformed row is reported with its file and line.
 
+pub mod validate;
+
 use serde::{Deserialize, Serialize};
 use std::path::{Path, PathBuf};
 
@@ -11,6 +13,12 @@ pub enum DataError {
     Io { path: PathBuf, source: std::io::Error },
     #[error("{path}:{line}: malformed row: {msg}")]
     Row { path: PathBuf, line: usize, msg: String },
+    #[error("{path}: {count} problem(s) found before training:\n{problems}")]
+    Invalid {
+        path: PathBuf,
+        count: usize,
+        problems: String,
+    },
 }
 
 /// The paper's three task kinds, each answered best with its own tool.
@@ -35,6 +43,7 @@ pub enum Judgment {
 
 /// One page of a sample's document: its image and (for text retrieval) its text.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct DocumentPage {
     pub image: PathBuf,
     #[serde(default)]
@@ -43,6 +52,7 @@ pub struct DocumentPage {
 
 /// The multi-page document a sample comes with (only its own pages are ever retrievable).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct Document {
     pub name: String,
     pub pages: Vec<DocumentPage>,
@@ -50,6 +60,7 @@ pub struct Document {
 
 /// One dataset row.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct Sample {
     pub id: String,
     pub task: TaskKind,
@@ -74,6 +85,7 @@ pub fn read_samples(path: &Path) -> Result<Vec<Sample>, DataError> {
         path: path.to_path_buf(),
         source: e,
     })?;
+    validate::reject_bom(path, &text)?;
     let base = path.parent().unwrap_or(Path::new("."));
     let mut out = Vec::new();
     for (i, line) in text.lines().enumerate() {
@@ -218,6 +230,7 @@ pub fn read_trajectories(path: &Path) -> Result<Vec<Trajectory>, DataError> {
         path: path.to_path_buf(),
         source: e,
     })?;
+    validate::reject_bom(path, &text)?;
     text.lines()
         .enumerate()
         .filter(|(_, l)| !l.trim().is_empty())

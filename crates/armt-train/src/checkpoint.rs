@@ -5,7 +5,7 @@
 //! renamed, so a killed run never leaves a half-written checkpoint.
 
 use crate::optimizer::{AdamW, AdamWConfig};
-use crate::{DataLoader, TrainError};
+use crate::{finite, DataLoader, TrainError};
 use armt_model::Qwen25Vl;
 use safetensors::tensor::{Dtype, View};
 use serde::{Deserialize, Serialize};
@@ -74,7 +74,9 @@ pub(crate) fn start_or_resume(
         return Ok((optimizer, 0, DataLoader::new(n_items, seed, 0, 0)));
     };
     let state = read_state(ckpt)?;
-    let moments = read_safetensors(&ckpt.join("optimizer.safetensors"))?;
+    let moments =
+        read_safetensors(&ckpt.join("optimizer.safetensors")).map_err(|e| damaged(ckpt, e.to_string()))?;
+    check_loaded(ckpt, model, &moments)?;
     optimizer
         .load_state(&moments, state.optimizer_steps)
         .map_err(|e| TrainError::State(format!("{}: {e}", ckpt.display())))?;
@@ -83,6 +85,60 @@ pub(crate) fn start_or_resume(
         state.step,
         DataLoader::new(n_items, seed, state.data_epoch, state.data_index),
     ))
+}
+
+/// A NaN/inf anywhere in the weights or the optimizer state stops the save (nothing written).
+fn check_before_save(
+    run_dir: &Path,
+    model: &Qwen25Vl,
+    optimizer_state: &[(String, Tensor)],
+    step: usize,
+) -> Result<(), TrainError> {
+    let params = model.var_store().variables();
+    let bad = finite::first_bad(params.iter().map(|(n, t)| (n.as_str(), t)))
+        .map(|b| format!("parameter {b}"))
+        .or_else(|| {
+            finite::first_bad(optimizer_state.iter().map(|(n, t)| (n.as_str(), t)))
+                .map(|b| format!("optimizer state {b}"))
+        });
+    match bad {
+        Some(bad) => Err(TrainError::NonFiniteState {
+            step,
+            bad,
+            last_good: finite::last_good_hint(run_dir, None),
+        }),
+        None => Ok(()),
+    }
+}
+
+/// The run directory a checkpoint `RUN/checkpoints/step-N` belongs to.
+fn run_dir_of(ckpt: &Path) -> PathBuf {
+    ckpt.parent()
+        .and_then(|p| p.parent())
+        .unwrap_or(Path::new("."))
+        .to_path_buf()
+}
+
+fn damaged(ckpt: &Path, detail: String) -> TrainError {
+    TrainError::DamagedCheckpoint {
+        path: ckpt.to_path_buf(),
+        detail,
+        last_good: finite::last_good_hint(&run_dir_of(ckpt), Some(ckpt)),
+    }
+}
+
+/// The loaded weights and optimizer state of a checkpoint must be finite.
+fn check_loaded(ckpt: &Path, model: &Qwen25Vl, moments: &HashMap<String, Tensor>) -> Result<(), TrainError> {
+    let params = model.var_store().variables();
+    if let Some(b) = finite::first_bad(params.iter().map(|(n, t)| (n.as_str(), t))) {
+        return Err(damaged(ckpt, format!("model.safetensors: parameter {b}")));
+    }
+    let mut names: Vec<&String> = moments.keys().collect();
+    names.sort();
+    if let Some(b) = finite::first_bad(names.into_iter().map(|n| (n.as_str(), &moments[n]))) {
+        return Err(damaged(ckpt, format!("optimizer.safetensors: {b}")));
+    }
+    Ok(())
 }
 
 struct Raw {
@@ -197,8 +253,10 @@ pub fn save(
     let name = step_dir_name(state.step);
     let tmp = root.join(format!(".tmp-{name}"));
     let _ = std::fs::remove_dir_all(&tmp);
+    let optimizer_state = optimizer.state();
+    check_before_save(run_dir, model, &optimizer_state, state.step)?;
     write_model_dir(&tmp, model, source_dir)?;
-    write_safetensors(&tmp.join("optimizer.safetensors"), &optimizer.state())?;
+    write_safetensors(&tmp.join("optimizer.safetensors"), &optimizer_state)?;
     let json = serde_json::to_string_pretty(state).expect("serialisable state");
     std::fs::write(tmp.join("trainer_state.json"), json).map_err(|e| TrainError::Io {
         path: tmp.clone(),
