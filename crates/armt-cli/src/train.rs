@@ -126,7 +126,6 @@ pub fn run(mut args: TrainArgs) -> Result<()> {
         let tools = builtin::tools()?;
         let origin = root.join("data/train/tasks.jsonl");
         armt_train::validate::check_dataset(&cfg, &b.train, &origin, &tools, "the built-in tools")?;
-        let _lock = lock_run_dir(&run_dir)?;
         let start = if cfg.stage == 1 {
             cold_start(&cfg, &root, &b, &tools)?
         } else {
