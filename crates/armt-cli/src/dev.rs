@@ -118,7 +118,7 @@ fn synthetic_example(cfg: &Qwen25VlConfig, tokens: usize, image_side: usize) -> 
         ids.push(cfg.vision_start_token_id + 1); // <|vision_end|>
         let pixels = Tensor::randn([(patches * patch_dim) as i64], (Kind::Float, Device::Cpu));
         images.push(ProcessedImage {
-            pixel_values: Vec::try_from(pixels)?,
+            pixel_values: std::sync::Arc::new(Vec::try_from(pixels)?),
             grid_thw: [1, image_side, image_side],
             patch_dim,
         });

@@ -99,7 +99,11 @@ pub fn run(args: EvalArgs) -> Result<()> {
             })?,
     };
     let samples = match &args.data {
-        Some(d) => armt_data::read_dataset(d, &args.bench.format_options(&cfg.data.formats))?,
+        Some(d) => {
+            let samples = armt_data::read_dataset(d, &args.bench.format_options(&cfg.data.formats))?;
+            armt_data::validate::validate_samples(&samples, &armt_data::validate::DatasetCheck::for_file(d))?;
+            samples
+        }
         None => builtin::open(root)?.val,
     };
     if samples.is_empty() {

@@ -30,7 +30,7 @@ pub struct ForwardArgs {
 }
 
 pub fn parse_device(s: Option<&str>) -> Result<Device> {
-    Ok(match s {
+    let device = match s {
         None => Device::cuda_if_available(),
         Some("cpu") => Device::Cpu,
         Some("cuda") => Device::Cuda(0),
@@ -38,7 +38,28 @@ pub fn parse_device(s: Option<&str>) -> Result<Device> {
             Some(n) => Device::Cuda(n),
             None => bail!("--device: expected cpu, cuda or cuda:N, got `{s}`"),
         },
-    })
+    };
+    // Checked here: libtorch would otherwise abort with a C++ trace at the first tensor.
+    if let Device::Cuda(n) = device {
+        let count = if tch::Cuda::is_available() {
+            tch::Cuda::device_count()
+        } else {
+            0
+        };
+        if count == 0 {
+            bail!(
+                "device `{}`: CUDA is not available to libtorch here (no GPU, or a CPU-only libtorch); use cpu",
+                s.unwrap_or("cuda")
+            );
+        }
+        if n as i64 >= count {
+            bail!(
+                "device `cuda:{n}`: only {count} CUDA device(s) (cuda:0..cuda:{})",
+                count - 1
+            );
+        }
+    }
+    Ok(device)
 }
 
 pub fn parse_dtype(s: Option<&str>, device: Device) -> Result<Kind> {
@@ -52,16 +73,19 @@ pub fn parse_dtype(s: Option<&str>, device: Device) -> Result<Kind> {
 
 pub fn run(args: ForwardArgs) -> Result<()> {
     let device = parse_device(args.device.as_deref())?;
-    if matches!(device, Device::Cuda(_)) && !tch::Cuda::is_available() {
-        bail!(
-            "--device {}: CUDA is not available to libtorch here",
-            args.device.unwrap_or_default()
-        );
-    }
     let kind = parse_dtype(args.dtype.as_deref(), device)?;
     let chat = Chat::from_json_file(&args.chat)?;
+    if chat.messages.is_empty() {
+        bail!(
+            "{}: the chat has no messages (nothing to run the model on)",
+            args.chat.display()
+        );
+    }
     let processor = Processor::from_model_dir(&args.model)?;
     let encoded = processor.encode_chat(&chat)?;
+    if encoded.input_ids.is_empty() {
+        bail!("{}: the chat renders to no tokens", args.chat.display());
+    }
     let started = Instant::now();
     let model = Qwen25Vl::load(&args.model, device, kind)?;
     let load_s = started.elapsed().as_secs_f64();

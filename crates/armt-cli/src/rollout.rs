@@ -75,6 +75,8 @@ pub fn run(args: RolloutArgs) -> Result<()> {
     if samples.is_empty() {
         bail!("{}: no samples", args.data.display());
     }
+    let check = armt_data::validate::DatasetCheck::for_file(&args.data);
+    armt_data::validate::validate_samples(&samples, &check)?;
     let tools = ToolRegistry::from_yaml_file(&args.tools)?;
     let processor = Processor::from_model_dir(&args.model)?;
     let model = Qwen25Vl::load(&args.model, device, kind)?;

@@ -288,6 +288,7 @@ fn full_rollout(model: &Qwen25Vl, processor: &Processor, args: &RolloutBenchArgs
             response: None,
             judgment: Judgment::Pair { candidates: 2 },
             ground_truth: "1".into(),
+            source: None,
         })
         .collect();
     let tools = ToolRegistry::from_yaml_file(&args.tools)?;

@@ -157,7 +157,7 @@ pub fn run(args: ServeArgs) -> Result<()> {
         image_dir: None,
     };
     model_loop(&rx, args.max_batch.max(1), |samples| {
-        let mut generator = ModelGenerator::new(&model, samples.len(), rollout.sampling.clone(), pad);
+        let mut generator = ModelGenerator::new(&model, rollout.sampling.clone(), pad);
         env.run(&mut generator, samples, 1, |_| {})
             .map(|rs| rs.into_iter().map(|r| r.trajectory).collect())
             .map_err(|e| e.to_string())

@@ -25,6 +25,10 @@ pub struct TrainArgs {
     /// Resume from the latest checkpoint of the run directory (`--resume`), or from the given one (`--resume=CKPT`).
     #[arg(long, num_args = 0..=1, require_equals = true, default_missing_value = "latest")]
     resume: Option<String>,
+    /// Resume even though settings that change the run's meaning (data, group size, rewards,
+    /// seed …) differ from the checkpoint's.
+    #[arg(long)]
+    allow_config_change: bool,
     /// Overrides, e.g. rollout.n=8 optim.lr=1e-6 train.steps=50.
     overrides: Vec<String>,
 }
@@ -73,13 +77,51 @@ fn capped(processor: Processor, cfg: &TrainConfig) -> Processor {
     }
 }
 
+/// `--resume PATH` (with a space) reads PATH as the first override; an override has a `=`, so a
+/// first "override" without one is the resume path.
+fn resume_with_space(resume: &mut Option<String>, overrides: &mut Vec<String>) {
+    let first_is_path = overrides.first().is_some_and(|o| !o.contains('='));
+    if resume.as_deref() == Some("latest") && first_is_path {
+        *resume = Some(overrides.remove(0));
+    }
+}
+
+/// Takes the run directory's lock and removes what a crashed run left half-written.
+fn lock_run_dir(run_dir: &Path) -> Result<armt_train::run_lock::RunLock> {
+    let lock = armt_train::run_lock::RunLock::acquire(run_dir)?;
+    if let Some(stale) = &lock.stale {
+        eprintln!(
+            "armt: taking over a stale lock on {} left by a run that is no longer running ({stale})",
+            run_dir.display()
+        );
+    }
+    for p in armt_train::run_lock::clean_stale_files(run_dir) {
+        eprintln!(
+            "armt: removed {} (left half-written by an earlier run)",
+            p.display()
+        );
+    }
+    Ok(lock)
+}
+
+/// A NaN stop names the checkpoint to go back to.
+fn with_last_good(e: armt_train::TrainError, run_dir: &Path) -> anyhow::Error {
+    match e {
+        armt_train::TrainError::NonFinite { .. } => {
+            anyhow::anyhow!("{e}; {}", armt_train::finite::last_good_hint(run_dir, None))
+        }
+        e => e.into(),
+    }
+}
+
 fn device_kind(cfg: &TrainConfig) -> Result<(Device, Kind)> {
-    let device = parse_device(cfg.model.device.as_deref())?;
+    let device = parse_device(cfg.model.device.as_deref()).context("model.device")?;
     Ok((device, parse_dtype(cfg.model.dtype.as_deref(), device)?))
 }
 
-pub fn run(args: TrainArgs) -> Result<()> {
+pub fn run(mut args: TrainArgs) -> Result<()> {
     armt_train::install_ctrlc_handler();
+    resume_with_space(&mut args.resume, &mut args.overrides);
     let mut cfg = load_config(args.stage, args.config.as_deref(), &args.overrides)?;
     let comm = crate::dist::setup(&mut cfg)?;
     let (device, kind) = device_kind(&cfg)?;
@@ -115,6 +157,8 @@ pub fn run(args: TrainArgs) -> Result<()> {
             cfg.data.val = Some(root.join("data/val/tasks.jsonl"));
         }
         let tools = builtin::tools()?;
+        let origin = root.join("data/train/tasks.jsonl");
+        armt_train::validate::check_dataset(&cfg, &b.train, &origin, &tools, "the built-in tools")?;
         let start = if cfg.stage == 1 {
             cold_start(&cfg, &root, &b, &tools, &comm)?
         } else {
@@ -137,10 +181,23 @@ pub fn run(args: TrainArgs) -> Result<()> {
         };
         let data = cfg.data.train.clone().context("data.train is not set")?;
         let samples = armt_data::read_dataset(&data, &cfg.data.formats)?;
-        (start, samples, ToolRegistry::from_yaml_file(&cfg.tools.config)?)
+        let tools = ToolRegistry::from_yaml_file(&cfg.tools.config)?;
+        let origin = cfg.tools.config.display().to_string();
+        armt_train::validate::check_dataset(&cfg, &samples, &data, &tools, &origin)?;
+        (start, samples, tools)
     };
 
+    // One run per directory: rank 0 holds the lock for the whole group.
+    let _lock = if comm.is_main() {
+        Some(lock_run_dir(&run_dir)?)
+    } else {
+        None
+    };
     let resume = resume_path(&args.resume, &run_dir)?;
+    let phase = format!("stage {}", cfg.stage);
+    if let Some(ckpt) = &resume {
+        armt_train::resume_check::check(ckpt, &phase, &cfg, args.allow_config_change)?;
+    }
     // Every rank has looked at the run directory before rank 0 may clear it.
     comm.barrier()?;
     if resume.is_none() {
@@ -152,7 +209,7 @@ pub fn run(args: TrainArgs) -> Result<()> {
                         "armt train: starting over; removing the earlier run in {}",
                         run_dir.display()
                     );
-                    std::fs::remove_dir_all(&run_dir)
+                    armt_train::run_lock::clear_run_dir(&run_dir)
                         .with_context(|| format!("removing {}", run_dir.display()))?;
                 }
             } else {
@@ -184,7 +241,6 @@ pub fn run(args: TrainArgs) -> Result<()> {
         None
     };
     let processor = capped(Processor::from_model_dir(&start_dir)?, &cfg);
-    let phase = format!("stage {}", cfg.stage);
     let last = armt_train::train_grpo(GrpoRun {
         config: &cfg,
         model,
@@ -196,7 +252,8 @@ pub fn run(args: TrainArgs) -> Result<()> {
         resume,
         phase,
         comm: comm.clone(),
-    })?;
+    })
+    .map_err(|e| with_last_good(e, &run_dir))?;
     // The last collective is done: other ranks exiting from here on is expected.
     armt_dist::nccl::mark_finished();
     if !comm.is_main() {
@@ -225,6 +282,11 @@ fn cold_start(
     comm: &Arc<dyn Communicator>,
 ) -> Result<PathBuf> {
     let sft_dir = root.join("sft");
+    let _lock = if comm.is_main() {
+        Some(lock_run_dir(&sft_dir)?)
+    } else {
+        None
+    };
     if let Some(last) = checkpoint::latest(&sft_dir) {
         if checkpoint::read_state(&last)?.step >= cfg.sft.steps {
             if comm.is_main() {
@@ -252,11 +314,12 @@ fn cold_start(
         model,
         model_dir: b.model_dir.clone(),
         examples,
-        run_dir: sft_dir,
+        run_dir: sft_dir.clone(),
         pad_id,
         resume,
         comm: comm.clone(),
-    })?;
+    })
+    .map_err(|e| with_last_good(e, &sft_dir))?;
     if cfg.train.val_every > 0 && comm.is_main() {
         // The cold start's table, the baseline the RL stages are measured against.
         let model = Qwen25Vl::load(&last, device, kind)?;
@@ -295,12 +358,16 @@ pub struct SftArgs {
     config: Option<PathBuf>,
     #[arg(long, num_args = 0..=1, require_equals = true, default_missing_value = "latest")]
     resume: Option<String>,
+    /// Resume even though settings that change the run's meaning differ from the checkpoint's.
+    #[arg(long)]
+    allow_config_change: bool,
     /// Overrides, e.g. sft.steps=200 sft.lr=1e-5 train.run_dir=runs/sft.
     overrides: Vec<String>,
 }
 
-pub fn run_sft(args: SftArgs) -> Result<()> {
+pub fn run_sft(mut args: SftArgs) -> Result<()> {
     armt_train::install_ctrlc_handler();
+    resume_with_space(&mut args.resume, &mut args.overrides);
     let mut cfg = TrainConfig::load(args.config.as_deref(), &args.overrides)?;
     let comm = crate::dist::setup(&mut cfg)?;
     let cfg = cfg;
@@ -321,7 +388,16 @@ pub fn run_sft(args: SftArgs) -> Result<()> {
         let trajs = armt_data::read_trajectories(&args.data)?;
         armt_train::examples_from_trajectories(&trajs, &processor)?
     };
+    // One run per directory: rank 0 holds the lock for the whole group.
+    let _lock = if comm.is_main() {
+        Some(lock_run_dir(&run_dir)?)
+    } else {
+        None
+    };
     let resume = resume_path(&args.resume, &run_dir)?;
+    if let Some(ckpt) = &resume {
+        armt_train::resume_check::check(ckpt, "sft", &cfg, args.allow_config_change)?;
+    }
     let model = Qwen25Vl::load(resume.as_deref().unwrap_or(&args.model), device, kind)?;
     let pad_id = TemplateIds::from_tokenizer(processor.tokenizer())?.endoftext;
     let last = armt_train::train_sft(SftRun {
@@ -329,11 +405,12 @@ pub fn run_sft(args: SftArgs) -> Result<()> {
         model,
         model_dir: args.model.clone(),
         examples,
-        run_dir,
+        run_dir: run_dir.clone(),
         pad_id,
         resume,
         comm: comm.clone(),
-    })?;
+    })
+    .map_err(|e| with_last_good(e, &run_dir))?;
     armt_dist::nccl::mark_finished();
     if comm.is_main() {
         eprintln!("armt sft: final checkpoint {}", last.display());

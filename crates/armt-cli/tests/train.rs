@@ -140,6 +140,8 @@ fn killed_and_resumed_run_matches_an_uninterrupted_one() {
         .count();
     assert!(moved >= 2, "rewards were constant in most steps: {rows:?}");
 
+    sigterm_lock_and_damage(&root, &wa);
+
     // The final checkpoint is a model directory transformers loads, with the same logits.
     checkpoint_loads_in_transformers(&a.join("checkpoints/step-000004"), &root);
 
@@ -279,6 +281,26 @@ fn nan_stops_the_step_and_names_it() {
         .and_then(|s| s.trim().parse::<usize>().ok())
         .unwrap_or_else(|| panic!("no step number in: {line}"));
     assert!(!run.join(format!("checkpoints/step-{failed_step:06}")).exists());
+
+    // Weights overflowed by the first update are never saved: the save refuses and says that
+    // no good checkpoint exists (the same cold start, reused).
+    let run = root.join("stage1-inf");
+    let mut o = small(&run, 2);
+    o.push("optim.lr=1e39".into());
+    o.push("optim.grad_clip=0".into());
+    o.push("train.save_every=1".into());
+    let out = armt(&train_args(&[], o));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{err}");
+    assert!(
+        err.contains("step 1: not saving a checkpoint") && err.contains("NaN or infinite"),
+        "{err}"
+    );
+    assert!(err.contains("no good checkpoint exists"), "{err}");
+    assert!(
+        armt_train_latest(&run).is_none(),
+        "a non-finite checkpoint was written"
+    );
 }
 
 #[test]
@@ -327,11 +349,124 @@ fn ctrl_c_saves_a_checkpoint_then_exits() {
     let out = child.wait_with_output().unwrap();
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(!out.status.success(), "an interrupted run exits non-zero");
-    assert!(err.contains("interrupted at step"), "{err}");
+    assert!(err.contains("interrupted") && err.contains("--resume="), "{err}");
     let ckpts: Vec<String> = std::fs::read_dir(run.join("checkpoints"))
         .unwrap()
         .map(|e| e.unwrap().file_name().to_string_lossy().to_string())
         .filter(|n| n.starts_with("step-"))
         .collect();
     assert_eq!(ckpts.len(), 1, "exactly the interrupt's checkpoint: {ckpts:?}");
+}
+
+/// Run `a`'s GRPO again from its cold start (model and data given explicitly): a second run
+/// into the same directory is refused while the first holds it; SIGTERM saves and exits
+/// non-zero with a resume hint; the resume (past a garbage metrics row and a stale temporary
+/// checkpoint) ends bit-identical to `a`; a damaged optimizer file is then refused by name.
+fn sigterm_lock_and_damage(root: &Path, reference: &HashMap<String, Tensor>) {
+    let repo = Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
+    let sft = root.join("a/sft/checkpoints/step-000030");
+    let c = root.join("c/stage1");
+    let explicit = |steps: usize| {
+        let mut o = small(&c, steps);
+        o.push("train.save_every=1000".into());
+        o.push(format!("model.path={}", sft.display()));
+        o.push(format!(
+            "data.train={}",
+            root.join("a/data/train/tasks.jsonl").display()
+        ));
+        o.push(format!(
+            "tools.config={}",
+            repo.join("configs/tools/tiny.yaml").display()
+        ));
+        o
+    };
+    let child = Command::new(env!("CARGO_BIN_EXE_armt"))
+        .args(train_args(&[], explicit(4)))
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let started = Instant::now();
+    while std::fs::read_to_string(c.join("metrics.jsonl")).map_or(0, |t| t.lines().count()) < 1 {
+        assert!(
+            started.elapsed() < Duration::from_secs(300),
+            "no GRPO step logged"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    // A second run into the same directory is refused, naming the holder.
+    let o = armt(&train_args(&[], explicit(4)));
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(
+        !o.status.success(),
+        "a second run into a locked run dir must fail"
+    );
+    assert!(
+        err.contains("in use by another armt run") && err.contains(&format!("pid {}", child.id())),
+        "{err}"
+    );
+    let status = Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let out = child.wait_with_output().unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success(),
+        "a SIGTERM-stopped run exits non-zero: {err}"
+    );
+    assert!(err.contains("SIGTERM") && err.contains("--resume="), "{err}");
+    assert!(!err.contains("panicked"), "{err}");
+    let saved = armt_train_latest(&c);
+    assert!(saved.is_some(), "SIGTERM left no checkpoint: {err}");
+    // What a crash could leave behind must not block the resume.
+    std::fs::create_dir_all(c.join("checkpoints/.tmp-step-000009")).unwrap();
+    let mut metrics = std::fs::read_to_string(c.join("metrics.jsonl")).unwrap();
+    metrics.insert_str(0, "garbage \u{1}\n");
+    std::fs::write(c.join("metrics.jsonl"), metrics).unwrap();
+    let o = armt(&train_args(&["--resume"], explicit(4)));
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(o.status.success(), "{err}");
+    assert!(
+        !c.join("checkpoints/.tmp-step-000009").exists(),
+        "stale temporary kept"
+    );
+    let wc = weights(&c.join("checkpoints/step-000004"));
+    let worst = reference
+        .iter()
+        .map(|(n, t)| (t - &wc[n]).abs().max().double_value(&[]))
+        .fold(0f64, f64::max);
+    println!("SIGTERM-stopped and resumed vs uninterrupted after 4 steps: max |Δw| = {worst:e}");
+    assert_eq!(worst, 0.0, "a SIGTERM resume changed the result");
+
+    // Garbage in the optimizer file's data: refused by name, pointing at an earlier checkpoint.
+    let opt = c.join("checkpoints/step-000004/optimizer.safetensors");
+    let mut bytes = std::fs::read(&opt).unwrap();
+    let header = 8 + u64::from_le_bytes(bytes[..8].try_into().unwrap()) as usize;
+    for b in &mut bytes[header..] {
+        *b = 0xFF;
+    }
+    std::fs::write(&opt, bytes).unwrap();
+    let o = armt(&train_args(&["--resume"], explicit(5)));
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(!o.status.success(), "a damaged optimizer file must be refused");
+    assert!(
+        err.contains("step-000004 is damaged")
+            && err.contains("optimizer.safetensors")
+            && err.contains("NaN"),
+        "{err}"
+    );
+    assert!(
+        err.contains("the last good checkpoint is") && err.contains("--resume="),
+        "{err}"
+    );
+}
+
+fn armt_train_latest(run: &Path) -> Option<PathBuf> {
+    std::fs::read_dir(run.join("checkpoints"))
+        .ok()?
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| p.file_name().unwrap().to_string_lossy().starts_with("step-"))
+        .max()
 }

@@ -2,6 +2,8 @@
 //! right judgment is) and trajectories (what the policy wrote, which tools ran, why it
 //! stopped). Both are JSON lines; a malformed row is reported with its file and line.
 
+pub mod validate;
+
 use serde::{Deserialize, Serialize};
 use std::path::{Path, PathBuf};
 
@@ -18,6 +20,12 @@ pub enum DataError {
     },
     #[error("{path}: {msg}")]
     Format { path: PathBuf, msg: String },
+    #[error("{path}: {count} problem(s) found before training:\n{problems}")]
+    Invalid {
+        path: PathBuf,
+        count: usize,
+        problems: String,
+    },
 }
 
 pub mod formats;
@@ -45,6 +53,7 @@ pub enum Judgment {
 
 /// One page of a sample's document: its image and (for text retrieval) its text.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct DocumentPage {
     pub image: PathBuf,
     #[serde(default)]
@@ -53,6 +62,7 @@ pub struct DocumentPage {
 
 /// The multi-page document a sample comes with (only its own pages are ever retrievable).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct Document {
     pub name: String,
     pub pages: Vec<DocumentPage>,
@@ -60,6 +70,7 @@ pub struct Document {
 
 /// One dataset row.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct Sample {
     pub id: String,
     pub task: TaskKind,
@@ -88,6 +99,7 @@ pub fn read_samples(path: &Path) -> Result<Vec<Sample>, DataError> {
         path: path.to_path_buf(),
         source: e,
     })?;
+    validate::reject_bom(path, &text)?;
     let base = path.parent().unwrap_or(Path::new("."));
     let mut out = Vec::new();
     for (i, line) in text.lines().enumerate() {
@@ -232,6 +244,7 @@ pub fn read_trajectories(path: &Path) -> Result<Vec<Trajectory>, DataError> {
         path: path.to_path_buf(),
         source: e,
     })?;
+    validate::reject_bom(path, &text)?;
     text.lines()
         .enumerate()
         .filter(|(_, l)| !l.trim().is_empty())

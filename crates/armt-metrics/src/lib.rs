@@ -229,11 +229,15 @@ fn repair_jsonl(path: &Path, resume_step: Option<u64>) -> Result<(), MetricsErro
         if line.trim().is_empty() {
             continue;
         }
-        let step = row_step(line).map_err(|source| MetricsError::Row {
-            path: path.to_path_buf(),
-            line: i + 1,
-            source,
-        })?;
+        // A garbage row (an editor, a disk error) must not block a resume: it is dropped, and
+        // said so, rather than kept where every later reader would trip on it.
+        let step = match row_step(line) {
+            Ok(step) => step,
+            Err(why) => {
+                eprintln!("armt: dropping malformed row {}:{}: {why}", path.display(), i + 1);
+                continue;
+            }
+        };
         if resume_step.is_none_or(|r| step <= r) {
             kept.push_str(line);
             kept.push('\n');

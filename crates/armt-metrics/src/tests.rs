@@ -144,6 +144,21 @@ fn torn_last_line_is_ignored_and_repaired() {
 }
 
 #[test]
+fn a_garbage_row_does_not_block_a_resume() {
+    let dir = tmp_dir("garbage");
+    let p = dir.join("metrics.jsonl");
+    std::fs::write(
+        &p,
+        "{\"step\":1}\n\u{0}\u{0}garbage\n{\"step\":2}\n{\"step\":3}\n",
+    )
+    .unwrap();
+    let mut log = MetricsLogger::create(&dir, Some(2)).unwrap();
+    log.log(3, &m(&[("reward/mean", 0.5)])).unwrap();
+    let rows = read_metrics(&p).unwrap();
+    assert_eq!(rows.iter().map(|r| r.0).collect::<Vec<_>>(), vec![1, 2, 3]);
+}
+
+#[test]
 fn tensorboard_reads_our_event_files() {
     let dir = tmp_dir("tb");
     let mut log = MetricsLogger::create(&dir, None).unwrap();

@@ -127,6 +127,13 @@ impl Chat {
             path: path.to_path_buf(),
             source,
         })?;
+        if text.starts_with('\u{feff}') {
+            return Err(chat_err(
+                path,
+                "start of file",
+                "the file starts with a UTF-8 byte-order mark (BOM); save it as UTF-8 without BOM",
+            ));
+        }
         let root: Value = serde_json::from_str(&text).map_err(|source| ProcessingError::Json {
             path: path.to_path_buf(),
             source,

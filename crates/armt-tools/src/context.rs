@@ -46,9 +46,12 @@ impl ImageSlot {
         self.cell
             .get_or_init(|| {
                 let path = self.path.as_ref().expect("a slot without an image has a path");
+                // The text goes to the model (and into trajectories): the file name only, never
+                // the host's directories.
+                let name = path.file_name().map(|n| n.to_string_lossy()).unwrap_or_default();
                 image::open(path)
                     .map(Arc::new)
-                    .map_err(|e| format!("cannot load image {}: {e}", path.display()))
+                    .map_err(|e| format!("cannot load image {name}: {e}"))
             })
             .clone()
     }
@@ -229,7 +232,11 @@ mod tests {
         assert_eq!(ctx.document().unwrap().name, "doc");
         // Lazy: the missing file only fails when asked for.
         let err = ctx.image("original_image").unwrap().unwrap_err();
-        assert!(err.starts_with("cannot load image /nonexistent/a.png"), "{err}");
+        assert!(err.starts_with("cannot load image a.png:"), "{err}");
+        assert!(
+            !err.contains("/nonexistent"),
+            "a host path reached the tool text: {err}"
+        );
         assert!(ctx.image("observation_1").is_none());
         assert!(ctx.page_image(0).is_err());
         assert_eq!(ctx.page_image(1).unwrap_err(), "page 2 does not exist");

@@ -6,7 +6,7 @@
 //! renamed, so a killed run never leaves a half-written checkpoint.
 
 use crate::optimizer::AdamW;
-use crate::{DataLoader, MasterDtype, TrainConfig, TrainError, ZeroStage};
+use crate::{finite, DataLoader, MasterDtype, TrainConfig, TrainError, ZeroStage};
 use armt_dist::Communicator;
 use armt_model::Qwen25Vl;
 use safetensors::tensor::{Dtype, View};
@@ -93,12 +93,71 @@ pub(crate) fn start_or_resume(
         return Ok((optimizer, 0, DataLoader::new(n_items, seed, 0, 0)));
     };
     let state = read_state(ckpt)?;
-    optimizer.load_shards(ckpt, state.optimizer_steps)?;
+    optimizer
+        .load_shards(ckpt, state.optimizer_steps)
+        .map_err(|e| damaged(ckpt, e.to_string()))?;
+    check_loaded(ckpt, model, &optimizer.shard_state())?;
     Ok((
         optimizer,
         state.step,
         DataLoader::new(n_items, seed, state.data_epoch, state.data_index),
     ))
+}
+
+/// A NaN/inf anywhere in the weights or the optimizer state stops the save (nothing written).
+fn check_before_save(
+    run_dir: &Path,
+    model: &Qwen25Vl,
+    optimizer_state: &[(String, Tensor)],
+    step: usize,
+) -> Result<(), TrainError> {
+    let params = model.var_store().variables();
+    let bad = finite::first_bad(params.iter().map(|(n, t)| (n.as_str(), t)))
+        .map(|b| format!("parameter {b}"))
+        .or_else(|| {
+            finite::first_bad(optimizer_state.iter().map(|(n, t)| (n.as_str(), t)))
+                .map(|b| format!("optimizer state {b}"))
+        });
+    match bad {
+        Some(bad) => Err(TrainError::NonFiniteState {
+            step,
+            bad,
+            last_good: finite::last_good_hint(run_dir, None),
+        }),
+        None => Ok(()),
+    }
+}
+
+/// The run directory a checkpoint `RUN/checkpoints/step-N` belongs to.
+fn run_dir_of(ckpt: &Path) -> PathBuf {
+    ckpt.parent()
+        .and_then(|p| p.parent())
+        .unwrap_or(Path::new("."))
+        .to_path_buf()
+}
+
+fn damaged(ckpt: &Path, detail: String) -> TrainError {
+    TrainError::DamagedCheckpoint {
+        path: ckpt.to_path_buf(),
+        detail,
+        last_good: finite::last_good_hint(&run_dir_of(ckpt), Some(ckpt)),
+    }
+}
+
+/// The loaded weights and optimizer state of a checkpoint must be finite.
+fn check_loaded(
+    ckpt: &Path,
+    model: &Qwen25Vl,
+    optimizer_state: &[(String, Tensor)],
+) -> Result<(), TrainError> {
+    let params = model.var_store().variables();
+    if let Some(b) = finite::first_bad(params.iter().map(|(n, t)| (n.as_str(), t))) {
+        return Err(damaged(ckpt, format!("model.safetensors: parameter {b}")));
+    }
+    if let Some(b) = finite::first_bad(optimizer_state.iter().map(|(n, t)| (n.as_str(), t))) {
+        return Err(damaged(ckpt, format!("optimizer state: {b}")));
+    }
+    Ok(())
 }
 
 struct Raw {
@@ -213,6 +272,9 @@ pub fn save(
     let name = step_dir_name(state.step);
     let tmp = root.join(format!(".tmp-{name}"));
     let dst = root.join(&name);
+    // Every rank checks what it holds before anything is written: a run never saves
+    // non-finite state.
+    check_before_save(run_dir, model, &optimizer.shard_state(), state.step)?;
     if comm.is_main() {
         std::fs::create_dir_all(&root).map_err(|e| TrainError::Io {
             path: root.clone(),

@@ -231,6 +231,7 @@ impl TrainConfig {
                     path: p.to_path_buf(),
                     source: e,
                 })?;
+                armt_data::validate::reject_bom(p, &text)?;
                 Self::from_toml_str(&text, &p.display().to_string(), overrides)
             }
             None => Self::from_toml_str("", "<defaults>", overrides),
@@ -301,6 +302,7 @@ impl TrainConfig {
         self.reward
             .validate()
             .map_err(|e| TrainError::Config(e.to_string()))?;
+        crate::validate::check_config(self)?;
         Ok(())
     }
 

@@ -137,6 +137,8 @@ pub fn train_grpo(mut run: GrpoRun) -> Result<PathBuf, TrainError> {
     let mut step = start_step;
     while step < cfg.train.steps {
         let started = Instant::now();
+        // Where the data stood before this step, for a stop that abandons it.
+        let loader_before = loader.clone();
         let batch: Vec<Sample> = loader
             .next_batch(cfg.train.prompts_per_step)
             .into_iter()
@@ -169,6 +171,18 @@ pub fn train_grpo(mut run: GrpoRun) -> Result<PathBuf, TrainError> {
             .rollouts
         };
         let rollout_s = rollout_t.elapsed().as_secs_f64();
+        if stop_requested() {
+            // A stop during the rollouts (the long phase) abandons this step before any update:
+            // the state is still the previous step's, saved unless it already is.
+            return Err(abandon_step(
+                &run,
+                &optimizer,
+                &loader_before,
+                step,
+                last_ckpt,
+                &bar,
+            )?);
+        }
 
         // 2. Rewards and group-normalised advantages.
         let mut rewards: Vec<RewardBreakdown> = Vec::with_capacity(rollouts.len());
@@ -466,9 +480,13 @@ pub fn train_grpo(mut run: GrpoRun) -> Result<PathBuf, TrainError> {
             )?);
         }
         if stop {
-            bar.abandon_with_message("stopped by Ctrl-C after saving a checkpoint");
+            bar.abandon_with_message(format!(
+                "stopped by {} after saving a checkpoint",
+                crate::stop_reason()
+            ));
             return Err(TrainError::State(format!(
-                "interrupted at step {step}; resume with --resume {}",
+                "interrupted at step {step} by {}; resume with --resume={}",
+                crate::stop_reason(),
                 last_ckpt
                     .as_ref()
                     .map(|p| p.display().to_string())
@@ -493,6 +511,50 @@ pub fn train_grpo(mut run: GrpoRun) -> Result<PathBuf, TrainError> {
         );
     }
     last_ckpt.ok_or_else(|| TrainError::State("no checkpoint written".into()))
+}
+
+/// Saves the state before step `step + 1` (unless `last_ckpt` is it) and returns the
+/// interruption error with the resume hint.
+fn abandon_step(
+    run: &GrpoRun,
+    optimizer: &crate::AdamW,
+    loader_before: &crate::DataLoader,
+    step: usize,
+    last_ckpt: Option<PathBuf>,
+    bar: &ProgressBar,
+) -> Result<TrainError, TrainError> {
+    let cfg = run.config;
+    let saved = last_ckpt
+        .as_ref()
+        .is_some_and(|p| checkpoint::read_state(p).is_ok_and(|s| s.step == step));
+    let ckpt = match last_ckpt {
+        Some(p) if saved => Some(p),
+        _ if step == 0 => None,
+        _ => {
+            let state = TrainerState::capture(step, optimizer, loader_before, &run.phase, cfg.to_toml());
+            Some(checkpoint::save(
+                &cfg.train.run_dir,
+                &run.model,
+                &run.model_dir,
+                optimizer,
+                &state,
+                cfg.train.keep_last,
+            )?)
+        }
+    };
+    bar.abandon_with_message(format!("stopped by {}", crate::stop_reason()));
+    Ok(TrainError::State(match ckpt {
+        Some(p) => format!(
+            "interrupted by {} during step {}, which was abandoned; resume with --resume={}",
+            crate::stop_reason(),
+            step + 1,
+            p.display()
+        ),
+        None => format!(
+            "interrupted by {} during the first step; nothing to save, start again",
+            crate::stop_reason()
+        ),
+    }))
 }
 
 /// The vision tower and merger stop receiving gradients.

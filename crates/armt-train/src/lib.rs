@@ -6,14 +6,19 @@ pub mod builtin;
 pub mod checkpoint;
 mod config;
 pub mod data_parallel;
+pub mod finite;
 mod grpo_trainer;
 mod mixed_precision;
 mod optimizer;
 mod policy_logprobs;
+pub mod resume_check;
+pub mod run_lock;
 mod sft;
+pub mod sft_llamafactory;
+pub mod signals;
+pub mod validate;
 pub mod validation;
 mod zero;
-pub mod sft_llamafactory;
 
 pub use batch::{token_logprobs, Example};
 pub use config::{
@@ -28,7 +33,6 @@ pub use zero::ZeroStage;
 
 use armt_rollout::SplitMix64;
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicBool, Ordering};
 
 #[derive(Debug, thiserror::Error)]
 pub enum TrainError {
@@ -47,6 +51,22 @@ pub enum TrainError {
         quantity: String,
         value: f64,
     },
+    /// A save found a NaN/inf in the weights or optimizer state: nothing was written.
+    #[error("step {step}: not saving a checkpoint: {bad}; {last_good}")]
+    NonFiniteState {
+        step: usize,
+        bad: String,
+        last_good: String,
+    },
+    /// A checkpoint that fails its checks when loaded.
+    #[error("checkpoint {path} is damaged: {detail}; {last_good}")]
+    DamagedCheckpoint {
+        path: PathBuf,
+        detail: String,
+        last_good: String,
+    },
+    #[error(transparent)]
+    RunLock(#[from] run_lock::RunLockError),
     #[error(transparent)]
     Model(#[from] armt_model::ModelError),
     #[error(transparent)]
@@ -120,27 +140,15 @@ impl DataLoader {
     }
 }
 
-/// Set by Ctrl-C: the loops save a checkpoint after the current step and exit.
-pub static STOP_REQUESTED: AtomicBool = AtomicBool::new(false);
+pub use signals::{request_stop, stop_reason, STOP_REQUESTED};
 
-/// Installs the Ctrl-C handler (once per process).
+/// Installs the handler for Ctrl-C, SIGTERM and SIGHUP (once per process): see [`signals`].
 pub fn install_ctrlc_handler() {
-    static ONCE: std::sync::Once = std::sync::Once::new();
-    ONCE.call_once(|| {
-        let _ = ctrlc::set_handler(|| {
-            if STOP_REQUESTED.swap(true, Ordering::SeqCst) {
-                eprintln!("\nsecond Ctrl-C: exiting without a checkpoint");
-                std::process::exit(130);
-            }
-            eprintln!(
-                "\nCtrl-C: finishing this step, saving a checkpoint, then exiting (Ctrl-C again to abort)"
-            );
-        });
-    });
+    signals::install();
 }
 
 pub(crate) fn stop_requested() -> bool {
-    STOP_REQUESTED.load(Ordering::SeqCst)
+    signals::stop_requested()
 }
 
 /// A seed for step `step` of a run seeded `seed`.

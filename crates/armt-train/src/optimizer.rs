@@ -397,6 +397,19 @@ impl AdamW {
     /// (`master`, `exp_avg`, `exp_avg_sq`) as `rank-PPPPP-of-NNNNN.safetensors` (with replicated
     /// state only rank 0 writes), and, on rank 0, `layout.json`. The caller makes the
     /// directory complete on every rank before it publishes it.
+    /// This rank's optimizer state (its partition of the fp32 masters and AdamW moments), for
+    /// finiteness checks; empty before the first step builds it.
+    pub fn shard_state(&self) -> Vec<(String, Tensor)> {
+        match &self.state {
+            Some(s) => vec![
+                ("master".into(), s.master.shallow_clone()),
+                ("exp_avg".into(), s.exp_avg.shallow_clone()),
+                ("exp_avg_sq".into(), s.exp_avg_sq.shallow_clone()),
+            ],
+            None => Vec::new(),
+        }
+    }
+
     pub fn save_shard(&self, ckpt: &Path) -> Result<(), TrainError> {
         let fresh;
         let s = match &self.state {

@@ -185,7 +185,9 @@ pub fn train_sft(mut run: SftRun) -> Result<PathBuf, TrainError> {
         }
         if stop {
             return Err(TrainError::State(format!(
-                "interrupted at SFT step {step}; the checkpoint is saved"
+                "interrupted at SFT step {step} by {}; resume with --resume={}",
+                crate::stop_reason(),
+                last.as_ref().map(|p| p.display().to_string()).unwrap_or_default()
             )));
         }
     }

@@ -34,8 +34,9 @@ fn image(h: usize, w: usize, seed: i64) -> ProcessedImage {
     tch::manual_seed(seed);
     let dim = 3 * 2 * 14 * 14;
     ProcessedImage {
-        pixel_values: Vec::try_from(Tensor::randn([(h * w * dim) as i64], (Kind::Float, Device::Cpu)))
-            .unwrap(),
+        pixel_values: std::sync::Arc::new(
+            Vec::try_from(Tensor::randn([(h * w * dim) as i64], (Kind::Float, Device::Cpu))).unwrap(),
+        ),
         grid_thw: [1, h, w],
         patch_dim: dim,
     }

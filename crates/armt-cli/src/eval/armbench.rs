@@ -311,7 +311,7 @@ pub fn run_in_process(args: &EvalArgs) -> Result<()> {
             config: &rollout,
             image_dir: Some(image_dir.to_path_buf()),
         };
-        let mut generator = ModelGenerator::new(&model, samples.len(), rollout.sampling.clone(), pad);
+        let mut generator = ModelGenerator::new(&model, rollout.sampling.clone(), pad);
         Ok(env
             .run(&mut generator, samples, 1, |_| {})?
             .into_iter()
