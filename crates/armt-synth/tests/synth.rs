@@ -447,7 +447,7 @@ fn guess_traces_answer_without_a_tool_with_both_verdicts() {
         assert_eq!(turns.len(), 1, "{}", s.id);
         assert!(turns[0].tool_call.is_none());
         let v = final_verdict(&turns[0].text).expect("strict format");
-        seen.insert((s.task, v));
+        seen.insert((format!("{:?}", s.task), v));
     }
     // Both verdicts of every kind occur: a guess carries no information about the truth.
     assert_eq!(seen.len(), 6, "{seen:?}");
