@@ -361,7 +361,8 @@ fn tokenizer_round_trips_and_keeps_special_tokens_whole() {
         "deterministic"
     );
     let vocab = tok.get_vocab_size(true);
-    assert!((1000..=3000).contains(&vocab), "vocab {vocab}");
+    // The shorter expert texts of the single-token-value design leave fewer merges on 60 samples.
+    assert!((800..=3000).contains(&vocab), "vocab {vocab}");
     let ids = special_token_ids(&tok).unwrap();
     // Added tokens come right after the BPE vocabulary, specials first (as in Qwen).
     assert_eq!(ids.endoftext as usize, tok.get_vocab_size(false));
@@ -447,7 +448,7 @@ fn guess_traces_answer_without_a_tool_with_both_verdicts() {
         assert_eq!(turns.len(), 1, "{}", s.id);
         assert!(turns[0].tool_call.is_none());
         let v = final_verdict(&turns[0].text).expect("strict format");
-        seen.insert((s.task, v));
+        seen.insert((format!("{:?}", s.task), v));
     }
     // Both verdicts of every kind occur: a guess carries no information about the truth.
     assert_eq!(seen.len(), 6, "{seen:?}");

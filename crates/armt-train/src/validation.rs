@@ -120,7 +120,7 @@ impl EvalReport {
         let items: Vec<&EvalItem> = self
             .items
             .iter()
-            .filter(|it| kind.map_or(true, |k| it.task == k))
+            .filter(|it| kind.is_none_or(|k| it.task == k))
             .collect();
         let n = items.len();
         let mean = |f: &dyn Fn(&EvalItem) -> f64| {
@@ -263,7 +263,7 @@ impl Validator {
 
     /// Whether step `step` (1-based, just finished) of `total` is validated.
     pub fn due(&self, step: usize, total: usize) -> bool {
-        step % self.every == 0 || step == total
+        step.is_multiple_of(self.every) || step == total
     }
 
     /// Evaluates `model` and returns the `val/*` metrics.
