@@ -251,6 +251,7 @@ mod tests {
             response: Some("r".into()),
             judgment: Judgment::Pair { candidates: 2 },
             ground_truth: "1".into(),
+            source: None,
         }
     }
 
