@@ -265,8 +265,9 @@ pub enum RowError {
     Json(serde_json::Error),
     #[error("no non-negative integer `step`")]
     NoStep,
+    /// `value` is the row's JSON text for it.
     #[error("metric `{name}` is not a number: {value}")]
-    NotANumber { name: String, value: serde_json::Value },
+    NotANumber { name: String, value: String },
 }
 
 /// Reads metrics.jsonl: (step, metrics) per row, in file order. `time` is not a metric and is
@@ -308,7 +309,7 @@ pub fn read_metrics(path: &Path) -> Result<Vec<MetricRow>, MetricsError> {
                 other => {
                     return Err(err(RowError::NotANumber {
                         name: k,
-                        value: other,
+                        value: other.to_string(),
                     }))
                 }
             };

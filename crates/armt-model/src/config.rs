@@ -50,8 +50,9 @@ pub enum ConfigError {
     MissingVision,
     #[error("bad `vision_config`: {0}")]
     Vision(#[source] serde_json::Error),
+    /// The two values as the file writes them.
     #[error("`vision_config` has in_chans = {in_chans} but in_channels = {in_channels}")]
-    ChannelsDisagree { in_chans: Value, in_channels: Value },
+    ChannelsDisagree { in_chans: String, in_channels: String },
     #[error("missing or non-integer field `{0}`")]
     Field(&'static str),
     #[error("missing `mrope_section` (in rope_scaling or rope_parameters)")]
@@ -78,8 +79,8 @@ fn normalize_vision_config(vision: &Value) -> Result<(Value, Option<f64>), Confi
         match obj.get("in_chans") {
             Some(in_chans) if *in_chans != in_channels => {
                 return Err(ConfigError::ChannelsDisagree {
-                    in_chans: in_chans.clone(),
-                    in_channels,
+                    in_chans: in_chans.to_string(),
+                    in_channels: in_channels.to_string(),
                 });
             }
             _ => {

@@ -154,6 +154,21 @@ fn expand_image_pads(text: &str, pads: &[usize]) -> Result<String> {
     Ok(out)
 }
 
+/// An image error, with the header's dimensions when the decoder refused the size (the bare
+/// "Memory limit exceeded" does not say why).
+fn explain_image_error(path: &std::path::Path, e: image::ImageError) -> String {
+    if let image::ImageError::Limits(_) = e {
+        let dims = image::ImageReader::open(path)
+            .and_then(|r| r.with_guessed_format())
+            .ok()
+            .and_then(|r| r.into_dimensions().ok());
+        if let Some((w, h)) = dims {
+            return format!("{e}: its header says {w}×{h} pixels, too large to decode");
+        }
+    }
+    e.to_string()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -175,19 +190,4 @@ mod tests {
         assert_eq!(s, "a<|image_pad|><|image_pad|>b<|image_pad|>");
         assert!(expand_image_pads("a<|image_pad|>", &[]).is_err());
     }
-}
-
-/// An image error, with the header's dimensions when the decoder refused the size (the bare
-/// "Memory limit exceeded" does not say why).
-fn explain_image_error(path: &std::path::Path, e: image::ImageError) -> String {
-    if let image::ImageError::Limits(_) = e {
-        let dims = image::ImageReader::open(path)
-            .and_then(|r| r.with_guessed_format())
-            .ok()
-            .and_then(|r| r.into_dimensions().ok());
-        if let Some((w, h)) = dims {
-            return format!("{e}: its header says {w}×{h} pixels, too large to decode");
-        }
-    }
-    e.to_string()
 }
