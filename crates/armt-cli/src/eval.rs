@@ -100,8 +100,11 @@ pub fn run(args: EvalArgs) -> Result<()> {
     };
     let samples = match &args.data {
         Some(d) => {
-            let samples = armt_data::read_dataset(d, &args.bench.format_options(&cfg.data.formats))?;
-            armt_data::validate::validate_samples(&samples, &armt_data::validate::DatasetCheck::for_file(d))?;
+            let formats = args.bench.format_options(&cfg.data.formats);
+            let samples = armt_data::read_dataset(d, &formats)?;
+            let mut check = armt_data::validate::DatasetCheck::for_file(d);
+            check.extra_roots = formats.data_roots(d);
+            armt_data::validate::validate_samples(&samples, &check)?;
             samples
         }
         None => builtin::open(root)?.val,

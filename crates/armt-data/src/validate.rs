@@ -7,7 +7,7 @@
 use crate::{DataError, Judgment, Sample, TaskKind};
 use rayon::prelude::*;
 use std::collections::{BTreeMap, HashMap};
-use std::path::{Component, Path};
+use std::path::{Component, Path, PathBuf};
 
 /// The most candidates a pairwise judgment may compare.
 pub const MAX_CANDIDATES: usize = 26;
@@ -48,6 +48,9 @@ pub struct DatasetCheck<'a> {
     pub origin: &'a Path,
     /// Images and pages must lie under this folder (the dataset file's folder); None: anywhere.
     pub root: Option<&'a Path>,
+    /// Further folders the user named for the data (a format's image root, document root and
+    /// image cache): paths under one of them are inside too.
+    pub extra_roots: Vec<PathBuf>,
     pub images: ImageCheck,
     pub limits: ImageLimits,
 }
@@ -58,6 +61,7 @@ impl<'a> DatasetCheck<'a> {
         Self {
             origin,
             root: Some(origin.parent().unwrap_or(Path::new("."))),
+            extra_roots: Vec::new(),
             images: ImageCheck::Decode,
             limits: ImageLimits::default(),
         }
@@ -167,7 +171,8 @@ pub fn confined<'p>(path: &'p Path, root: &Path) -> Result<&'p Path, String> {
 }
 
 fn check_file(path: &Path, check: &DatasetCheck) -> Result<(), String> {
-    if let Some(root) = check.root {
+    let in_extra_root = check.extra_roots.iter().any(|r| confined(path, r).is_ok());
+    if let Some(root) = check.root.filter(|_| !in_extra_root) {
         confined(path, root).map_err(|e| {
             format!(
                 "image {} {e} ({}); paths must stay inside the dataset's folder",

@@ -258,6 +258,7 @@ pub fn check_dataset(
         return Err(TrainError::Config(format!("{}: no samples", origin.display())));
     }
     let mut check = DatasetCheck::for_file(origin);
+    check.extra_roots = cfg.data.formats.data_roots(origin);
     check.images = ImageCheck::Decode;
     validate_samples(samples, &check)?;
     check_tools_for_tasks(&cfg.reward, tools, samples, tools_origin)

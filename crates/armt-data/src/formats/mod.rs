@@ -69,6 +69,16 @@ impl FormatOptions {
             .map(|(_, t)| *t)
     }
 
+    /// The folders this format reads images and pages from, or writes embedded images to, for
+    /// `data_file`: inside the data as far as path confinement is concerned.
+    pub fn data_roots(&self, data_file: &Path) -> Vec<PathBuf> {
+        vec![
+            self.image_root_for(data_file),
+            self.doc_root_for(data_file),
+            self.image_cache_for(data_file),
+        ]
+    }
+
     pub(crate) fn image_root_for(&self, data_file: &Path) -> PathBuf {
         self.image_root
             .clone()
