@@ -180,6 +180,26 @@ pub fn check_config(cfg: &TrainConfig) -> Result<(), TrainError> {
     }
 }
 
+/// [`check_tools_for_tasks`] for a run of `stage`: in stage 1 the right-tool reward of a task
+/// kind without its tool could never be earned, so that is an error; in stage 2 the judge may
+/// answer without a tool (ARM-Thinker's RL offers only the zoom tool for all its data), so it is
+/// a warning. A tool config with no tools at all is an error in both.
+fn check_tools_for_stage(
+    stage: u8,
+    reward: &RewardConfig,
+    tools: &ToolRegistry,
+    samples: &[Sample],
+    tools_origin: &str,
+) -> Result<(), TrainError> {
+    match check_tools_for_tasks(reward, tools, samples, tools_origin) {
+        Err(TrainError::Config(msg)) if stage != 1 && !tools.names().is_empty() => {
+            eprintln!("armt: warning: {msg}; those tasks can only be answered without a tool");
+            Ok(())
+        }
+        other => other,
+    }
+}
+
 /// `model.device` and `model.dtype` spelled as the CLI accepts them (availability is checked
 /// when the device is opened).
 fn check_device(device: Option<&str>, dtype: Option<&str>) -> Result<(), String> {
@@ -261,7 +281,7 @@ pub fn check_dataset(
     check.extra_roots = cfg.data.formats.data_roots(origin);
     check.images = ImageCheck::Decode;
     validate_samples(samples, &check)?;
-    check_tools_for_tasks(&cfg.reward, tools, samples, tools_origin)
+    check_tools_for_stage(cfg.stage, &cfg.reward, tools, samples, tools_origin)
 }
 
 #[cfg(test)]
