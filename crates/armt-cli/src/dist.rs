@@ -19,7 +19,7 @@ pub fn setup(cfg: &mut TrainConfig) -> Result<Arc<dyn Communicator>> {
     if env.world_size > 1 {
         cap_cpu_threads(env.cpu_threads());
     }
-    let device = parse_device(cfg.model.device.as_deref())?;
+    let device = parse_device(cfg.model.device.as_deref()).context("model.device")?;
     let cuda = match device {
         Device::Cuda(_) if env.world_size > 1 || backend != Backend::Auto => {
             // Each rank drives the GPU of its local rank, whatever index the config names.

@@ -373,20 +373,26 @@ pub fn run_sft(mut args: SftArgs) -> Result<()> {
     let cfg = cfg;
     let (device, kind) = device_kind(&cfg)?;
     let run_dir = cfg.train.run_dir.clone();
-    let processor = Processor::from_model_dir(&args.model)?;
-    let examples = if armt_data::formats::llamafactory::looks_like_llamafactory(&args.data) {
+    // The data is read (and its errors named) before the model files are opened.
+    let (convs, trajs) = if armt_data::formats::llamafactory::looks_like_llamafactory(&args.data) {
         let convs =
             armt_data::formats::llamafactory::read_conversations(&args.data, args.image_root.as_deref())?;
-        let tools = args
-            .tools
-            .as_ref()
-            .map(ToolRegistry::from_yaml_file)
-            .transpose()?
-            .map(|t| t.schemas());
-        armt_train::sft_llamafactory::examples_from_conversations(&convs, &processor, tools.as_deref())?
+        (Some(convs), None)
     } else {
-        let trajs = armt_data::read_trajectories(&args.data)?;
-        armt_train::examples_from_trajectories(&trajs, &processor)?
+        (None, Some(armt_data::read_trajectories(&args.data)?))
+    };
+    let processor = Processor::from_model_dir(&args.model)?;
+    let examples = match (convs, trajs) {
+        (Some(convs), _) => {
+            let tools = args
+                .tools
+                .as_ref()
+                .map(ToolRegistry::from_yaml_file)
+                .transpose()?
+                .map(|t| t.schemas());
+            armt_train::sft_llamafactory::examples_from_conversations(&convs, &processor, tools.as_deref())?
+        }
+        (None, trajs) => armt_train::examples_from_trajectories(&trajs.unwrap_or_default(), &processor)?,
     };
     // One run per directory: rank 0 holds the lock for the whole group.
     let _lock = if comm.is_main() {

@@ -409,7 +409,7 @@ mod tests {
         );
         assert!(
             o.text
-                .starts_with("Error processing image zoom-in: cannot load image /nonexistent/x.png"),
+                .starts_with("Error processing image zoom-in: cannot load image x.png"),
             "{}",
             o.text
         );
