@@ -582,8 +582,11 @@ impl<'a> RolloutEnv<'a> {
                 for (img, key) in images.iter().zip(&keys) {
                     let path = match &self.image_dir {
                         Some(dir) => {
-                            let p =
-                                dir.join(format!("{}-{}-{key}.png", sanitize(&r.sample.id), r.group_index));
+                            let p = dir.join(format!(
+                                "{}-{}-{key}.png",
+                                armt_data::formats::file_safe(&r.sample.id),
+                                r.group_index
+                            ));
                             img.save(&p).map_err(|source| RolloutError::SaveImage {
                                 path: p.clone(),
                                 source,
@@ -677,16 +680,4 @@ enum ToolResult {
         out: Box<armt_tools::ToolOutput>,
         ms: f64,
     },
-}
-
-fn sanitize(id: &str) -> String {
-    id.chars()
-        .map(|c| {
-            if c.is_ascii_alphanumeric() || c == '-' || c == '_' {
-                c
-            } else {
-                '_'
-            }
-        })
-        .collect()
 }

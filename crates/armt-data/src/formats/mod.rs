@@ -221,8 +221,8 @@ fn fnv1a(bytes: &[u8]) -> u64 {
     })
 }
 
-/// A file-safe form of an id.
-pub(crate) fn file_safe(id: &str) -> String {
+/// A file-safe form of an id (letters, digits, `-` and `_` kept; anything else `_`).
+pub fn file_safe(id: &str) -> String {
     id.chars()
         .map(|c| {
             if c.is_ascii_alphanumeric() || c == '-' || c == '_' {
