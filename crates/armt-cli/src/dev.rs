@@ -66,7 +66,13 @@ pub struct MicroStepArgs {
 pub fn run(cmd: DevCommand) -> Result<()> {
     match cmd {
         DevCommand::TinyModel { root } => {
-            let b = armt_train::builtin::prepare(&root, 1)?;
+            // The model is what is wanted here: a small task set keeps this quick.
+            let section = armt_train::BuiltinSection {
+                train_tasks: 60,
+                val_tasks: 12,
+                ..Default::default()
+            };
+            let b = armt_train::builtin::prepare(&root, 1, &section)?;
             println!("{}", b.model_dir.display());
             Ok(())
         }

@@ -138,7 +138,7 @@ pub fn run(mut args: TrainArgs) -> Result<()> {
         // Stage 1 makes (or reuses) the task set of train.seed (rank 0 first, the others then
         // read it); stage 2 continues that run.
         let b = if cfg.stage == 1 {
-            main_first(&comm, || Ok(builtin::prepare(&root, cfg.train.seed)?))?
+            main_first(&comm, || Ok(builtin::prepare(&root, cfg.train.seed, &cfg.builtin)?))?
         } else {
             let b = builtin::open(&root)?;
             if b.seed != cfg.train.seed {
@@ -296,7 +296,7 @@ fn cold_start(
         }
     }
     let processor = capped(Processor::from_model_dir(&b.model_dir)?, cfg);
-    let examples = builtin::expert_examples(&b.train, &processor, tools, &cfg.rollout)?;
+    let examples = builtin::expert_examples(&b.train, &processor, tools, &cfg.rollout, &cfg.builtin)?;
     if comm.is_main() {
         eprintln!(
             "cold start: SFT on {} expert trajectories ({} tokens)",

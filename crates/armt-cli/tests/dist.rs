@@ -51,6 +51,9 @@ fn overrides(root: &Path) -> Vec<String> {
         "rollout.n=2".into(),
         "rollout.max_turn_tokens=48".into(),
         "rollout.max_response_tokens=96".into(),
+        // A small task set: generating the default 3000 tasks takes longer than the run.
+        "builtin.train_tasks=60".into(),
+        "builtin.val_tasks=12".into(),
         "sft.steps=10".into(),
         "sft.batch=8".into(),
         "sft.micro_batch=4".into(),

@@ -28,6 +28,9 @@ fn small(run_dir: &Path, steps: usize) -> Vec<String> {
         "rollout.max_turn_tokens=48".into(),
         "rollout.max_response_tokens=96".into(),
         // Enough cold start that some rollouts earn reward, so the GRPO updates are real.
+        // A small task set: generating the default 3000 tasks takes longer than the run.
+        "builtin.train_tasks=60".into(),
+        "builtin.val_tasks=12".into(),
         "sft.steps=30".into(),
         "sft.batch=8".into(),
         "sft.micro_batch=8".into(),

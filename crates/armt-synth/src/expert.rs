@@ -165,14 +165,8 @@ pub fn expert_script(sample: &Sample, style: ExpertStyle, seed: u64) -> Vec<Expe
             }
             let right = &candidates[gt_idx];
             debug_assert!(COLOURS.iter().any(|c| c.0 == right));
-            // What was seen first, then each candidate: the verdict is which one repeats it.
-            turns.push(answer_turn(
-                &format!(
-                    "The zoomed dot is {right}. Answer 1 says {}. Answer 2 says {}.",
-                    candidates[0], candidates[1]
-                ),
-                &v,
-            ));
+            let seen = format!("The zoomed dot is {right}.");
+            turns.push(answer_turn(&compare_candidates(&seen, right, &candidates), &v));
         }
         TaskSpec::Document {
             name,
@@ -214,15 +208,10 @@ pub fn expert_script(sample: &Sample, style: ExpertStyle, seed: u64) -> Vec<Expe
                 ));
             }
             let value = |c: &str| c.split_whitespace().next().unwrap_or_default().to_string();
-            turns.push(answer_turn(
-                &format!(
-                    "The page says {}. Answer 1 says {}. Answer 2 says {}.",
-                    value(&candidates[gt_idx]),
-                    value(&candidates[0]),
-                    value(&candidates[1])
-                ),
-                &v,
-            ));
+            let right = value(&candidates[gt_idx]);
+            let values = [value(&candidates[0]), value(&candidates[1])];
+            let seen = format!("The page says {right}.");
+            turns.push(answer_turn(&compare_candidates(&seen, &right, &values), &v));
         }
         TaskSpec::Instruction { constraint, .. } => {
             let (name, args) = constraint.validator();
@@ -251,6 +240,24 @@ pub fn expert_script(sample: &Sample, style: ExpertStyle, seed: u64) -> Vec<Expe
         }
     }
     turns
+}
+
+/// The expert's comparison of what the tool showed (`seen`, whose value is `value`) with each
+/// candidate in turn, stopping at the one that agrees: "Answer 1: blue vs red, different.
+/// Answer 2: red vs red, same, so Answer 2 is better." Each step is one a small model can take
+/// by looking back a fixed distance (the two values side by side, then the index of the answer
+/// just named), instead of matching every candidate against the tool's value at once.
+fn compare_candidates<S: AsRef<str>>(seen: &str, value: &str, candidates: &[S]) -> String {
+    let mut text = seen.to_string();
+    for (k, c) in candidates.iter().enumerate() {
+        let c = c.as_ref();
+        if c == value {
+            text.push_str(&format!(" Answer {}: {c} vs {value}, same, so Answer {} is better.", k + 1, k + 1));
+            break;
+        }
+        text.push_str(&format!(" Answer {}: {c} vs {value}, different.", k + 1));
+    }
+    text
 }
 
 fn fxhash(s: &str) -> u64 {

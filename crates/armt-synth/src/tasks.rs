@@ -43,7 +43,7 @@ impl Default for SynthConfig {
     fn default() -> Self {
         Self {
             zoom_image_size: 224,
-            dot_size: 10,
+            dot_size: std::env::var("EXP_DOT").ok().and_then(|v| v.parse().ok()).unwrap_or(14),
             min_pages: 3,
             max_pages: 4,
             page_size: (112, 112),
@@ -78,6 +78,13 @@ pub type DocFact = (&'static str, &'static str, &'static str, &'static str, (u32
 /// of the tiny tokenizer (see [`VALUE_WORDS`]) and the judge's check is "is this the page's value".
 pub const DOC_VALUES: [u32; 8] = [20, 30, 40, 50, 60, 70, 80, 90];
 
+/// Document names: single words, each one token of the tiny tokenizer (see [`value_words`]), so
+/// that the judge copies the name into its tool call in one step instead of spelling out a
+/// numbered file name digit by digit. Page image files keep the sample's index.
+pub const DOC_NAMES: [&str; 8] = [
+    "atlas", "diary", "guide", "journal", "ledger", "manual", "notebook", "report",
+];
+
 /// The words the judge must read off a tool's answer and compare with a candidate: colours, the
 /// document values and the validators' verdicts. The tiny tokenizer keeps each one a single
 /// token (never merged with its neighbours), so copying it is one attention step.
@@ -85,6 +92,7 @@ pub fn value_words() -> Vec<String> {
     let mut v: Vec<String> = COLOURS.iter().map(|c| c.0.to_string()).collect();
     v.extend(DOC_VALUES.iter().map(|n| n.to_string()));
     v.extend(["True".to_string(), "False".to_string()]);
+    v.extend(DOC_NAMES.iter().map(|n| n.to_string()));
     v
 }
 
@@ -651,7 +659,8 @@ fn document_sample(
     facts.shuffle(rng);
     facts.truncate(n_pages);
     let fact_page = rng.gen_range(0..n_pages);
-    let name = format!("doc_{i:05}");
+    let name = DOC_NAMES.choose(rng).expect("non-empty").to_string();
+    let file_stem = format!("doc_{i:05}");
     let mut pages = Vec::new();
     let mut right_value = 0;
     for (p, &f) in facts.iter().enumerate() {
@@ -661,7 +670,7 @@ fn document_sample(
             right_value = v;
         }
         let text = fill(statement, v);
-        let rel = PathBuf::from(format!("docs/{name}_{}.png", p + 1));
+        let rel = PathBuf::from(format!("docs/{file_stem}_{}.png", p + 1));
         page_image(cfg, p + 1, &text)
             .save(dir.join(&rel))
             .with_context(|| format!("writing {}", rel.display()))?;

@@ -4,6 +4,7 @@
 //! cold start on expert demonstrations (scripted turns run through the real tools), then GRPO.
 
 use crate::batch::Example;
+use crate::config::BuiltinSection;
 use crate::TrainError;
 use armt_data::Sample;
 use armt_model::Qwen25Vl;
@@ -19,23 +20,21 @@ pub const TINY_STAGE1_TOML: &str = include_str!("../../../configs/tiny-stage1.to
 pub const TINY_STAGE2_TOML: &str = include_str!("../../../configs/tiny-stage2.toml");
 pub const TINY_TOOLS_YAML: &str = include_str!("../../../configs/tools/tiny.yaml");
 
-/// Training and held-out task counts, and the base seed the task sets are generated from
-/// (each `train.seed` gives its own task set, model initialisation and run).
-pub const TRAIN_TASKS: usize = 600;
-pub const VAL_TASKS: usize = 60;
+/// The base seed the task sets are generated from (each `train.seed` gives its own task set,
+/// model initialisation and run). Task counts and cold-start traces: `[builtin]` in the config.
 pub const SEED: u64 = 2025;
 /// BPE vocabulary of the tiny tokenizer.
 pub const TOKENIZER_VOCAB: usize = 4096;
-/// Cold-start traces per training task: `DIRECT_TRACES` copies of the expert's (right tool, then
-/// the verdict read off its answer) and `GUESS_TRACES` that answer without a tool (a random
-/// verdict, each its own draw). The cold-start model then mostly skips the tool and judges at
-/// chance, while it has seen how to read the tool's answer: the RL stages have the tool's value
-/// to discover. (The retry style, a wrong call first, is left out: its random first call is
-/// noise a tiny model spends its few steps on.)
-pub const DIRECT_TRACES: usize = 2;
-pub const GUESS_TRACES: usize = 3;
-/// Marks which `train.seed` the task set, tokenizer and tiny model under the root belong to.
+/// Marks which `train.seed` (first line) and task counts (second line) the task set, tokenizer
+/// and tiny model under the root belong to.
 const SEED_FILE: &str = "seed.txt";
+
+fn marker_text(seed: u64, section: &BuiltinSection) -> String {
+    format!(
+        "{seed}\ntrain_tasks={} val_tasks={}\n",
+        section.train_tasks, section.val_tasks
+    )
+}
 
 pub struct Builtin {
     pub model_dir: PathBuf,
@@ -46,10 +45,14 @@ pub struct Builtin {
 }
 
 /// The tiny model's shape: 4 layers, so that a copy of a value out of a tool's answer and its
-/// comparison with a candidate fit in the depth (induction needs two layers at least).
+/// comparison with a candidate fit in the depth (induction needs two layers at least), and a
+/// rope base of 10⁴ instead of Qwen's 10⁶: with a head size of 32, 10⁶ leaves only two or three
+/// rotary frequencies that tell neighbouring positions apart, and the look-back-one-token heads
+/// that copying is built from then form late and at random.
 pub fn model_spec() -> armt_synth::TinyModelSpec {
     armt_synth::TinyModelSpec {
         num_hidden_layers: 4,
+        rope_theta: 10_000.0,
         ..Default::default()
     }
 }
@@ -98,23 +101,26 @@ pub fn prepared_seed(root: &Path) -> Option<u64> {
     }
     std::fs::read_to_string(root.join(SEED_FILE))
         .ok()?
+        .lines()
+        .next()?
         .trim()
         .parse()
         .ok()
 }
 
-/// Creates the task set and the tiny model for `seed` under `root`, unless they are there for
-/// that seed already (then they are reused). Another seed's files, and the runs made from them
-/// (sft, stage1, stage2), are removed first.
-pub fn prepare(root: &Path, seed: u64) -> Result<Builtin, TrainError> {
-    if prepared_seed(root) != Some(seed) {
+/// Creates the task set and the tiny model for `seed` and `section`'s task counts under `root`,
+/// unless they are there already (then they are reused). Another seed's files, and the runs made
+/// from them (sft, stage1, stage2), are removed first.
+pub fn prepare(root: &Path, seed: u64, section: &BuiltinSection) -> Result<Builtin, TrainError> {
+    let marker = std::fs::read_to_string(root.join(SEED_FILE)).ok();
+    if prepared_seed(root).is_none() || marker.as_deref() != Some(marker_text(seed, section).as_str()) {
         for dir in ["data", "tiny-model", "sft", "stage1", "stage2"] {
             let p = root.join(dir);
             if p.exists() {
                 std::fs::remove_dir_all(&p).map_err(io_err(&p))?;
             }
         }
-        generate(root, seed)?;
+        generate(root, seed, section)?;
     }
     open(root)
 }
@@ -135,16 +141,18 @@ pub fn open(root: &Path) -> Result<Builtin, TrainError> {
     })
 }
 
-fn generate(root: &Path, seed: u64) -> Result<(), TrainError> {
+fn generate(root: &Path, seed: u64, section: &BuiltinSection) -> Result<(), TrainError> {
     let data = root.join("data");
     let model_dir = root.join("tiny-model");
     eprintln!(
-        "built-in default: generating {TRAIN_TASKS}+{VAL_TASKS} synthetic tasks (seed {seed}) and a tiny model in {}",
+        "built-in default: generating {}+{} synthetic tasks (seed {seed}) and a tiny model in {}",
+        section.train_tasks,
+        section.val_tasks,
         root.display()
     );
     let base = task_seed(seed);
-    let train = armt_synth::generate_tasks(&data.join("train"), TRAIN_TASKS, base).map_err(synth_err)?;
-    armt_synth::generate_tasks(&data.join("val"), VAL_TASKS, base.wrapping_add(1)).map_err(synth_err)?;
+    let train = armt_synth::generate_tasks(&data.join("train"), section.train_tasks, base).map_err(synth_err)?;
+    armt_synth::generate_tasks(&data.join("val"), section.val_tasks, base.wrapping_add(1)).map_err(synth_err)?;
     let tools = tools()?;
     let mut corpus = armt_synth::default_corpus(&train);
     // What the model will read: the real system prompt and the tools' real answers.
@@ -181,22 +189,27 @@ fn generate(root: &Path, seed: u64) -> Result<(), TrainError> {
     let weights = model_dir.join("model.safetensors");
     std::fs::rename(&tmp, &weights).map_err(io_err(&weights))?;
     let marker = root.join(SEED_FILE);
-    std::fs::write(&marker, format!("{seed}\n")).map_err(io_err(&marker))?;
+    std::fs::write(&marker, marker_text(seed, section)).map_err(io_err(&marker))?;
     Ok(())
 }
 
-/// Expert demonstrations as training examples: each sample's scripted turns
-/// ([`DIRECT_TRACES`] direct ones and [`GUESS_TRACES`] that answer without a tool) run through
-/// the real tools and template.
+/// Expert demonstrations as training examples: each sample's scripted turns run through the
+/// real tools and template, `section.direct_traces` copies of the expert's (the task's tool,
+/// then the verdict read off its answer) and `section.guess_traces` that answer without a tool
+/// (a random verdict, each its own draw). The cold-start model then mostly skips the tool and
+/// judges at chance, while it has seen how to read the tool's answer: the RL stages have the
+/// tool's value to discover. (The retry style, a wrong call first, is left out: its random
+/// first call is noise a tiny model spends its steps on.)
 pub fn expert_examples(
     samples: &[Sample],
     processor: &Processor,
     tools: &ToolRegistry,
     rollout: &RolloutConfig,
+    section: &BuiltinSection,
 ) -> Result<Vec<Example>, TrainError> {
     let mut out = Vec::new();
-    let styles = std::iter::repeat_n((ExpertStyle::Direct, 0u64), DIRECT_TRACES)
-        .chain((0..GUESS_TRACES as u64).map(|k| (ExpertStyle::Guess, k + 1)));
+    let styles = std::iter::repeat_n((ExpertStyle::Direct, 0u64), section.direct_traces)
+        .chain((0..section.guess_traces as u64).map(|k| (ExpertStyle::Guess, k + 1)));
     for (style, variant) in styles {
         let scripts: Vec<Vec<Vec<i64>>> = samples
             .iter()

@@ -165,6 +165,33 @@ impl Default for SftSection {
     }
 }
 
+/// The built-in default's task set and cold-start data (used when neither `model.path` nor
+/// `data.train` is set). A change of the task counts makes a new task set and model.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct BuiltinSection {
+    /// Synthetic training tasks (the three kinds in turn).
+    pub train_tasks: usize,
+    /// Held-out tasks, for validation during training and `armt eval`.
+    pub val_tasks: usize,
+    /// Cold-start traces per training task that call the task's tool and read its answer.
+    pub direct_traces: usize,
+    /// Cold-start traces per training task that answer without a tool (a random verdict), so
+    /// that the cold-start model has seen how to read the tools but mostly does not call them.
+    pub guess_traces: usize,
+}
+
+impl Default for BuiltinSection {
+    fn default() -> Self {
+        Self {
+            train_tasks: 3000,
+            val_tasks: 90,
+            direct_traces: 2,
+            guess_traces: 3,
+        }
+    }
+}
+
 /// Data parallelism (ranks come from the launcher: torchrun or Slurm variables).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -201,6 +228,7 @@ pub struct TrainConfig {
     pub train: LoopSection,
     pub sft: SftSection,
     pub dist: DistSection,
+    pub builtin: BuiltinSection,
 }
 
 impl Default for TrainConfig {
@@ -217,6 +245,7 @@ impl Default for TrainConfig {
             train: LoopSection::default(),
             sft: SftSection::default(),
             dist: DistSection::default(),
+            builtin: BuiltinSection::default(),
         }
     }
 }

@@ -22,7 +22,8 @@ mod zero;
 
 pub use batch::{token_logprobs, Example};
 pub use config::{
-    DataSection, DistSection, LoopSection, ModelSection, OptimSection, SftSection, ToolsSection, TrainConfig,
+    BuiltinSection, DataSection, DistSection, LoopSection, ModelSection, OptimSection, SftSection, ToolsSection,
+    TrainConfig,
 };
 pub use grpo_trainer::{train_grpo, GrpoRun};
 pub use mixed_precision::MasterDtype;

@@ -90,6 +90,7 @@ pub fn check_config(cfg: &TrainConfig) -> Result<(), TrainError> {
     let a = &o.adamw;
     let t = &cfg.train;
     let sft = &cfg.sft;
+    let b = &cfg.builtin;
     let int = |v: usize| v as f64;
     let checks: Vec<(&str, f64, Range, &str)> = vec![
         (
@@ -151,6 +152,10 @@ pub fn check_config(cfg: &TrainConfig) -> Result<(), TrainError> {
         ("sft.lr", sft.lr, open(0.0, INF), ""),
         ("sft.batch", int(sft.batch), closed(1.0, 1e7), ""),
         ("sft.micro_batch", int(sft.micro_batch), closed(1.0, 1e7), ""),
+        ("builtin.train_tasks", int(b.train_tasks), closed(3.0, 1e6), "one task of each kind at least"),
+        ("builtin.val_tasks", int(b.val_tasks), closed(3.0, 1e6), "one task of each kind at least"),
+        ("builtin.direct_traces", int(b.direct_traces), closed(0.0, 100.0), ""),
+        ("builtin.guess_traces", int(b.guess_traces), closed(0.0, 100.0), ""),
     ];
     let mut bad: Vec<String> = checks
         .into_iter()
