@@ -497,8 +497,12 @@ fn judge_sample(body: &Value, front: &Front, id: u64) -> Result<(Sample, JobKind
             .map(|c| vec![json!({"value": c})]),
         rest: Default::default(),
     };
-    let judgment = item.judgment().map_err(bad)?;
-    let prompt = format!("{}\n\n{}", item.prompt().map_err(bad)?, FIXED_COT_PROMPT);
+    let judgment = item.judgment().map_err(|e| bad(e.to_string()))?;
+    let prompt = format!(
+        "{}\n\n{}",
+        item.prompt().map_err(|e| bad(e.to_string()))?,
+        FIXED_COT_PROMPT
+    );
     let text_0 = text_0(body)?.or_else(|| item.constraints.as_ref().map(|_| item.preds[0].clone()));
     Ok((
         placeholder_sample(id, prompt, images, text_0, judgment),
