@@ -394,10 +394,19 @@ mod tests {
         assert!(source.downcast_ref::<toml::de::Error>().is_some(), "{source:?}");
         let err = TrainConfig::from_toml_str("", "x.toml", &["novalue".into()]).unwrap_err();
         assert!(
-            matches!(&err, TrainError::BadOverride { source: OverrideError::NoEquals, .. }),
+            matches!(
+                &err,
+                TrainError::BadOverride {
+                    source: OverrideError::NoEquals,
+                    ..
+                }
+            ),
             "{err:?}"
         );
-        assert_eq!(err.to_string(), "bad config: override `novalue`: expected key.path=value");
+        assert_eq!(
+            err.to_string(),
+            "bad config: override `novalue`: expected key.path=value"
+        );
         let err = TrainConfig::load(None, &["model.device=gpu".into()]).unwrap_err();
         assert!(matches!(&err, TrainError::InvalidSettings { .. }), "{err:?}");
         assert!(
