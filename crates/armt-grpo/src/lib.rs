@@ -40,8 +40,15 @@ pub enum GrpoError {
     Json(#[source] serde_json::Error),
     #[error("shape mismatch: {0}")]
     Shape(String),
-    #[error("{0}")]
-    MissingInput(String),
+    /// A non-zero coefficient (`coefficient = value`) whose input (`needs`) was not given.
+    #[error("{coefficient} = {value} needs {needs}")]
+    MissingInput {
+        coefficient: &'static str,
+        value: f64,
+        needs: &'static str,
+    },
+    #[error("reward {index} is {value}")]
+    NonFiniteReward { index: usize, value: f64 },
     #[error(transparent)]
     Torch(#[from] tch::TchError),
 }
