@@ -16,7 +16,7 @@ use armt_data::formats::armbench::{extract_choice, ArmBenchItem, Choice, FIXED_C
 use armt_data::{Judgment, Sample, TaskKind, Trajectory};
 use armt_model::Qwen25Vl;
 use armt_processing::Processor;
-use armt_rollout::{ModelGenerator, RolloutConfig, RolloutEnv, SamplingConfig, TemplateIds};
+use armt_rollout::{ModelGenerator, RolloutConfig, RolloutEnv, RolloutError, SamplingConfig, TemplateIds};
 use armt_tools::ToolRegistry;
 use base64::Engine;
 use serde_json::{json, Value};
@@ -66,7 +66,8 @@ pub struct ServeArgs {
 /// A checked request waiting for the model.
 struct Job {
     sample: Sample,
-    reply: mpsc::Sender<Result<Trajectory, String>>,
+    /// The batch's error is shared by every request of the batch.
+    reply: mpsc::Sender<Result<Trajectory, Arc<RolloutError>>>,
 }
 
 enum JobKind {
@@ -160,7 +161,6 @@ pub fn run(args: ServeArgs) -> Result<()> {
         let mut generator = ModelGenerator::new(&model, rollout.sampling.clone(), pad);
         env.run(&mut generator, samples, 1, |_| {})
             .map(|rs| rs.into_iter().map(|r| r.trajectory).collect())
-            .map_err(|e| e.to_string())
     });
     Ok(())
 }
@@ -169,7 +169,7 @@ pub fn run(args: ServeArgs) -> Result<()> {
 fn model_loop(
     rx: &Receiver<Job>,
     max_batch: usize,
-    mut run: impl FnMut(&[Sample]) -> Result<Vec<Trajectory>, String>,
+    mut run: impl FnMut(&[Sample]) -> Result<Vec<Trajectory>, RolloutError>,
 ) {
     while let Ok(first) = rx.recv() {
         let mut jobs = vec![first];
@@ -190,8 +190,9 @@ fn model_loop(
                 }
             }
             Err(e) => {
+                let e = Arc::new(e);
                 for j in jobs {
-                    let _ = j.reply.send(Err(e.clone()));
+                    let _ = j.reply.send(Err(Arc::clone(&e)));
                 }
             }
         }
@@ -275,7 +276,7 @@ fn serve(route: &str, body: &Value, front: &Front) -> Result<Value, Refusal> {
     }
     let traj = traj
         .map_err(|_| Refusal(503, "the model thread has stopped".into()))?
-        .map_err(|e| Refusal(500, e))?;
+        .map_err(|e| Refusal(500, e.to_string()))?;
     let trajectory = crate::messages::trajectory_messages(&sample, &traj, &front.system, None);
     let tool_calls: Vec<Value> = traj
         .tool_calls()
@@ -497,8 +498,12 @@ fn judge_sample(body: &Value, front: &Front, id: u64) -> Result<(Sample, JobKind
             .map(|c| vec![json!({"value": c})]),
         rest: Default::default(),
     };
-    let judgment = item.judgment().map_err(bad)?;
-    let prompt = format!("{}\n\n{}", item.prompt().map_err(bad)?, FIXED_COT_PROMPT);
+    let judgment = item.judgment().map_err(|e| bad(e.to_string()))?;
+    let prompt = format!(
+        "{}\n\n{}",
+        item.prompt().map_err(|e| bad(e.to_string()))?,
+        FIXED_COT_PROMPT
+    );
     let text_0 = text_0(body)?.or_else(|| item.constraints.as_ref().map(|_| item.preds[0].clone()));
     Ok((
         placeholder_sample(id, prompt, images, text_0, judgment),

@@ -2,7 +2,13 @@
 //! right judgment is) and trajectories (what the policy wrote, which tools ran, why it
 //! stopped). Both are JSON lines; a malformed row is reported with its file and line.
 
+mod error;
 pub mod validate;
+
+pub use error::{
+    ArmBenchError, ConfineError, ContentError, ConversationError, DocumentError, ImageFileError,
+    ImageProblem, ParquetRowError, RowError, SampleError,
+};
 
 use serde::{Deserialize, Serialize};
 use std::path::{Path, PathBuf};
@@ -11,15 +17,26 @@ use std::path::{Path, PathBuf};
 pub enum DataError {
     #[error("cannot read {path}: {source}")]
     Io { path: PathBuf, source: std::io::Error },
-    #[error("{path}:{line}: malformed row: {msg}")]
-    Row { path: PathBuf, line: usize, msg: String },
+    #[error("{path}:{line}: malformed row: {source}")]
+    Row {
+        path: PathBuf,
+        line: usize,
+        #[source]
+        source: Box<RowError>,
+    },
     #[error("{path}: not a readable parquet file: {source}")]
     Parquet {
         path: PathBuf,
         source: parquet::errors::ParquetError,
     },
-    #[error("{path}: {msg}")]
-    Format { path: PathBuf, msg: String },
+    /// An ARMBench item (named by its `idx`) that does not make a sample.
+    #[error("{path}: item idx {idx}: {source}")]
+    Item {
+        path: PathBuf,
+        idx: String,
+        #[source]
+        source: Box<RowError>,
+    },
     #[error("{path}: {count} problem(s) found before training:\n{problems}")]
     Invalid {
         path: PathBuf,
@@ -106,13 +123,13 @@ pub fn read_samples(path: &Path) -> Result<Vec<Sample>, DataError> {
         if line.trim().is_empty() {
             continue;
         }
-        let row = |msg: String| DataError::Row {
+        let row = |source: RowError| DataError::Row {
             path: path.to_path_buf(),
             line: i + 1,
-            msg,
+            source: Box::new(source),
         };
-        let mut s: Sample = serde_json::from_str(line).map_err(|e| row(e.to_string()))?;
-        validate(&s).map_err(row)?;
+        let mut s: Sample = serde_json::from_str(line).map_err(|e| row(e.into()))?;
+        validate(&s).map_err(|e| row(e.into()))?;
         for img in s.images.iter_mut() {
             *img = base.join(&*img);
         }
@@ -126,35 +143,34 @@ pub fn read_samples(path: &Path) -> Result<Vec<Sample>, DataError> {
     Ok(out)
 }
 
-pub(crate) fn validate(s: &Sample) -> Result<(), String> {
+pub(crate) fn validate(s: &Sample) -> Result<(), SampleError> {
     if s.id.is_empty() {
-        return Err("empty `id`".into());
+        return Err(SampleError::EmptyId);
     }
     let gt = s.ground_truth.trim().to_lowercase();
     match s.judgment {
         Judgment::Pair { candidates } => {
             let ok = gt.parse::<usize>().is_ok_and(|k| k >= 1 && k <= candidates);
             if !ok {
-                return Err(format!(
-                    "ground_truth `{}` is not a candidate number 1..={candidates}",
-                    s.ground_truth
-                ));
+                return Err(SampleError::NotACandidate {
+                    ground_truth: s.ground_truth.clone(),
+                    candidates,
+                });
             }
         }
         Judgment::Single => {
             if gt != "true" && gt != "false" {
-                return Err(format!(
-                    "ground_truth `{}` must be true or false for a single judgment",
-                    s.ground_truth
-                ));
+                return Err(SampleError::NotTrueOrFalse {
+                    ground_truth: s.ground_truth.clone(),
+                });
             }
         }
     }
     match s.task {
         TaskKind::Document if s.document.as_ref().is_none_or(|d| d.pages.is_empty()) => {
-            Err("a document task needs `document` with at least one page".into())
+            Err(SampleError::DocumentWithoutPages)
         }
-        TaskKind::Instruction if s.response.is_none() => Err("an instruction task needs `response`".into()),
+        TaskKind::Instruction if s.response.is_none() => Err(SampleError::InstructionWithoutResponse),
         _ => Ok(()),
     }
 }
@@ -252,7 +268,7 @@ pub fn read_trajectories(path: &Path) -> Result<Vec<Trajectory>, DataError> {
             serde_json::from_str(l).map_err(|e| DataError::Row {
                 path: path.to_path_buf(),
                 line: i + 1,
-                msg: e.to_string(),
+                source: Box::new(e.into()),
             })
         })
         .collect()
@@ -300,6 +316,11 @@ mod tests {
         let err = read_samples(&p).unwrap_err().to_string();
         assert!(err.contains("bad2.jsonl:1") && err.contains("document"), "{err}");
         let p = write("bad3.jsonl", "not json\n");
-        assert!(read_samples(&p).unwrap_err().to_string().contains("bad3.jsonl:1"));
+        let err = read_samples(&p).unwrap_err();
+        assert!(err.to_string().contains("bad3.jsonl:1"));
+        // The JSON parser's error is kept in the chain, below the row error.
+        let row = std::error::Error::source(&err).expect("the row error");
+        let json = std::error::Error::source(row).and_then(|s| s.downcast_ref::<serde_json::Error>());
+        assert!(json.is_some_and(|j| j.line() == 1), "{err:?}");
     }
 }

@@ -4,6 +4,7 @@
 //! candidate counts sane, and every image and page inside the data root, present, and decoding
 //! within a size limit. It works on loaded [`Sample`]s, so every dataset format can call it.
 
+use crate::error::{ConfineError, ImageFileError, ImageProblem, RowError};
 use crate::{DataError, Judgment, Sample, TaskKind};
 use rayon::prelude::*;
 use std::collections::{BTreeMap, HashMap};
@@ -149,10 +150,8 @@ fn sample_problems(s: &Sample) -> Vec<String> {
 
 /// `path` relative to `root` without leaving it (`..`, an absolute path elsewhere): the
 /// remaining part, or an error.
-pub fn confined<'p>(path: &'p Path, root: &Path) -> Result<&'p Path, String> {
-    let rest = path
-        .strip_prefix(root)
-        .map_err(|_| "is outside the data root".to_string())?;
+pub fn confined<'p>(path: &'p Path, root: &Path) -> Result<&'p Path, ConfineError> {
+    let rest = path.strip_prefix(root).map_err(|_| ConfineError::OutsideRoot)?;
     let mut depth = 0i32;
     for c in rest.components() {
         match c {
@@ -161,59 +160,60 @@ pub fn confined<'p>(path: &'p Path, root: &Path) -> Result<&'p Path, String> {
             Component::ParentDir => {
                 depth -= 1;
                 if depth < 0 {
-                    return Err("leaves the data root through `..`".into());
+                    return Err(ConfineError::LeavesRoot);
                 }
             }
-            Component::RootDir | Component::Prefix(_) => return Err("is an absolute path".into()),
+            Component::RootDir | Component::Prefix(_) => return Err(ConfineError::Absolute),
         }
     }
     Ok(rest)
 }
 
-fn check_file(path: &Path, check: &DatasetCheck) -> Result<(), String> {
+fn check_file(path: &Path, check: &DatasetCheck) -> Result<(), ImageFileError> {
     let in_extra_root = check.extra_roots.iter().any(|r| confined(path, r).is_ok());
     if let Some(root) = check.root.filter(|_| !in_extra_root) {
-        confined(path, root).map_err(|e| {
-            format!(
-                "image {} {e} ({}); paths must stay inside the dataset's folder",
-                path.display(),
-                root.display()
-            )
+        confined(path, root).map_err(|source| ImageFileError::NotConfined {
+            path: path.to_path_buf(),
+            root: root.to_path_buf(),
+            source,
         })?;
     }
     if !path.is_file() {
-        return Err(format!(
-            "image {} does not exist (or is not a file)",
-            path.display()
-        ));
+        return Err(ImageFileError::Missing {
+            path: path.to_path_buf(),
+        });
     }
     if check.images == ImageCheck::Exists {
         return Ok(());
     }
-    check_image(path, &check.limits, check.images == ImageCheck::Decode)
-        .map_err(|e| format!("image {}: {e}", path.display()))
+    check_image(path, &check.limits, check.images == ImageCheck::Decode).map_err(|source| {
+        ImageFileError::Unreadable {
+            path: path.to_path_buf(),
+            source,
+        }
+    })
 }
 
 /// Reads the header (and decodes, when `decode`) of one image within `limits`.
-pub fn check_image(path: &Path, limits: &ImageLimits, decode: bool) -> Result<(), String> {
+pub fn check_image(path: &Path, limits: &ImageLimits, decode: bool) -> Result<(), ImageProblem> {
     let reader = || {
         image::ImageReader::open(path)
             .and_then(|r| r.with_guessed_format())
-            .map_err(|e| e.to_string())
+            .map_err(ImageProblem::Open)
     };
     let r = reader()?;
     if r.format().is_none() {
-        return Err("not an image in a known format (png, jpeg, webp, gif, bmp)".into());
+        return Err(ImageProblem::UnknownFormat);
     }
-    let (w, h) = r
-        .into_dimensions()
-        .map_err(|e| format!("unreadable header: {e}"))?;
+    let (w, h) = r.into_dimensions().map_err(ImageProblem::Header)?;
     let pixels = w as u64 * h as u64;
     if w > limits.max_side || h > limits.max_side || pixels > limits.max_pixels {
-        return Err(format!(
-            "its header says {w}×{h} pixels, above the limit ({} pixels a side, {} pixels in all)",
-            limits.max_side, limits.max_pixels
-        ));
+        return Err(ImageProblem::TooLarge {
+            width: w,
+            height: h,
+            max_side: limits.max_side,
+            max_pixels: limits.max_pixels,
+        });
     }
     if decode {
         let mut r = reader()?;
@@ -222,7 +222,7 @@ pub fn check_image(path: &Path, limits: &ImageLimits, decode: bool) -> Result<()
         l.max_image_height = Some(limits.max_side);
         l.max_alloc = Some(limits.max_pixels * 8);
         r.limits(l);
-        r.decode().map_err(|e| format!("does not decode: {e}"))?;
+        r.decode().map_err(ImageProblem::Decode)?;
     }
     Ok(())
 }
@@ -234,7 +234,7 @@ pub fn reject_bom(path: &Path, text: &str) -> Result<(), DataError> {
         return Err(DataError::Row {
             path: path.to_path_buf(),
             line: 1,
-            msg: "the file starts with a UTF-8 byte-order mark (BOM); save it as UTF-8 without BOM".into(),
+            source: Box::new(RowError::Bom),
         });
     }
     Ok(())
@@ -313,7 +313,19 @@ mod tests {
         let p = dir.join("huge.png");
         std::fs::write(&p, huge_png_header(100_000, 100_000)).unwrap();
         let err = check_image(&p, &ImageLimits::default(), true).unwrap_err();
-        assert!(err.contains("100000×100000"), "{err}");
+        assert!(
+            matches!(err, ImageProblem::TooLarge { width: 100_000, .. }),
+            "{err:?}"
+        );
+        assert!(err.to_string().contains("100000×100000"), "{err}");
+        // A missing file: the io error is the source.
+        let err = check_image(&dir.join("absent.png"), &ImageLimits::default(), false).unwrap_err();
+        let io = std::error::Error::source(&err).and_then(|s| s.downcast_ref::<std::io::Error>());
+        assert_eq!(
+            io.map(|e| e.kind()),
+            Some(std::io::ErrorKind::NotFound),
+            "{err:?}"
+        );
         let _ = std::fs::remove_dir_all(&dir);
     }
 

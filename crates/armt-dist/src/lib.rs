@@ -35,8 +35,14 @@ pub enum DistError {
     #[error("{op}: {reason}")]
     BadArgument { op: &'static str, reason: String },
     /// Another rank failed, left or timed out; this rank cannot continue.
+    /// `source`: the socket error a broken TCP link gave, when there is one.
     #[error("rank {rank}: the process group is broken: {reason}")]
-    PeerLost { rank: usize, reason: String },
+    PeerLost {
+        rank: usize,
+        reason: String,
+        #[source]
+        source: Option<std::io::Error>,
+    },
     #[error("{context}: {source}")]
     Io {
         context: String,

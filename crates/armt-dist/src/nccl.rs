@@ -78,6 +78,7 @@ fn nccl_error(e: result::NcclError, what: &str, rank: usize) -> DistError {
     DistError::PeerLost {
         rank,
         reason: format!("NCCL {what}: {text}"),
+        source: None,
     }
 }
 
@@ -216,6 +217,7 @@ impl Nccl {
             return Err(DistError::PeerLost {
                 rank: self.rank,
                 reason: why,
+                source: None,
             });
         }
         if t.device() != Device::Cuda(self.device) {

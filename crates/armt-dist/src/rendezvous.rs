@@ -94,6 +94,7 @@ fn accept_all(
                             missing.join(", "),
                             env.rendezvous_port
                         ),
+                        source: None,
                     });
                 }
                 std::thread::sleep(Duration::from_millis(20));
@@ -162,6 +163,7 @@ fn connect_with_retry(env: &LaunchEnv, deadline: Instant) -> Result<TcpStream, D
                     "could not reach rank 0's rendezvous at {}:{} ({last})",
                     env.master_addr, env.rendezvous_port
                 ),
+                source: None,
             });
         }
         std::thread::sleep(Duration::from_millis(100));
@@ -169,7 +171,7 @@ fn connect_with_retry(env: &LaunchEnv, deadline: Instant) -> Result<TcpStream, D
 }
 
 /// The error for a failed read or write on the link to `peer`, seen from `me`.
-pub(crate) fn link_error(e: &std::io::Error, peer: usize, me: usize) -> DistError {
+pub(crate) fn link_error(e: std::io::Error, peer: usize, me: usize) -> DistError {
     let reason = match e.kind() {
         ErrorKind::WouldBlock | ErrorKind::TimedOut => {
             format!("rank {peer} did not answer in time (it may be stuck or far behind)")
@@ -182,13 +184,17 @@ pub(crate) fn link_error(e: &std::io::Error, peer: usize, me: usize) -> DistErro
         }
         _ => format!("link to rank {peer}: {e}"),
     };
-    DistError::PeerLost { rank: me, reason }
+    DistError::PeerLost {
+        rank: me,
+        reason,
+        source: Some(e),
+    }
 }
 
 pub(crate) fn write_all(s: &mut TcpStream, bytes: &[u8], peer: usize, me: usize) -> Result<(), DistError> {
-    s.write_all(bytes).map_err(|e| link_error(&e, peer, me))
+    s.write_all(bytes).map_err(|e| link_error(e, peer, me))
 }
 
 pub(crate) fn read_exact(s: &mut TcpStream, buf: &mut [u8], peer: usize, me: usize) -> Result<(), DistError> {
-    s.read_exact(buf).map_err(|e| link_error(&e, peer, me))
+    s.read_exact(buf).map_err(|e| link_error(e, peer, me))
 }

@@ -132,6 +132,7 @@ impl Tcp {
                      (every rank must call the same collectives in the same order)",
                     self.rank
                 ),
+                source: None,
             });
         }
         let mut buf = vec![0u8; want.numel as usize * elt];

@@ -103,6 +103,9 @@ fn a_rank_that_leaves_fails_the_others_promptly() {
         matches!(err, DistError::PeerLost { .. }) && err.to_string().contains("rank 1 exited"),
         "{err}"
     );
+    // The socket's error is kept as the source.
+    let io = std::error::Error::source(err).and_then(|s| s.downcast_ref::<std::io::Error>());
+    assert!(io.is_some(), "{err:?}");
     assert!(t0.elapsed() < Duration::from_secs(10));
 }
 

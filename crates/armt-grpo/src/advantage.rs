@@ -47,7 +47,10 @@ pub fn group_advantages<K: Hash + Eq>(
 ) -> Result<Vec<f64>, GrpoError> {
     check_lengths(rewards, groups)?;
     if let Some(i) = rewards.iter().position(|r| !r.is_finite()) {
-        return Err(GrpoError::MissingInput(format!("reward {i} is {}", rewards[i])));
+        return Err(GrpoError::NonFiniteReward {
+            index: i,
+            value: rewards[i],
+        });
     }
     let mut adv = vec![0.0; rewards.len()];
     for idx in members(groups) {

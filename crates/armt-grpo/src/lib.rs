@@ -32,12 +32,23 @@ use serde::{Deserialize, Serialize};
 
 #[derive(Debug, thiserror::Error)]
 pub enum GrpoError {
+    /// A setting outside what it accepts (the message names the key and its value).
     #[error("invalid GRPO config: {0}")]
     Config(String),
+    /// The config's JSON does not parse or has unknown fields.
+    #[error("invalid GRPO config: {0}")]
+    Json(#[source] serde_json::Error),
     #[error("shape mismatch: {0}")]
     Shape(String),
-    #[error("{0}")]
-    MissingInput(String),
+    /// A non-zero coefficient (`coefficient = value`) whose input (`needs`) was not given.
+    #[error("{coefficient} = {value} needs {needs}")]
+    MissingInput {
+        coefficient: &'static str,
+        value: f64,
+        needs: &'static str,
+    },
+    #[error("reward {index} is {value}")]
+    NonFiniteReward { index: usize, value: f64 },
     #[error(transparent)]
     Torch(#[from] tch::TchError),
 }
@@ -100,7 +111,7 @@ impl GrpoConfig {
 
     /// Parses a JSON config (missing fields take the defaults, unknown fields are errors).
     pub fn from_json(text: &str) -> Result<Self, GrpoError> {
-        let cfg: Self = serde_json::from_str(text).map_err(|e| GrpoError::Config(e.to_string()))?;
+        let cfg: Self = serde_json::from_str(text).map_err(GrpoError::Json)?;
         cfg.validate()?;
         Ok(cfg)
     }
@@ -179,10 +190,11 @@ mod tests {
 
     #[test]
     fn config_rejects_bad_values() {
-        assert!(GrpoConfig::from_json(r#"{"clip_ratio": 0.2}"#)
-            .unwrap_err()
-            .to_string()
-            .contains("clip_ratio"));
+        let err = GrpoConfig::from_json(r#"{"clip_ratio": 0.2}"#).unwrap_err();
+        assert!(err.to_string().contains("clip_ratio"), "{err}");
+        // The parser's error stays reachable.
+        let source = std::error::Error::source(&err).and_then(|s| s.downcast_ref::<serde_json::Error>());
+        assert!(source.is_some(), "{err:?}");
         assert!(GrpoConfig::from_json(r#"{"clip_ratio_c": 1.0}"#).is_err());
         assert!(GrpoConfig::from_json(r#"{"clip_ratio_low": 1.0}"#).is_err());
         assert!(GrpoConfig::from_json(r#"{"kl_coef": -0.1}"#).is_err());

@@ -325,10 +325,11 @@ pub fn policy_loss(
             }
         }
         None if cfg.entropy_coeff != 0.0 => {
-            return Err(GrpoError::MissingInput(format!(
-                "entropy_coeff = {} needs per-token entropy",
-                cfg.entropy_coeff
-            )));
+            return Err(GrpoError::MissingInput {
+                coefficient: "entropy_coeff",
+                value: cfg.entropy_coeff,
+                needs: "per-token entropy",
+            });
         }
         None => {}
     }
@@ -344,10 +345,11 @@ pub fn policy_loss(
             }
         }
         None if cfg.kl_coef != 0.0 => {
-            return Err(GrpoError::MissingInput(format!(
-                "kl_coef = {} needs reference log-probs",
-                cfg.kl_coef
-            )));
+            return Err(GrpoError::MissingInput {
+                coefficient: "kl_coef",
+                value: cfg.kl_coef,
+                needs: "reference log-probs",
+            });
         }
         None => {}
     }
@@ -585,7 +587,7 @@ mod tests {
         };
         assert!(matches!(
             policy_loss(&bare, &cfg, &AggNorm::default()),
-            Err(GrpoError::MissingInput(_))
+            Err(GrpoError::MissingInput { .. })
         ));
         let (loss, m) = policy_loss(
             &PolicyBatch {

@@ -32,8 +32,29 @@ pub enum ModelError {
         path: PathBuf,
         source: config::ConfigError,
     },
+    /// A checkpoint's files are missing or inconsistent (`msg` says which and how).
     #[error("bad checkpoint {path}: {msg}")]
     Checkpoint { path: PathBuf, msg: String },
+    #[error("bad checkpoint {path}: invalid JSON: {source}")]
+    IndexJson {
+        path: PathBuf,
+        #[source]
+        source: serde_json::Error,
+    },
+    #[error("bad checkpoint {path}: not a safetensors file: {source}")]
+    NotSafetensors {
+        path: PathBuf,
+        #[source]
+        source: safetensors::SafeTensorError,
+    },
+    /// A stored tensor whose bytes do not make a tensor of its dtype and shape.
+    #[error("bad checkpoint {path}: {tensor}: {source}")]
+    TensorData {
+        path: PathBuf,
+        tensor: String,
+        #[source]
+        source: Box<tch::TchError>,
+    },
     #[error("checkpoint {dir} does not match the model built from its config.json:\n{report}")]
     WeightMismatch { dir: PathBuf, report: String },
     #[error("bad model input: {0}")]

@@ -69,10 +69,11 @@ pub fn checkpoint_files(dir: &Path) -> Result<Vec<PathBuf>, ModelError> {
             path: index.clone(),
             source: e,
         })?;
-        let json: serde_json::Value = serde_json::from_str(&text).map_err(|e| ModelError::Checkpoint {
-            path: index.clone(),
-            msg: format!("invalid JSON: {e}"),
-        })?;
+        let json: serde_json::Value =
+            serde_json::from_str(&text).map_err(|source| ModelError::IndexJson {
+                path: index.clone(),
+                source,
+            })?;
         let map = json
             .get("weight_map")
             .and_then(|m| m.as_object())
@@ -138,9 +139,9 @@ pub fn load_into(
     }
     let mut parsed = Vec::with_capacity(maps.len());
     for (path, mmap) in &maps {
-        let st = SafeTensors::deserialize(mmap).map_err(|e| ModelError::Checkpoint {
+        let st = SafeTensors::deserialize(mmap).map_err(|source| ModelError::NotSafetensors {
             path: path.clone(),
-            msg: format!("not a safetensors file: {e}"),
+            source,
         })?;
         parsed.push((path, st));
     }
@@ -208,11 +209,13 @@ pub fn load_into(
             let Some(var) = vars.get(&name) else { continue };
             let kind = kind_of(view.dtype()).expect("dtype checked above");
             let shape: Vec<i64> = view.shape().iter().map(|&d| d as i64).collect();
-            let src =
-                Tensor::f_from_data_size(view.data(), &shape, kind).map_err(|e| ModelError::Checkpoint {
+            let src = Tensor::f_from_data_size(view.data(), &shape, kind).map_err(|source| {
+                ModelError::TensorData {
                     path: (*path).clone(),
-                    msg: format!("{file_name}: {e}"),
-                })?;
+                    tensor: file_name.clone(),
+                    source: Box::new(source),
+                }
+            })?;
             let mut dst = var.shallow_clone();
             dst.f_copy_(&src.to_device(var.device()).to_kind(var.kind()))?;
         }

@@ -28,12 +28,18 @@ pub enum ProcessingError {
         location: String,
         reason: String,
     },
-    /// An image file could not be opened or decoded.
-    #[error("cannot load image {path} (referenced at {location}): {reason}")]
+    /// An image file could not be opened or decoded; `header` is its size when the header was
+    /// readable but decoding hit the size limits.
+    #[error(
+        "cannot load image {path} (referenced at {location}): {source}{}",
+        header.map(|(w, h)| format!(": its header says {w}×{h} pixels, too large to decode")).unwrap_or_default()
+    )]
     Image {
         path: PathBuf,
         location: String,
-        reason: String,
+        #[source]
+        source: Box<image::ImageError>,
+        header: Option<(u32, u32)>,
     },
     /// An image is outside what `smart_resize` accepts.
     #[error("invalid image size {height}x{width} (height x width): {reason}")]
@@ -42,12 +48,16 @@ pub enum ProcessingError {
         width: usize,
         reason: String,
     },
-    /// The image processor configuration is inconsistent.
-    #[error("invalid image processor config: {0}")]
-    Config(String),
+    /// The image processor configuration (`path`) is inconsistent or unsupported.
+    #[error("invalid image processor config: {path}: {reason}")]
+    Config { path: PathBuf, reason: String },
     /// The tokenizer failed to load or to encode.
-    #[error("tokenizer error ({context}): {message}")]
-    Tokenizer { context: String, message: String },
+    #[error("tokenizer error ({context}): {source}")]
+    Tokenizer {
+        context: String,
+        #[source]
+        source: tokenizers::Error,
+    },
 }
 
 /// Crate-wide result alias.

@@ -154,10 +154,10 @@ impl ImageProcessorConfig {
             .unwrap_or(d.max_pixels);
         if let Some(r) = raw.resample {
             if r != PIL_BICUBIC {
-                return Err(ProcessingError::Config(format!(
-                    "{}: resample={r} is not supported (only 3 = BICUBIC, what Qwen2-VL uses)",
-                    origin.display()
-                )));
+                return Err(ProcessingError::Config {
+                    path: origin.to_path_buf(),
+                    reason: format!("resample={r} is not supported (only 3 = BICUBIC, what Qwen2-VL uses)"),
+                });
             }
         }
         let cfg = Self {
@@ -174,10 +174,7 @@ impl ImageProcessorConfig {
             do_normalize: raw.do_normalize.unwrap_or(d.do_normalize),
             do_convert_rgb: raw.do_convert_rgb.unwrap_or(d.do_convert_rgb),
         };
-        cfg.validate().map_err(|e| match e {
-            ProcessingError::Config(m) => ProcessingError::Config(format!("{}: {m}", origin.display())),
-            other => other,
-        })?;
+        cfg.validate(origin)?;
         Ok(cfg)
     }
 
@@ -190,21 +187,28 @@ impl ImageProcessorConfig {
         Self::from_json_str(&text, path)
     }
 
-    fn validate(&self) -> Result<()> {
+    /// `origin` names the config file in errors.
+    fn validate(&self, origin: &Path) -> Result<()> {
+        let bad = |reason: String| {
+            Err(ProcessingError::Config {
+                path: origin.to_path_buf(),
+                reason,
+            })
+        };
         if self.patch_size == 0 || self.merge_size == 0 || self.temporal_patch_size == 0 {
-            return Err(ProcessingError::Config(format!(
+            return bad(format!(
                 "patch_size ({}), merge_size ({}) and temporal_patch_size ({}) must be positive",
                 self.patch_size, self.merge_size, self.temporal_patch_size
-            )));
+            ));
         }
         if self.min_pixels > self.max_pixels {
-            return Err(ProcessingError::Config(format!(
+            return bad(format!(
                 "min_pixels ({}) > max_pixels ({})",
                 self.min_pixels, self.max_pixels
-            )));
+            ));
         }
         if self.image_std.contains(&0.0) {
-            return Err(ProcessingError::Config("image_std has a zero entry".into()));
+            return bad("image_std has a zero entry".into());
         }
         Ok(())
     }

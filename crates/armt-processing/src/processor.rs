@@ -41,10 +41,11 @@ impl Processor {
                 source: std::io::Error::new(std::io::ErrorKind::NotFound, "tokenizer.json not found"),
             });
         }
-        let tokenizer = Tokenizer::from_file(tokenizer_json).map_err(|e| ProcessingError::Tokenizer {
-            context: format!("loading {}", tokenizer_json.display()),
-            message: e.to_string(),
-        })?;
+        let tokenizer =
+            Tokenizer::from_file(tokenizer_json).map_err(|source| ProcessingError::Tokenizer {
+                context: format!("loading {}", tokenizer_json.display()),
+                source,
+            })?;
         Ok(Self::new(
             tokenizer,
             ImageProcessor::from_file(preprocessor_json)?,
@@ -92,10 +93,11 @@ impl Processor {
                 let location = format!("messages[{i}], image {k}");
                 let processed = match src {
                     ImageSource::Path(p) => {
-                        let img = image::open(p).map_err(|e| ProcessingError::Image {
+                        let img = image::open(p).map_err(|source| ProcessingError::Image {
                             path: p.clone(),
                             location: location.clone(),
-                            reason: explain_image_error(p, e),
+                            header: too_large_header(p, &source),
+                            source: Box::new(source),
                         })?;
                         self.image_processor.preprocess(&img)?
                     }
@@ -108,13 +110,13 @@ impl Processor {
             }
         }
         let expanded = expand_image_pads(&text, &pads_per_image)?;
-        let enc =
-            self.tokenizer
-                .encode(expanded.as_str(), false)
-                .map_err(|e| ProcessingError::Tokenizer {
-                    context: "encoding the rendered chat".into(),
-                    message: e.to_string(),
-                })?;
+        let enc = self
+            .tokenizer
+            .encode(expanded.as_str(), false)
+            .map_err(|source| ProcessingError::Tokenizer {
+                context: "encoding the rendered chat".into(),
+                source,
+            })?;
         let num_patches = pixel_values.len().checked_div(patch_dim).unwrap_or(0);
         Ok(EncodedChat {
             text,
@@ -156,17 +158,14 @@ fn expand_image_pads(text: &str, pads: &[usize]) -> Result<String> {
 
 /// An image error, with the header's dimensions when the decoder refused the size (the bare
 /// "Memory limit exceeded" does not say why).
-fn explain_image_error(path: &std::path::Path, e: image::ImageError) -> String {
-    if let image::ImageError::Limits(_) = e {
-        let dims = image::ImageReader::open(path)
-            .and_then(|r| r.with_guessed_format())
-            .ok()
-            .and_then(|r| r.into_dimensions().ok());
-        if let Some((w, h)) = dims {
-            return format!("{e}: its header says {w}×{h} pixels, too large to decode");
-        }
+fn too_large_header(path: &std::path::Path, e: &image::ImageError) -> Option<(u32, u32)> {
+    if !matches!(e, image::ImageError::Limits(_)) {
+        return None;
     }
-    e.to_string()
+    image::ImageReader::open(path)
+        .and_then(|r| r.with_guessed_format())
+        .ok()
+        .and_then(|r| r.into_dimensions().ok())
 }
 
 #[cfg(test)]

@@ -31,8 +31,12 @@ pub use routing::{routed_reward, ROUTES};
 
 #[derive(Debug, thiserror::Error)]
 pub enum RewardError {
+    /// A setting outside what it accepts (the message names the key and its value).
     #[error("invalid reward config: {0}")]
     Config(String),
+    /// The config's JSON does not parse or has unknown fields.
+    #[error("invalid reward config: {0}")]
+    Json(#[source] serde_json::Error),
     #[error("trajectory is for sample `{traj}` but was scored against sample `{sample}`")]
     SampleMismatch { traj: String, sample: String },
     #[error("sample `{id}`: ground truth `{gt}` does not fit its judgment {judgment:?}")]
@@ -227,7 +231,7 @@ impl Default for RewardConfig {
 impl RewardConfig {
     /// Parses a JSON config; missing fields take the paper's values, unknown fields are errors.
     pub fn from_json(text: &str) -> Result<Self, RewardError> {
-        let cfg: Self = serde_json::from_str(text).map_err(|e| RewardError::Config(e.to_string()))?;
+        let cfg: Self = serde_json::from_str(text).map_err(RewardError::Json)?;
         cfg.validate()?;
         Ok(cfg)
     }

@@ -6,7 +6,7 @@ use crate::generator::{CachePlan, Chunk, Generator, Sampled};
 use crate::rng::RowRng;
 use crate::{RolloutConfig, RolloutError};
 use armt_data::{Sample, StopReason, ToolCallRecord, Trajectory, Turn};
-use armt_processing::hermes::{TOOL_CALL_CLOSE, TOOL_CALL_OPEN, TOOL_RESPONSE_CLOSE, TOOL_RESPONSE_OPEN};
+use armt_processing::hermes::{TOOL_CALL_CLOSE, TOOL_RESPONSE_CLOSE, TOOL_RESPONSE_OPEN};
 use armt_processing::{render_chat, Content, ContentPart, ImageSource, Message, ProcessedImage, Processor};
 use armt_tools::{parse_tool_call, truncate_tool_text, ToolContext, ToolRegistry};
 use std::collections::VecDeque;
@@ -354,7 +354,9 @@ impl<'a> RolloutEnv<'a> {
                                 let ctx = std::mem::take(&mut rows[i].ctx);
                                 match (last, parsed) {
                                     (true, _) => results.push((i, ToolResult::LastTurn, ctx)),
-                                    (false, Err(text)) => results.push((i, ToolResult::Malformed(text), ctx)),
+                                    (false, Err(e)) => {
+                                        results.push((i, ToolResult::Malformed(e.to_string()), ctx))
+                                    }
                                     (false, Ok(call)) => {
                                         in_tools += 1;
                                         let tx = tx.clone();
@@ -496,7 +498,7 @@ impl<'a> RolloutEnv<'a> {
         s: &Sampled,
         budget: usize,
         ids: &TemplateIds,
-    ) -> Result<Option<Result<armt_tools::ParsedToolCall, String>>, RolloutError> {
+    ) -> Result<Option<Result<armt_tools::ParsedToolCall, armt_tools::ToolCallError>>, RolloutError> {
         let cfg = self.config;
         r.ids.extend_from_slice(&s.ids);
         r.mask.extend(std::iter::repeat_n(1u8, s.ids.len()));
@@ -526,8 +528,7 @@ impl<'a> RolloutEnv<'a> {
                 r.stop = Some(StopReason::MaxTurns);
             } else {
                 return Ok(Some(
-                    parse_tool_call(&text)
-                        .unwrap_or_else(|| Err(format!("Error: no {TOOL_CALL_OPEN} found."))),
+                    parse_tool_call(&text).unwrap_or(Err(armt_tools::ToolCallError::NoOpeningTag)),
                 ));
             }
         } else if last == Some(ids.im_end) || last == Some(ids.endoftext) {

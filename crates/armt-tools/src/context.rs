@@ -7,11 +7,13 @@ use std::sync::{Arc, OnceLock};
 use armt_data::{Document, Sample};
 use image::DynamicImage;
 
+use crate::error::ContextError;
+
 /// An image known by key; files are decoded on first use (a trajectory that never zooms
 /// never pays for decoding), at most once even when tools run on several threads.
 struct ImageSlot {
     path: Option<PathBuf>,
-    cell: OnceLock<Result<Arc<DynamicImage>, String>>,
+    cell: OnceLock<Result<Arc<DynamicImage>, ContextError>>,
 }
 
 // By hand: the derived Debug would print every pixel.
@@ -42,7 +44,7 @@ impl ImageSlot {
         }
     }
 
-    fn get(&self) -> Result<Arc<DynamicImage>, String> {
+    fn get(&self) -> Result<Arc<DynamicImage>, ContextError> {
         self.cell
             .get_or_init(|| {
                 let path = self.path.as_ref().expect("a slot without an image has a path");
@@ -51,7 +53,10 @@ impl ImageSlot {
                 let name = path.file_name().map(|n| n.to_string_lossy()).unwrap_or_default();
                 image::open(path)
                     .map(Arc::new)
-                    .map_err(|e| format!("cannot load image {name}: {e}"))
+                    .map_err(|e| ContextError::ImageLoad {
+                        name: name.into_owned(),
+                        source: Arc::new(e),
+                    })
             })
             .clone()
     }
@@ -139,7 +144,7 @@ impl ToolContext {
 
     /// The image under `key`: `None` if the key is unknown, `Some(Err)` if its file cannot be
     /// decoded.
-    pub fn image(&self, key: &str) -> Option<Result<Arc<DynamicImage>, String>> {
+    pub fn image(&self, key: &str) -> Option<Result<Arc<DynamicImage>, ContextError>> {
         self.images.iter().find(|(k, _)| k == key).map(|(_, s)| s.get())
     }
 
@@ -186,10 +191,10 @@ impl ToolContext {
 
     /// The image of page `index` (0-based) of the document; only the document's own pages are
     /// reachable, so no argument can make a tool read another file.
-    pub fn page_image(&self, index: usize) -> Result<Arc<DynamicImage>, String> {
+    pub fn page_image(&self, index: usize) -> Result<Arc<DynamicImage>, ContextError> {
         self.pages
             .get(index)
-            .ok_or_else(|| format!("page {} does not exist", index + 1))?
+            .ok_or(ContextError::NoSuchPage { page: index + 1 })?
             .get()
     }
 }
@@ -232,6 +237,16 @@ mod tests {
         assert_eq!(ctx.document().unwrap().name, "doc");
         // Lazy: the missing file only fails when asked for.
         let err = ctx.image("original_image").unwrap().unwrap_err();
+        // The decoder's error stays reachable as the source (an io error: no such file).
+        let source = std::error::Error::source(&err).expect("the image error is kept");
+        let image_err = source
+            .downcast_ref::<Arc<image::ImageError>>()
+            .expect("an image::ImageError");
+        assert!(
+            matches!(**image_err, image::ImageError::IoError(_)),
+            "{image_err:?}"
+        );
+        let err = err.to_string();
         assert!(err.starts_with("cannot load image a.png:"), "{err}");
         assert!(
             !err.contains("/nonexistent"),
@@ -239,7 +254,10 @@ mod tests {
         );
         assert!(ctx.image("observation_1").is_none());
         assert!(ctx.page_image(0).is_err());
-        assert_eq!(ctx.page_image(1).unwrap_err(), "page 2 does not exist");
+        assert_eq!(
+            ctx.page_image(1).unwrap_err().to_string(),
+            "page 2 does not exist"
+        );
         // Observations are numbered from 1 whatever the number of originals.
         assert_eq!(ctx.next_observation_key(), "observation_1");
         let k = ctx.register_observation(Arc::new(DynamicImage::new_rgb8(2, 2)));

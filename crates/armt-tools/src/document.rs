@@ -16,6 +16,7 @@ use image::{DynamicImage, Rgb, RgbImage};
 use serde::Deserialize;
 use serde_json::{json, Value};
 
+use crate::error::{ArgError, ContextError, ToolSpecError};
 use crate::{InstanceId, Tool, ToolContext, ToolOutput};
 
 /// Ranks a document's pages for a query. BM25 is the default; an embedding retriever (the
@@ -184,36 +185,32 @@ impl Default for DocConfig {
 
 impl DocConfig {
     /// Checks values the types cannot.
-    pub fn validate(&self) -> Result<(), String> {
-        if let Some(k) = &self.kind {
-            if k != "native" {
-                return Err(format!("config.type `{k}` is not supported (only `native`)"));
-            }
-        }
+    pub fn validate(&self) -> Result<(), ToolSpecError> {
+        crate::registry::check_native(&self.kind)?;
         if self.scorer != "bm25" {
-            return Err(format!("unknown scorer `{}` (built in: bm25)", self.scorer));
+            return Err(ToolSpecError::UnknownScorer {
+                scorer: self.scorer.clone(),
+            });
         }
         if self.retrieve_k == 0 || self.max_side == 0 || self.max_concat_pixels == 0 {
-            return Err("retrieve_k, max_side and max_concat_pixels must be positive".into());
+            return Err(ToolSpecError::NotPositive);
         }
         Ok(())
     }
 }
 
-const NO_DOCUMENT: &str = "Error: there is no document in this task to retrieve pages from.";
-
 /// The `filename` argument and the context's document (an error text if either is missing).
-fn document_for<'a>(args: &Value, ctx: &'a ToolContext) -> Result<(&'a Document, String), String> {
+fn document_for<'a>(args: &Value, ctx: &'a ToolContext) -> Result<(&'a Document, String), ArgError> {
     let filename = match args.get("filename") {
         Some(Value::String(s)) if !s.trim().is_empty() => s.trim().to_string(),
-        _ => return Err("Error: missing required parameter 'filename'.".into()),
+        _ => return Err(ArgError::Missing { name: "filename" }),
     };
-    let doc = ctx.document().ok_or(NO_DOCUMENT)?;
+    let doc = ctx.document().ok_or(ArgError::NoDocument)?;
     Ok((doc, filename))
 }
 
 /// A page image with its longest side at most `max_side` (downscale only).
-fn fitted_page(ctx: &ToolContext, index: usize, max_side: u32) -> Result<DynamicImage, String> {
+fn fitted_page(ctx: &ToolContext, index: usize, max_side: u32) -> Result<DynamicImage, ContextError> {
     let img = ctx.page_image(index)?;
     let long = img.width().max(img.height());
     if long <= max_side {
@@ -337,7 +334,7 @@ impl Tool for DocPageSearchTool {
     fn execute(&self, _instance: InstanceId, args: &Value, ctx: &ToolContext) -> ToolOutput {
         let (doc, filename) = match document_for(args, ctx) {
             Ok(v) => v,
-            Err(e) => return ToolOutput::error(e),
+            Err(e) => return ToolOutput::error(e.to_string()),
         };
         let query = match args.get("query") {
             Some(Value::String(s)) if !s.trim().is_empty() => s.trim().to_string(),
@@ -447,7 +444,7 @@ impl Tool for DocPageByIndexTool {
     fn execute(&self, _instance: InstanceId, args: &Value, ctx: &ToolContext) -> ToolOutput {
         let (doc, filename) = match document_for(args, ctx) {
             Ok(v) => v,
-            Err(e) => return ToolOutput::error(e),
+            Err(e) => return ToolOutput::error(e.to_string()),
         };
         let Some(idx) = args.get("image_idx").and_then(as_integer) else {
             return ToolOutput::error("Error: 'image_idx' must be an integer (1-based).");
@@ -619,7 +616,10 @@ mod tests {
             &json!({"filename": "a", "query": "b"}),
             &ToolContext::new(),
         );
-        assert_eq!(o.text, NO_DOCUMENT);
+        assert_eq!(
+            o.text,
+            "Error: there is no document in this task to retrieve pages from."
+        );
         // A page image that cannot be loaded.
         let mut c2 = ToolContext::new();
         c2.set_document(Document {
@@ -688,8 +688,8 @@ mod tests {
             ..DocConfig::default()
         };
         assert_eq!(
-            c.validate().unwrap_err(),
-            "unknown scorer `clip` (built in: bm25)"
+            c.validate().unwrap_err().to_string(),
+            "config: unknown scorer `clip` (built in: bm25)"
         );
     }
 }

@@ -8,6 +8,7 @@ use std::sync::OnceLock;
 use regex::Regex;
 use serde_json::{json, Map, Value};
 
+use crate::error::ArgError;
 use crate::parse::py_str_list;
 use crate::text::{clean_text, normalize_for_matching, paragraphs, split_sentences, word_count};
 use crate::{InstanceId, Tool, ToolContext, ToolOutput};
@@ -251,20 +252,16 @@ impl Tool for InstructionTool {
                 o.metrics.insert("check_result".into(), Value::Bool(passed));
                 o
             }
-            Err(e) => ToolOutput::error(e),
+            Err(e) => ToolOutput::error(e.to_string()),
         }
     }
 }
 
-fn missing(name: &str) -> String {
-    format!("Error: missing required parameter '{name}'.")
-}
-
-fn int_arg(args: &Value, name: &str) -> Result<i64, String> {
+fn int_arg(args: &Value, name: &'static str) -> Result<i64, ArgError> {
     let v = args
         .get(name)
         .filter(|v| !v.is_null())
-        .ok_or_else(|| missing(name))?;
+        .ok_or(ArgError::Missing { name })?;
     let n = match v {
         Value::Number(n) => n.as_i64().or_else(|| {
             n.as_f64()
@@ -274,46 +271,44 @@ fn int_arg(args: &Value, name: &str) -> Result<i64, String> {
         Value::String(s) => s.trim().parse().ok(),
         _ => None,
     };
-    n.ok_or_else(|| format!("Error: '{name}' must be an integer."))
+    n.ok_or(ArgError::NotInteger { name })
 }
 
-fn str_arg<'a>(args: &'a Value, name: &str) -> Result<&'a str, String> {
+fn str_arg<'a>(args: &'a Value, name: &'static str) -> Result<&'a str, ArgError> {
     match args.get(name) {
-        None | Some(Value::Null) => Err(missing(name)),
+        None | Some(Value::Null) => Err(ArgError::Missing { name }),
         Some(Value::String(s)) => Ok(s),
-        Some(_) => Err(format!("Error: '{name}' must be a string.")),
+        Some(_) => Err(ArgError::NotString { name }),
     }
 }
 
 /// A list of strings; a lone string counts as a list of one (a common model slip).
-fn str_list_arg(args: &Value, name: &str) -> Result<Vec<String>, String> {
+fn str_list_arg(args: &Value, name: &'static str) -> Result<Vec<String>, ArgError> {
     match args.get(name) {
-        None | Some(Value::Null) => Err(missing(name)),
+        None | Some(Value::Null) => Err(ArgError::Missing { name }),
         Some(Value::String(s)) => Ok(vec![s.clone()]),
         Some(Value::Array(a)) => a
             .iter()
             .map(|x| x.as_str().map(String::from))
             .collect::<Option<Vec<_>>>()
-            .ok_or_else(|| format!("Error: '{name}' must be a list of strings.")),
-        Some(_) => Err(format!("Error: '{name}' must be a list of strings.")),
+            .ok_or(ArgError::NotStringList { name }),
+        Some(_) => Err(ArgError::NotStringList { name }),
     }
 }
 
-fn ranges_arg(args: &Value) -> Result<Vec<(i64, i64)>, String> {
-    let bad =
-        || "Error: 'ranges' must be a list of [lower_bound, upper_bound] pairs of integers.".to_string();
+fn ranges_arg(args: &Value) -> Result<Vec<(i64, i64)>, ArgError> {
     let a = match args.get("ranges") {
-        None | Some(Value::Null) => return Err(missing("ranges")),
+        None | Some(Value::Null) => return Err(ArgError::Missing { name: "ranges" }),
         Some(Value::Array(a)) => a,
-        Some(_) => return Err(bad()),
+        Some(_) => return Err(ArgError::BadRanges),
     };
     a.iter()
         .map(|r| match r.as_array().map(Vec::as_slice) {
             Some([lo, hi]) => match (lo.as_i64(), hi.as_i64()) {
                 (Some(lo), Some(hi)) => Ok((lo, hi)),
-                _ => Err(bad()),
+                _ => Err(ArgError::BadRanges),
             },
-            _ => Err(bad()),
+            _ => Err(ArgError::BadRanges),
         })
         .collect()
 }
@@ -376,11 +371,12 @@ fn in_range(n: i64, lo: i64, hi: i64) -> bool {
     lo <= n && n <= hi
 }
 
-/// Runs a check: `Ok((passed, reason))`, or `Err(error text)` for bad arguments.
-fn evaluate(check: InstructionCheck, response: &str, args: &Value) -> Result<(bool, String), String> {
+/// Runs a check: `Ok((passed, reason))`, or `Err` for bad arguments (its text for the model).
+fn evaluate(check: InstructionCheck, response: &str, args: &Value) -> Result<(bool, String), ArgError> {
     let clean = clean_text(response);
-    let bounds =
-        |lo: &str, hi: &str| -> Result<(i64, i64), String> { Ok((int_arg(args, lo)?, int_arg(args, hi)?)) };
+    let bounds = |lo: &'static str, hi: &'static str| -> Result<(i64, i64), ArgError> {
+        Ok((int_arg(args, lo)?, int_arg(args, hi)?))
+    };
     Ok(match check {
         C::ParagraphNumberInRange | C::SentenceNumberInRange | C::WordCountInRange => {
             let (lo, hi) = bounds("lower_bound", "upper_bound")?;

@@ -3,8 +3,8 @@
 //! The rollout engine uses this crate in four steps per assistant turn:
 //!
 //! 1. [`parse_tool_call`] on the assistant text: `None` means the turn is an answer;
-//!    `Some(Err(text))` is a malformed call whose `text` goes back to the model as the tool
-//!    response; `Some(Ok(call))` is the (first) call.
+//!    `Some(Err(e))` is a malformed call ([`ToolCallError`]) whose text goes back to the model as
+//!    the tool response; `Some(Ok(call))` is the (first) call.
 //! 2. [`ToolRegistry::call`] runs it against the trajectory's [`ToolContext`] (built once per
 //!    trajectory with [`ToolContext::from_sample`]). It never panics: unknown tools, bad
 //!    arguments and tool failures come back as a [`ToolOutput`] whose `text` is the error the
@@ -57,10 +57,11 @@ use serde_json::{Map, Value};
 
 pub use context::ToolContext;
 pub use document::{Bm25Scorer, DocConfig, DocOutputMode, DocPageByIndexTool, DocPageSearchTool, PageScorer};
-pub use error::ToolError;
+pub use error::{ContextError, SchemaError, ToolError, ToolSpecError};
 pub use instruction::{InstructionCheck, InstructionTool, INSTRUCTION_CHECKS};
 pub use parse::{
-    parse_tool_call, py_repr, system_prompt, truncate_tool_text, ParsedToolCall, TRUNCATION_MARKER,
+    parse_tool_call, py_repr, system_prompt, truncate_tool_text, ParsedToolCall, ToolCallError,
+    TRUNCATION_MARKER,
 };
 pub use registry::{ToolRegistry, ToolSpec};
 pub use text::split_sentences;

@@ -23,39 +23,55 @@ impl std::fmt::Display for FormatHint {
 }
 const FORMAT_HINT: FormatHint = FormatHint;
 
+/// A malformed `<tool_call>`; its text (with the format hint) is what the model reads as the
+/// tool response.
+#[derive(Debug, thiserror::Error)]
+pub enum ToolCallError {
+    /// The turn ended on `</tool_call>` without an opening tag (found by the rollout engine,
+    /// which stops generation at the closing tag).
+    #[error("Error: no {OPEN} found.")]
+    NoOpeningTag,
+    #[error("Error: the tool call has no closing {CLOSE} tag. {}", FORMAT_HINT)]
+    NoClosingTag,
+    #[error("Error: the tool call is not valid JSON ({source}). {}", FORMAT_HINT)]
+    Json {
+        #[source]
+        source: serde_json::Error,
+    },
+    #[error("Error: the tool call must be a JSON object, got {body}. {}", FORMAT_HINT)]
+    NotObject { body: String },
+    #[error("Error: the tool call needs a string \"name\". {}", FORMAT_HINT)]
+    MissingName,
+    #[error("Error: the tool call's \"arguments\" must be a JSON object. {}", FORMAT_HINT)]
+    ArgumentsNotObject,
+    #[error("Error: the tool call needs \"arguments\" (a JSON object). {}", FORMAT_HINT)]
+    MissingArguments,
+}
+
 /// Parses the first `<tool_call>…</tool_call>` block of an assistant turn.
 ///
-/// `None`: there is no `<tool_call>` (the turn is an answer). `Some(Err(text))`: the call is
-/// malformed and `text` is what the model should read as the tool response (verl's Hermes
+/// `None`: there is no `<tool_call>` (the turn is an answer). `Some(Err(e))`: the call is
+/// malformed and `e`'s text is what the model should read as the tool response (verl's Hermes
 /// parser silently drops such calls; telling the model lets it retry). Only the first call
 /// counts, as ARM's agent runs `tool_calls[:1]`.
-pub fn parse_tool_call(assistant_text: &str) -> Option<Result<ParsedToolCall, String>> {
+pub fn parse_tool_call(assistant_text: &str) -> Option<Result<ParsedToolCall, ToolCallError>> {
     let start = assistant_text.find(OPEN)? + OPEN.len();
     let rest = &assistant_text[start..];
     let Some(end) = rest.find(CLOSE) else {
-        return Some(Err(format!(
-            "Error: the tool call has no closing </tool_call> tag. {FORMAT_HINT}"
-        )));
+        return Some(Err(ToolCallError::NoClosingTag));
     };
     let body = rest[..end].trim();
     Some(parse_body(body))
 }
 
-fn parse_body(body: &str) -> Result<ParsedToolCall, String> {
-    let v: Value = serde_json::from_str(body)
-        .map_err(|e| format!("Error: the tool call is not valid JSON ({e}). {FORMAT_HINT}"))?;
+fn parse_body(body: &str) -> Result<ParsedToolCall, ToolCallError> {
+    let v: Value = serde_json::from_str(body).map_err(|source| ToolCallError::Json { source })?;
     let Value::Object(mut obj) = v else {
-        return Err(format!(
-            "Error: the tool call must be a JSON object, got {body}. {FORMAT_HINT}"
-        ));
+        return Err(ToolCallError::NotObject { body: body.into() });
     };
     let name = match obj.remove("name") {
         Some(Value::String(s)) if !s.trim().is_empty() => s.trim().to_string(),
-        _ => {
-            return Err(format!(
-                "Error: the tool call needs a string \"name\". {FORMAT_HINT}"
-            ))
-        }
+        _ => return Err(ToolCallError::MissingName),
     };
     let arguments = match obj.remove("arguments") {
         Some(a @ Value::Object(_)) => a,
@@ -63,22 +79,10 @@ fn parse_body(body: &str) -> Result<ParsedToolCall, String> {
         // when it holds an object.
         Some(Value::String(s)) => match serde_json::from_str::<Value>(&s) {
             Ok(a @ Value::Object(_)) => a,
-            _ => {
-                return Err(format!(
-                    "Error: the tool call's \"arguments\" must be a JSON object. {FORMAT_HINT}"
-                ))
-            }
+            _ => return Err(ToolCallError::ArgumentsNotObject),
         },
-        Some(_) => {
-            return Err(format!(
-                "Error: the tool call's \"arguments\" must be a JSON object. {FORMAT_HINT}"
-            ))
-        }
-        None => {
-            return Err(format!(
-                "Error: the tool call needs \"arguments\" (a JSON object). {FORMAT_HINT}"
-            ))
-        }
+        Some(_) => return Err(ToolCallError::ArgumentsNotObject),
+        None => return Err(ToolCallError::MissingArguments),
     };
     Ok(ParsedToolCall { name, arguments })
 }
@@ -222,36 +226,42 @@ mod tests {
     fn malformed_calls_are_error_texts() {
         let e = parse_tool_call("<tool_call>{\"name\": \"t\", \"arguments\": {}}")
             .unwrap()
-            .unwrap_err();
+            .unwrap_err()
+            .to_string();
         assert!(e.starts_with("Error: the tool call has no closing </tool_call> tag. Write exactly one call as <tool_call>\n"), "{e}");
         let e = parse_tool_call("<tool_call>{\"name\": \"t\", \"arguments\": {</tool_call>")
             .unwrap()
-            .unwrap_err();
+            .unwrap_err()
+            .to_string();
         assert!(e.starts_with("Error: the tool call is not valid JSON ("), "{e}");
         let e = parse_tool_call("<tool_call>[1]</tool_call>")
             .unwrap()
-            .unwrap_err();
+            .unwrap_err()
+            .to_string();
         assert!(
             e.starts_with("Error: the tool call must be a JSON object, got [1]."),
             "{e}"
         );
         let e = parse_tool_call("<tool_call>{\"arguments\": {}}</tool_call>")
             .unwrap()
-            .unwrap_err();
+            .unwrap_err()
+            .to_string();
         assert!(
             e.starts_with("Error: the tool call needs a string \"name\"."),
             "{e}"
         );
         let e = parse_tool_call("<tool_call>{\"name\": \"t\"}</tool_call>")
             .unwrap()
-            .unwrap_err();
+            .unwrap_err()
+            .to_string();
         assert!(
             e.starts_with("Error: the tool call needs \"arguments\" (a JSON object)."),
             "{e}"
         );
         let e = parse_tool_call("<tool_call>{\"name\": \"t\", \"arguments\": [1]}</tool_call>")
             .unwrap()
-            .unwrap_err();
+            .unwrap_err()
+            .to_string();
         assert!(
             e.starts_with("Error: the tool call's \"arguments\" must be a JSON object."),
             "{e}"

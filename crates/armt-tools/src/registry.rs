@@ -8,7 +8,7 @@ use serde::Deserialize;
 use serde_json::Value;
 
 use crate::document::{DocConfig, DocPageByIndexTool, DocPageSearchTool};
-use crate::error::ToolError;
+use crate::error::{SchemaError, ToolError, ToolSpecError};
 use crate::instruction::{InstructionCheck, InstructionTool};
 use crate::parse::{parse_tool_call, ParsedToolCall};
 use crate::zoom::{ImageZoomInTool, ZoomConfig};
@@ -44,7 +44,7 @@ pub struct ToolSpec {
 
 impl ToolSpec {
     /// Builds the tool. Errors name what is wrong (unknown class, unknown config key, bad schema).
-    pub fn build(&self) -> Result<Box<dyn Tool>, String> {
+    pub fn build(&self) -> Result<Box<dyn Tool>, ToolSpecError> {
         if let Some(s) = &self.schema {
             validate_schema(s)?;
         }
@@ -56,13 +56,15 @@ impl ToolSpec {
         };
         let tool: Box<dyn Tool> = match short {
             "ImageZoomInTool" => {
-                let c: ZoomConfig = serde_json::from_value(config).map_err(|e| format!("config: {e}"))?;
+                let c: ZoomConfig =
+                    serde_json::from_value(config).map_err(|source| ToolSpecError::Config { source })?;
                 check_native(&c.kind)?;
                 Box::new(ImageZoomInTool::new(c, self.schema.clone()))
             }
             "DocPageSearchTool" | "DocPageByIndexTool" => {
-                let c: DocConfig = serde_json::from_value(config).map_err(|e| format!("config: {e}"))?;
-                c.validate().map_err(|e| format!("config: {e}"))?;
+                let c: DocConfig =
+                    serde_json::from_value(config).map_err(|source| ToolSpecError::Config { source })?;
+                c.validate()?;
                 if short == "DocPageSearchTool" {
                     Box::new(DocPageSearchTool::new(c, self.schema.clone()))
                 } else {
@@ -70,12 +72,10 @@ impl ToolSpec {
                 }
             }
             _ => {
-                let check = InstructionCheck::from_class_name(short).ok_or_else(|| {
-                    format!(
-                        "unknown tool class `{}` (known: ImageZoomInTool, DocPageSearchTool, DocPageByIndexTool and the 19 instruction validators, e.g. ParagraphNumberInRangeTool)",
-                        self.class_name
-                    )
-                })?;
+                let check =
+                    InstructionCheck::from_class_name(short).ok_or_else(|| ToolSpecError::UnknownClass {
+                        class: self.class_name.clone(),
+                    })?;
                 #[derive(Deserialize)]
                 #[serde(deny_unknown_fields)]
                 struct Plain {
@@ -85,7 +85,8 @@ impl ToolSpec {
                     #[serde(default)]
                     reason: Option<bool>,
                 }
-                let c: Plain = serde_json::from_value(config).map_err(|e| format!("config: {e}"))?;
+                let c: Plain =
+                    serde_json::from_value(config).map_err(|source| ToolSpecError::Config { source })?;
                 check_native(&c.kind)?;
                 Box::new(
                     InstructionTool::new(check, self.schema.clone()).with_reason(c.reason.unwrap_or(true)),
@@ -97,70 +98,74 @@ impl ToolSpec {
     }
 }
 
-fn check_native(kind: &Option<String>) -> Result<(), String> {
+pub(crate) fn check_native(kind: &Option<String>) -> Result<(), ToolSpecError> {
     match kind.as_deref() {
         None | Some("native") => Ok(()),
-        Some(k) => Err(format!("config: type `{k}` is not supported (only `native`)")),
+        Some(k) => Err(ToolSpecError::UnsupportedType { kind: k.into() }),
     }
 }
 
 /// Checks a tool schema has the shape the prompt and the tools rely on:
 /// `{"type": "function", "function": {"name", "description", "parameters": {"type": "object",
 /// "properties": {…}, "required": [… ⊆ properties]}}}`, each property with a `type`.
-pub(crate) fn validate_schema(s: &Value) -> Result<(), String> {
-    let obj = s.as_object().ok_or("tool_schema must be a mapping")?;
+pub(crate) fn validate_schema(s: &Value) -> Result<(), SchemaError> {
+    let obj = s.as_object().ok_or(SchemaError::NotMapping)?;
     for k in obj.keys() {
         if k != "type" && k != "function" {
-            return Err(format!("tool_schema: unknown key `{k}`"));
+            return Err(SchemaError::UnknownKey { key: k.clone() });
         }
     }
     if obj.get("type").and_then(Value::as_str) != Some("function") {
-        return Err("tool_schema.type must be `function`".into());
+        return Err(SchemaError::NotFunction);
     }
     let f = obj
         .get("function")
         .and_then(Value::as_object)
-        .ok_or("tool_schema.function must be a mapping")?;
+        .ok_or(SchemaError::FunctionNotMapping)?;
     for k in f.keys() {
         if !matches!(k.as_str(), "name" | "description" | "parameters" | "strict") {
-            return Err(format!("tool_schema.function: unknown key `{k}`"));
+            return Err(SchemaError::UnknownFunctionKey { key: k.clone() });
         }
     }
     let name = f.get("name").and_then(Value::as_str).unwrap_or("");
     if name.trim().is_empty() {
-        return Err("tool_schema.function.name must be a non-empty string".into());
+        return Err(SchemaError::MissingName);
     }
     if !f.get("description").is_some_and(Value::is_string) {
-        return Err(format!("tool `{name}`: function.description must be a string"));
+        return Err(SchemaError::DescriptionNotString { tool: name.into() });
     }
     let p = f
         .get("parameters")
         .and_then(Value::as_object)
-        .ok_or_else(|| format!("tool `{name}`: function.parameters must be a mapping"))?;
+        .ok_or_else(|| SchemaError::ParametersNotMapping { tool: name.into() })?;
     if p.get("type").and_then(Value::as_str) != Some("object") {
-        return Err(format!("tool `{name}`: parameters.type must be `object`"));
+        return Err(SchemaError::ParametersNotObject { tool: name.into() });
     }
     let props = p
         .get("properties")
         .and_then(Value::as_object)
-        .ok_or_else(|| format!("tool `{name}`: parameters.properties must be a mapping"))?;
+        .ok_or_else(|| SchemaError::PropertiesNotMapping { tool: name.into() })?;
     for (k, v) in props {
         if !v.get("type").is_some_and(Value::is_string) {
-            return Err(format!("tool `{name}`: property `{k}` needs a string `type`"));
+            return Err(SchemaError::PropertyWithoutType {
+                tool: name.into(),
+                property: k.clone(),
+            });
         }
     }
     if let Some(req) = p.get("required") {
         let req = req
             .as_array()
-            .ok_or_else(|| format!("tool `{name}`: parameters.required must be a list"))?;
+            .ok_or_else(|| SchemaError::RequiredNotList { tool: name.into() })?;
         for r in req {
             let r = r
                 .as_str()
-                .ok_or_else(|| format!("tool `{name}`: parameters.required must list strings"))?;
+                .ok_or_else(|| SchemaError::RequiredNotStrings { tool: name.into() })?;
             if !props.contains_key(r) {
-                return Err(format!(
-                    "tool `{name}`: required parameter `{r}` is not in properties"
-                ));
+                return Err(SchemaError::RequiredNotInProperties {
+                    tool: name.into(),
+                    param: r.into(),
+                });
             }
         }
     }
@@ -201,23 +206,24 @@ impl ToolRegistry {
 
     /// As [`ToolRegistry::from_yaml_file`], from text; `origin` names it in errors.
     pub fn from_yaml_str(text: &str, origin: &Path) -> Result<Self, ToolError> {
-        let file: ToolsFile = serde_yaml::from_str(text).map_err(|e| ToolError::Yaml {
+        let file: ToolsFile = serde_yaml::from_str(text).map_err(|source| ToolError::Yaml {
             path: origin.into(),
-            msg: e.to_string(),
+            source,
         })?;
         let mut reg = Self::new();
         for (index, e) in file.tools.into_iter().enumerate() {
-            let entry_err = |entry: &str, msg: String| ToolError::Entry {
+            let entry_err = |entry: &str, source: ToolSpecError| ToolError::Entry {
                 path: origin.into(),
                 index,
                 entry: entry.to_string(),
-                msg,
+                source,
             };
-            let to_json = |v: Option<serde_yaml::Value>, what: &str| -> Result<Option<Value>, ToolError> {
-                v.map(serde_json::to_value)
-                    .transpose()
-                    .map_err(|err| entry_err(&e.class_name, format!("{what}: {err}")))
-            };
+            let to_json =
+                |v: Option<serde_yaml::Value>, field: &'static str| -> Result<Option<Value>, ToolError> {
+                    v.map(serde_json::to_value)
+                        .transpose()
+                        .map_err(|source| entry_err(&e.class_name, ToolSpecError::NotJson { field, source }))
+                };
             let schema = to_json(e.tool_schema.clone(), "tool_schema")?;
             let config = to_json(e.config.clone(), "config")?.unwrap_or(Value::Null);
             let entry = schema
@@ -229,8 +235,13 @@ impl ToolRegistry {
                 config,
                 schema,
             };
-            let tool = spec.build().map_err(|m| entry_err(&entry, m))?;
-            reg.register(tool).map_err(|m| entry_err(&entry, m.to_string()))?;
+            let tool = spec.build().map_err(|source| entry_err(&entry, source))?;
+            if reg.get(tool.name()).is_some() {
+                let name = tool.name().to_string();
+                return Err(entry_err(&entry, ToolSpecError::DuplicateName { name }));
+            }
+            // `build` has checked the schema.
+            reg.tools.push(tool);
         }
         Ok(reg)
     }
@@ -238,11 +249,13 @@ impl ToolRegistry {
     /// Adds a tool; its name must be new.
     pub fn register(&mut self, tool: Box<dyn Tool>) -> Result<(), ToolError> {
         if self.get(tool.name()).is_some() {
-            return Err(ToolError::Other(format!("duplicate tool name `{}`", tool.name())));
+            return Err(ToolError::DuplicateName {
+                name: tool.name().to_string(),
+            });
         }
-        validate_schema(tool.schema()).map_err(|msg| ToolError::Schema {
+        validate_schema(tool.schema()).map_err(|source| ToolError::Schema {
             name: tool.name().to_string(),
-            msg,
+            source,
         })?;
         self.tools.push(tool);
         Ok(())
@@ -312,7 +325,7 @@ impl ToolRegistry {
                 let out = self.call(&call, ctx);
                 (Some(call), out)
             }
-            Err(text) => (None, ToolOutput::error(text)),
+            Err(e) => (None, ToolOutput::error(e.to_string())),
         })
     }
 }
@@ -422,44 +435,48 @@ mod tests {
         assert!(want.contains("\"minimum\": 0, \"maximum\": 1000"));
     }
 
-    fn load(yaml: &str) -> Result<ToolRegistry, String> {
-        ToolRegistry::from_yaml_str(yaml, Path::new("t.yaml")).map_err(|e| e.to_string())
+    fn load(yaml: &str) -> Result<ToolRegistry, ToolError> {
+        ToolRegistry::from_yaml_str(yaml, Path::new("t.yaml"))
+    }
+
+    fn load_err(yaml: &str) -> String {
+        load(yaml).unwrap_err().to_string()
     }
 
     #[test]
     fn config_errors_name_file_and_entry() {
-        let e = load("tools:\n  - class_name: verl.tools.foo.Bar\n").unwrap_err();
+        let e = load_err("tools:\n  - class_name: verl.tools.foo.Bar\n");
         assert!(
             e.starts_with(
                 "tool config t.yaml: tools[0] (verl.tools.foo.Bar): unknown tool class `verl.tools.foo.Bar`"
             ),
             "{e}"
         );
-        let e = load("tools:\n  - class_name: ImageZoomInTool\n    config: {max_pixel: 3}\n").unwrap_err();
+        let e = load_err("tools:\n  - class_name: ImageZoomInTool\n    config: {max_pixel: 3}\n");
         assert!(
             e.starts_with(
                 "tool config t.yaml: tools[0] (ImageZoomInTool): config: unknown field `max_pixel`"
             ),
             "{e}"
         );
-        let e = load("tools:\n  - class_name: ImageZoomInTool\n    confg: {}\n").unwrap_err();
+        let e = load_err("tools:\n  - class_name: ImageZoomInTool\n    confg: {}\n");
         assert!(
             e.starts_with("tool config t.yaml: tools[0]: unknown field `confg`"),
             "{e}"
         );
-        let e = load("tools:\n  - class_name: ImageZoomInTool\n    config: {type: mcp}\n").unwrap_err();
+        let e = load_err("tools:\n  - class_name: ImageZoomInTool\n    config: {type: mcp}\n");
         assert!(
             e.ends_with("config: type `mcp` is not supported (only `native`)"),
             "{e}"
         );
-        let e = load("tools:\n  - class_name: DocPageSearchTool\n    config: {scorer: clip}\n").unwrap_err();
+        let e = load_err("tools:\n  - class_name: DocPageSearchTool\n    config: {scorer: clip}\n");
         assert!(
             e.ends_with("config: unknown scorer `clip` (built in: bm25)"),
             "{e}"
         );
-        let e = load("tools:\n  - class_name: NoArabicNumberTool\n    tool_schema: {type: function, function: {name: f, description: d, parameters: {type: object, properties: {a: {type: string}}, required: [b]}}}\n").unwrap_err();
+        let e = load_err("tools:\n  - class_name: NoArabicNumberTool\n    tool_schema: {type: function, function: {name: f, description: d, parameters: {type: object, properties: {a: {type: string}}, required: [b]}}}\n");
         assert_eq!(e, "tool config t.yaml: tools[0] (f, NoArabicNumberTool): tool `f`: required parameter `b` is not in properties");
-        let e = load("tools:\n  - class_name: NoArabicNumberTool\n  - class_name: verl.tools.instruction_following_tool.NoArabicNumberTool\n").unwrap_err();
+        let e = load_err("tools:\n  - class_name: NoArabicNumberTool\n  - class_name: verl.tools.instruction_following_tool.NoArabicNumberTool\n");
         assert!(
             e.ends_with("duplicate tool name `check_whether_has_no_arabic_number_in_response`"),
             "{e}"

@@ -7,6 +7,7 @@ use image::imageops::FilterType;
 use serde::Deserialize;
 use serde_json::{json, Value};
 
+use crate::error::ArgError;
 use crate::parse::{py_repr, py_str_list};
 use crate::{InstanceId, Tool, ToolContext, ToolOutput};
 
@@ -74,7 +75,7 @@ impl ImageZoomInTool {
     fn run(&self, args: &Value, ctx: &ToolContext) -> ToolOutput {
         let (key, rel) = match validate_args(args) {
             Ok(v) => v,
-            Err(e) => return ToolOutput::error(e),
+            Err(e) => return ToolOutput::error(e.to_string()),
         };
         let img = match ctx.image(&key) {
             None => {
@@ -141,35 +142,34 @@ impl Tool for ImageZoomInTool {
 }
 
 /// The paper's argument checks, with its exact error texts, in its order.
-fn validate_args(args: &Value) -> Result<(String, [f64; 4]), String> {
+fn validate_args(args: &Value) -> Result<(String, [f64; 4]), ArgError> {
     let key = match args.get("image") {
         Some(Value::String(s)) if !s.trim().is_empty() => s.trim().to_string(),
-        _ => return Err("Error: image parameter is missing.".into()),
+        _ => return Err(ArgError::MissingImage),
     };
     let raw = args.get("bbox_2d").unwrap_or(&Value::Null);
     let repr = py_repr(raw);
     let items = match raw {
         Value::Array(a) if a.len() == 4 => a,
-        _ => return Err(format!("Error: bbox_2d must be a list of 4 numbers, got {repr}.")),
+        _ => return Err(ArgError::BboxNotFourNumbers { repr }),
     };
     let mut bbox = [0.0; 4];
     for (i, v) in items.iter().enumerate() {
         bbox[i] = v
             .as_f64()
-            .ok_or_else(|| format!("Error: bbox_2d contains non-numeric values: {repr}."))?;
+            .ok_or_else(|| ArgError::BboxNotNumeric { repr: repr.clone() })?;
     }
     for (i, v) in bbox.iter().enumerate() {
         if !(0.0..=1000.0).contains(v) {
-            return Err(format!(
-                "Error: bbox_2d[{i}]={} out of range [0,1000], full bbox={repr}.",
-                py_repr(&items[i])
-            ));
+            return Err(ArgError::BboxOutOfRange {
+                index: i,
+                value: py_repr(&items[i]),
+                repr,
+            });
         }
     }
     if !(bbox[0] < bbox[2] && bbox[1] < bbox[3]) {
-        return Err(format!(
-            "Error: bbox_2d must satisfy x1<x2 and y1<y2, got {repr}."
-        ));
+        return Err(ArgError::BboxNotOrdered { repr });
     }
     Ok((key, bbox))
 }

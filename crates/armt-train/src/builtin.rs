@@ -80,8 +80,9 @@ pub fn tools() -> Result<ToolRegistry, TrainError> {
     )?)
 }
 
-fn synth_err(e: impl std::fmt::Display) -> TrainError {
-    TrainError::State(format!("built-in default: {e}"))
+/// The generator's error (an `anyhow` chain, kept whole) as a train error.
+fn synth_err(e: impl Into<Box<dyn std::error::Error + Send + Sync>>) -> TrainError {
+    TrainError::Builtin { source: e.into() }
 }
 
 fn io_err(path: &Path) -> impl FnOnce(std::io::Error) -> TrainError + '_ {
@@ -127,11 +128,8 @@ pub fn prepare(root: &Path, seed: u64, section: &BuiltinSection) -> Result<Built
 
 /// The built-in default already prepared under `root` (by `armt train --stage 1`).
 pub fn open(root: &Path) -> Result<Builtin, TrainError> {
-    let seed = prepared_seed(root).ok_or_else(|| {
-        TrainError::State(format!(
-            "no built-in task set under {}: run `armt train --stage 1` first",
-            root.display()
-        ))
+    let seed = prepared_seed(root).ok_or_else(|| TrainError::NoBuiltin {
+        root: root.to_path_buf(),
     })?;
     Ok(Builtin {
         model_dir: root.join("tiny-model"),

@@ -78,10 +78,12 @@ pub(crate) fn start_or_resume(
     let (master, named_kind) = MasterDtype::parse(cfg.optim.master_dtype.as_deref())?;
     if let Some(kind) = named_kind {
         if let Some((name, p)) = params.iter().find(|(_, p)| p.kind() != kind) {
-            return Err(TrainError::Config(format!(
-                "optim.master_dtype = {kind:?} but {name} computes in {:?}: use f32 or none",
-                p.kind()
-            )));
+            return Err(TrainError::InvalidSettings {
+                problems: vec![format!(
+                    "optim.master_dtype = {kind:?} but {name} computes in {:?}: use f32 or none",
+                    p.kind()
+                )],
+            });
         }
     }
     let stage = ZeroStage::from_index(cfg.train.zero_stage)?;
@@ -95,7 +97,11 @@ pub(crate) fn start_or_resume(
     let state = read_state(ckpt)?;
     optimizer
         .load_shards(ckpt, state.optimizer_steps)
-        .map_err(|e| damaged(ckpt, e.to_string()))?;
+        .map_err(|e| TrainError::DamagedOptimizerState {
+            path: ckpt.to_path_buf(),
+            source: Box::new(e),
+            last_good: finite::last_good_hint(&run_dir_of(ckpt), Some(ckpt)),
+        })?;
     check_loaded(ckpt, model, &optimizer.shard_state())?;
     Ok((
         optimizer,
@@ -192,7 +198,12 @@ pub fn write_safetensors(path: &Path, tensors: &[(String, Tensor)]) -> Result<()
             Kind::Half => Dtype::F16,
             Kind::Double => Dtype::F64,
             Kind::Int64 => Dtype::I64,
-            k => return Err(TrainError::State(format!("cannot save {name}: dtype {k:?}"))),
+            kind => {
+                return Err(TrainError::UnsavableDtype {
+                    name: name.clone(),
+                    kind,
+                })
+            }
         };
         let numel = t.numel();
         let mut data = vec![0u8; numel * t.kind().elt_size_in_bytes()];
@@ -208,13 +219,18 @@ pub fn write_safetensors(path: &Path, tensors: &[(String, Tensor)]) -> Result<()
     }
     let views: Vec<(String, &Raw)> = raws.iter().map(|(n, r)| (n.clone(), r)).collect();
     let metadata = Some(HashMap::from([("format".to_string(), "pt".to_string())]));
-    safetensors::serialize_to_file(views, &metadata, path)
-        .map_err(|e| TrainError::State(format!("writing {}: {e}", path.display())))
+    safetensors::serialize_to_file(views, &metadata, path).map_err(|source| TrainError::WriteSafetensors {
+        path: path.to_path_buf(),
+        source,
+    })
 }
 
 pub fn read_safetensors(path: &Path) -> Result<HashMap<String, Tensor>, TrainError> {
     Ok(Tensor::read_safetensors(path)
-        .map_err(|e| TrainError::State(format!("reading {}: {e}", path.display())))?
+        .map_err(|source| TrainError::ReadSafetensors {
+            path: path.to_path_buf(),
+            source,
+        })?
         .into_iter()
         .collect())
 }
@@ -353,5 +369,5 @@ pub fn read_state(ckpt: &Path) -> Result<TrainerState, TrainError> {
         path: p.clone(),
         source: e,
     })?;
-    serde_json::from_str(&text).map_err(|e| TrainError::State(format!("{}: {e}", p.display())))
+    serde_json::from_str(&text).map_err(|source| TrainError::Json { path: p, source })
 }

@@ -269,20 +269,24 @@ impl TrainConfig {
 
     /// Parses TOML text (`origin` names it in errors) and applies the overrides.
     pub fn from_toml_str(text: &str, origin: &str, overrides: &[String]) -> Result<Self, TrainError> {
-        let mut root: toml::Value =
-            toml::from_str(text).map_err(|e| TrainError::Config(format!("{origin}: {e}")))?;
+        let syntax = |source| TrainError::ConfigSyntax {
+            origin: origin.to_string(),
+            source,
+        };
+        let mut root: toml::Value = toml::from_str(text).map_err(syntax)?;
         for o in overrides {
-            apply_override(&mut root, o).map_err(|e| TrainError::Config(format!("override `{o}`: {e}")))?;
+            apply_override(&mut root, o).map_err(|source| TrainError::BadOverride {
+                assignment: o.clone(),
+                source,
+            })?;
         }
-        let cfg: TrainConfig = root.try_into().map_err(|e: toml::de::Error| {
-            TrainError::Config(format!("{origin}: {}", e.to_string().trim()))
-        })?;
+        let cfg: TrainConfig = root.try_into().map_err(syntax)?;
         cfg.validate()?;
         Ok(cfg)
     }
 
     pub fn validate(&self) -> Result<(), TrainError> {
-        let bad = |m: String| Err(TrainError::Config(m));
+        let bad = |m: String| Err(TrainError::InvalidSettings { problems: vec![m] });
         if self.stage != 1 && self.stage != 2 {
             return bad(format!("stage = {}: must be 1 or 2", self.stage));
         }
@@ -325,12 +329,8 @@ impl TrainConfig {
         }
         crate::MasterDtype::parse(self.optim.master_dtype.as_deref())?;
         crate::ZeroStage::from_index(self.train.zero_stage)?;
-        self.grpo
-            .validate()
-            .map_err(|e| TrainError::Config(e.to_string()))?;
-        self.reward
-            .validate()
-            .map_err(|e| TrainError::Config(e.to_string()))?;
+        self.grpo.validate()?;
+        self.reward.validate()?;
         crate::validate::check_config(self)?;
         Ok(())
     }
@@ -347,12 +347,6 @@ pub struct InvalidSetting {
     pub key: &'static str,
     pub value: String,
     pub expected: &'static str,
-}
-
-impl From<InvalidSetting> for TrainError {
-    fn from(e: InvalidSetting) -> Self {
-        TrainError::Config(e.to_string())
-    }
 }
 
 /// Why a `key.path=value` override cannot be applied.
@@ -419,6 +413,36 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(err.contains("stage = 3"), "{err}");
+    }
+
+    #[test]
+    fn config_errors_keep_their_source() {
+        let err = TrainConfig::from_toml_str("stage = [", "x.toml", &[]).unwrap_err();
+        assert!(err.to_string().starts_with("bad config: x.toml: "), "{err}");
+        let source = std::error::Error::source(&err).expect("the TOML error is kept");
+        assert!(source.downcast_ref::<toml::de::Error>().is_some(), "{source:?}");
+        let err = TrainConfig::from_toml_str("", "x.toml", &["novalue".into()]).unwrap_err();
+        assert!(
+            matches!(
+                &err,
+                TrainError::BadOverride {
+                    source: OverrideError::NoEquals,
+                    ..
+                }
+            ),
+            "{err:?}"
+        );
+        assert_eq!(
+            err.to_string(),
+            "bad config: override `novalue`: expected key.path=value"
+        );
+        let err = TrainConfig::load(None, &["model.device=gpu".into()]).unwrap_err();
+        assert!(matches!(&err, TrainError::InvalidSettings { .. }), "{err:?}");
+        assert!(
+            err.to_string()
+                .contains("model.device = `gpu`: expected cpu, cuda or cuda:N"),
+            "{err}"
+        );
     }
 
     #[test]

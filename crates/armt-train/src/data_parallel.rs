@@ -62,10 +62,11 @@ impl DataParallel {
     /// `what = total` must split evenly over the ranks.
     pub fn check_divides(&self, what: &str, total: usize) -> Result<(), TrainError> {
         if !total.is_multiple_of(self.world_size()) {
-            return Err(TrainError::Config(format!(
-                "{what} = {total} does not split over {} ranks: make it a multiple of the world size",
-                self.world_size()
-            )));
+            return Err(TrainError::NotDivisible {
+                what: what.to_string(),
+                total,
+                world_size: self.world_size(),
+            });
         }
         Ok(())
     }
@@ -129,11 +130,13 @@ impl DataParallel {
         if self.world_size() == 1 {
             return Ok(items.to_vec());
         }
-        let bytes = serde_json::to_vec(items).map_err(|e| TrainError::State(format!("gathering: {e}")))?;
+        let bytes = serde_json::to_vec(items).map_err(|source| TrainError::Gather { rank: None, source })?;
         let mut out = Vec::new();
         for (r, b) in self.all_gather_bytes(&bytes)?.iter().enumerate() {
-            let part: Vec<T> = serde_json::from_slice(b)
-                .map_err(|e| TrainError::State(format!("gathering from rank {r}: {e}")))?;
+            let part: Vec<T> = serde_json::from_slice(b).map_err(|source| TrainError::Gather {
+                rank: Some(r),
+                source,
+            })?;
             out.extend(part);
         }
         Ok(out)

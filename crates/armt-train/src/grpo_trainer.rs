@@ -82,7 +82,9 @@ pub fn train_grpo(mut run: GrpoRun) -> Result<PathBuf, TrainError> {
         })?;
     }
     if run.samples.is_empty() {
-        return Err(TrainError::Config("no training samples".into()));
+        return Err(TrainError::NothingToTrain {
+            what: "training samples",
+        });
     }
     if cfg.model.freeze_vision {
         freeze_vision(&mut run.model);
@@ -484,14 +486,12 @@ pub fn train_grpo(mut run: GrpoRun) -> Result<PathBuf, TrainError> {
                 "stopped by {} after saving a checkpoint",
                 crate::stop_reason()
             ));
-            return Err(TrainError::State(format!(
-                "interrupted at step {step} by {}; resume with --resume={}",
-                crate::stop_reason(),
-                last_ckpt
-                    .as_ref()
-                    .map(|p| p.display().to_string())
-                    .unwrap_or_default()
-            )));
+            return Err(TrainError::Interrupted {
+                what: "step",
+                step,
+                signal: crate::stop_reason(),
+                checkpoint: last_ckpt.clone().unwrap_or_default(),
+            });
         }
     }
     bar.finish();
@@ -500,7 +500,7 @@ pub fn train_grpo(mut run: GrpoRun) -> Result<PathBuf, TrainError> {
         eprintln!("{}: held-out tasks (greedy)\n{}", run.phase, report.table());
     }
     if !dp.is_main() {
-        return last_ckpt.ok_or_else(|| TrainError::State("no checkpoint written".into()));
+        return last_ckpt.ok_or(TrainError::NoCheckpointWritten);
     }
     let plots = armt_metrics::plot_metrics(&run_dir.join("metrics.jsonl"), &run_dir.join("plots"), None)?;
     if let Some(p) = plots.first() {
@@ -510,7 +510,7 @@ pub fn train_grpo(mut run: GrpoRun) -> Result<PathBuf, TrainError> {
             p.parent().unwrap_or(Path::new(".")).display()
         );
     }
-    last_ckpt.ok_or_else(|| TrainError::State("no checkpoint written".into()))
+    last_ckpt.ok_or(TrainError::NoCheckpointWritten)
 }
 
 /// Saves the state before step `step + 1` (unless `last_ckpt` is it) and returns the
@@ -543,18 +543,15 @@ fn abandon_step(
         }
     };
     bar.abandon_with_message(format!("stopped by {}", crate::stop_reason()));
-    Ok(TrainError::State(match ckpt {
-        Some(p) => format!(
-            "interrupted by {} during step {}, which was abandoned; resume with --resume={}",
-            crate::stop_reason(),
-            step + 1,
-            p.display()
-        ),
-        None => format!(
-            "interrupted by {} during the first step; nothing to save, start again",
-            crate::stop_reason()
-        ),
-    }))
+    let signal = crate::stop_reason();
+    Ok(match ckpt {
+        Some(checkpoint) => TrainError::InterruptedMidStep {
+            signal,
+            step: step + 1,
+            checkpoint,
+        },
+        None => TrainError::InterruptedFirstStep { signal },
+    })
 }
 
 /// The vision tower and merger stop receiving gradients.

@@ -22,8 +22,8 @@ mod zero;
 
 pub use batch::{token_logprobs, Example};
 pub use config::{
-    BuiltinSection, DataSection, DistSection, LoopSection, ModelSection, OptimSection, SftSection, ToolsSection,
-    TrainConfig,
+    BuiltinSection, DataSection, DistSection, InvalidSetting, LoopSection, ModelSection, OptimSection,
+    OverrideError, SftSection, ToolsSection, TrainConfig,
 };
 pub use grpo_trainer::{train_grpo, GrpoRun};
 pub use mixed_precision::MasterDtype;
@@ -39,10 +39,173 @@ use std::path::PathBuf;
 pub enum TrainError {
     #[error("cannot access {path}: {source}")]
     Io { path: PathBuf, source: std::io::Error },
+    /// A config's TOML (file, or one saved in a checkpoint) does not parse or does not fit the
+    /// config's shape; `origin` names it.
+    #[error("bad config: {origin}: {}", source.to_string().trim())]
+    ConfigSyntax {
+        origin: String,
+        #[source]
+        source: toml::de::Error,
+    },
+    #[error("bad config: override `{assignment}`: {source}")]
+    BadOverride {
+        assignment: String,
+        #[source]
+        source: config::OverrideError,
+    },
     #[error("bad config: {0}")]
-    Config(String),
-    #[error("{0}")]
-    State(String),
+    Setting(#[from] config::InvalidSetting),
+    /// Settings outside what they accept or that contradict each other, each named with its
+    /// value and what it must be.
+    #[error("bad config: {}", problems.join("; "))]
+    InvalidSettings { problems: Vec<String> },
+    /// `what` (e.g. `sft.batch`) does not split evenly over the data-parallel ranks.
+    #[error(
+        "bad config: {what} = {total} does not split over {world_size} ranks: make it a multiple of the world size"
+    )]
+    NotDivisible {
+        what: String,
+        total: usize,
+        world_size: usize,
+    },
+    /// The tool config offers no tools at all.
+    #[error("bad config: {origin} defines no tools: the tool rewards could never be earned")]
+    NoTools { origin: String },
+    /// Task kinds in the data without any of their tools in the tool config.
+    #[error("bad config: {}", problems.join("; "))]
+    ToolsMissingForTasks { problems: Vec<String> },
+    /// Nothing to train on (`what`: "SFT examples", "training samples").
+    #[error("bad config: no {what}")]
+    NothingToTrain { what: &'static str },
+    #[error("bad config: {}: no samples", path.display())]
+    NoSamples { path: PathBuf },
+    /// `--resume` names a checkpoint of another kind of run.
+    #[error(
+        "bad config: --resume {}: it is {checkpoint_kind}, but this run is {run_kind}; a checkpoint can only continue its own kind of run \
+         (to start {phase} from it, set model.path={} and a new train.run_dir)",
+        ckpt.display(),
+        ckpt.display()
+    )]
+    ResumeOtherRun {
+        ckpt: PathBuf,
+        checkpoint_kind: String,
+        run_kind: String,
+        phase: String,
+    },
+    /// The config saved in the `--resume` checkpoint no longer loads.
+    #[error(
+        "bad config: --resume {}: its saved config cannot be compared with this one ({source}); pass {flag} to resume anyway",
+        ckpt.display(),
+        flag = resume_check::ALLOW_FLAG
+    )]
+    ResumeConfigUnreadable {
+        ckpt: PathBuf,
+        #[source]
+        source: Box<TrainError>,
+    },
+    /// Settings that differ from the `--resume` checkpoint's and change the run.
+    #[error(
+        "bad config: --resume {}: these settings differ from the checkpoint's and would change the run: {}. \
+         Restore them, or pass {flag} if the change is meant (steps, save cadence and device may change freely)",
+        ckpt.display(),
+        changes.join("; "),
+        flag = resume_check::ALLOW_FLAG
+    )]
+    ResumeChanged { ckpt: PathBuf, changes: Vec<String> },
+    /// A stop signal ended the run after it saved a checkpoint (`what`: "step", "SFT step").
+    #[error("interrupted at {what} {step} by {signal}; resume with --resume={}", checkpoint.display())]
+    Interrupted {
+        what: &'static str,
+        step: usize,
+        signal: &'static str,
+        checkpoint: PathBuf,
+    },
+    /// A stop signal arrived during step `step` (1-based); the state before it was saved.
+    #[error(
+        "interrupted by {signal} during step {step}, which was abandoned; resume with --resume={}",
+        checkpoint.display()
+    )]
+    InterruptedMidStep {
+        signal: &'static str,
+        step: usize,
+        checkpoint: PathBuf,
+    },
+    #[error("interrupted by {signal} during the first step; nothing to save, start again")]
+    InterruptedFirstStep { signal: &'static str },
+    /// A run that ended without writing a checkpoint (no step ran).
+    #[error("no checkpoint written")]
+    NoCheckpointWritten,
+    /// A JSON file of a checkpoint (trainer state, optimizer layout) does not parse.
+    #[error("{}: {source}", path.display())]
+    Json {
+        path: PathBuf,
+        #[source]
+        source: serde_json::Error,
+    },
+    #[error("reading {}: {source}", path.display())]
+    ReadSafetensors {
+        path: PathBuf,
+        #[source]
+        source: tch::TchError,
+    },
+    #[error("writing {}: {source}", path.display())]
+    WriteSafetensors {
+        path: PathBuf,
+        #[source]
+        source: safetensors::SafeTensorError,
+    },
+    /// A tensor whose dtype checkpoints do not store.
+    #[error("cannot save {name}: dtype {kind:?}")]
+    UnsavableDtype { name: String, kind: tch::Kind },
+    /// The saved optimizer shards cannot be read (a checkpoint without them cannot be resumed
+    /// exactly).
+    #[error(
+        "{}: {source} (a checkpoint without sharded optimizer state cannot be resumed exactly)",
+        path.display()
+    )]
+    MissingOptimizerShards {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    /// Saved optimizer state that does not fit the parameters being trained.
+    #[error("{}: {detail}", path.display())]
+    OptimizerMismatch { path: PathBuf, detail: String },
+    /// Ranks exchanging items (`rank` None: encoding this rank's own).
+    #[error("gathering{}: {source}", rank.map(|r| format!(" from rank {r}")).unwrap_or_default())]
+    Gather {
+        rank: Option<usize>,
+        #[source]
+        source: serde_json::Error,
+    },
+    /// An image of a trajectory used for SFT cannot be opened.
+    #[error("trajectory {sample_id}/{group_index}: image {key} ({}): {source}", path.display())]
+    TrajectoryImage {
+        sample_id: String,
+        group_index: usize,
+        key: String,
+        path: PathBuf,
+        #[source]
+        source: Box<image::ImageError>,
+    },
+    /// A LLaMA-Factory conversation that does not make an SFT example.
+    #[error("SFT conversation {id}: {source}")]
+    SftConversation {
+        id: String,
+        #[source]
+        source: Box<sft_llamafactory::SftExampleError>,
+    },
+    #[error("a training sequence needs at least 2 tokens")]
+    SequenceTooShort,
+    /// No built-in task set has been prepared under `root`.
+    #[error("no built-in task set under {}: run `armt train --stage 1` first", root.display())]
+    NoBuiltin { root: PathBuf },
+    /// Generating the built-in default's tasks or tiny model failed.
+    #[error("built-in default: {source}")]
+    Builtin {
+        #[source]
+        source: Box<dyn std::error::Error + Send + Sync>,
+    },
     /// A NaN or infinite loss or gradient: the step was not applied and nothing was saved.
     #[error(
         "step {step}: {quantity} is {value} — stopping before the update; the last checkpoint is intact"
@@ -64,6 +227,14 @@ pub enum TrainError {
     DamagedCheckpoint {
         path: PathBuf,
         detail: String,
+        last_good: String,
+    },
+    /// A checkpoint whose optimizer state cannot be loaded (`source` says why).
+    #[error("checkpoint {} is damaged: {source}; {last_good}", path.display())]
+    DamagedOptimizerState {
+        path: PathBuf,
+        #[source]
+        source: Box<TrainError>,
         last_good: String,
     },
     #[error(transparent)]

@@ -177,9 +177,11 @@ impl AdamW {
         let device = self.device();
         let master_kind = self.master_dtype.resolve(self.compute_kind());
         if master_kind != Kind::Float && self.params.iter().any(|(_, p)| p.kind() != master_kind) {
-            return Err(TrainError::Config(format!(
-                "optim.master_dtype: masters in {master_kind:?} need every trainable weight in that dtype"
-            )));
+            return Err(TrainError::InvalidSettings {
+                problems: vec![format!(
+                    "optim.master_dtype: masters in {master_kind:?} need every trainable weight in that dtype"
+                )],
+            });
         }
         let (lo, _) = layout.range(part);
         let master = Tensor::zeros([layout.shard], (master_kind, device));
@@ -466,15 +468,19 @@ impl AdamW {
         self.ensure_state()?;
         let _g = tch::no_grad_guard();
         let layout_file = zero::layout_path(ckpt);
-        let bad = |path: &Path, reason: String| TrainError::State(format!("{}: {reason}", path.display()));
-        let text = std::fs::read_to_string(&layout_file).map_err(|e| {
-            bad(
-                &layout_file,
-                format!("{e} (a checkpoint without sharded optimizer state cannot be resumed exactly)"),
-            )
+        let bad = |path: &Path, detail: String| TrainError::OptimizerMismatch {
+            path: path.to_path_buf(),
+            detail,
+        };
+        let text =
+            std::fs::read_to_string(&layout_file).map_err(|source| TrainError::MissingOptimizerShards {
+                path: layout_file.clone(),
+                source,
+            })?;
+        let saved: ShardedLayoutFile = serde_json::from_str(&text).map_err(|source| TrainError::Json {
+            path: layout_file.clone(),
+            source,
         })?;
-        let saved: ShardedLayoutFile =
-            serde_json::from_str(&text).map_err(|e| bad(&layout_file, e.to_string()))?;
         let s = self.state.as_mut().expect("state built");
         let mine: Vec<(String, Vec<i64>)> = s
             .layout

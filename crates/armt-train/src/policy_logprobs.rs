@@ -50,9 +50,7 @@ pub fn policy_logprobs<'m>(
     let rows: Vec<&[i64]> = examples.iter().map(|e| e.ids.as_slice()).collect();
     let t = rows.iter().map(|r| r.len()).max().unwrap_or(0);
     if t < 2 {
-        return Err(TrainError::State(
-            "a training sequence needs at least 2 tokens".into(),
-        ));
+        return Err(TrainError::SequenceTooShort);
     }
     let (pv, grids) = match armt_rollout::pixel_batch(examples.iter().flat_map(|e| e.images.iter())) {
         Some((pv, grids)) => (Some(pv), grids),

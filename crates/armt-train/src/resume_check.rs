@@ -60,14 +60,12 @@ fn kind_of(phase: &str) -> String {
 pub fn check(ckpt: &Path, phase: &str, new: &TrainConfig, allow_changes: bool) -> Result<(), TrainError> {
     let state = read_state(ckpt)?;
     if state.phase != phase {
-        return Err(TrainError::Config(format!(
-            "--resume {}: it is {}, but this run is {}; a checkpoint can only continue its own kind of run \
-             (to start {phase} from it, set model.path={} and a new train.run_dir)",
-            ckpt.display(),
-            kind_of(&state.phase),
-            kind_of(phase).replace(" checkpoint", " run"),
-            ckpt.display()
-        )));
+        return Err(TrainError::ResumeOtherRun {
+            ckpt: ckpt.to_path_buf(),
+            checkpoint_kind: kind_of(&state.phase),
+            run_kind: kind_of(phase).replace(" checkpoint", " run"),
+            phase: phase.to_string(),
+        });
     }
     let old = TrainConfig::from_toml_str(
         &state.config,
@@ -78,33 +76,35 @@ pub fn check(ckpt: &Path, phase: &str, new: &TrainConfig, allow_changes: bool) -
     let old = match old {
         Ok(c) => c,
         Err(e) if allow_changes => {
-            eprintln!("armt: cannot compare configs with {} ({e}); going on ({ALLOW_FLAG})", ckpt.display());
+            eprintln!(
+                "armt: cannot compare configs with {} ({e}); going on ({ALLOW_FLAG})",
+                ckpt.display()
+            );
             return Ok(());
         }
         Err(e) => {
-            return Err(TrainError::Config(format!(
-                "--resume {}: its saved config cannot be compared with this one ({e}); pass {ALLOW_FLAG} to resume anyway",
-                ckpt.display()
-            )))
+            return Err(TrainError::ResumeConfigUnreadable {
+                ckpt: ckpt.to_path_buf(),
+                source: Box::new(e),
+            })
         }
     };
     let changed = meaningful_changes(&old, new, phase == "sft");
     if changed.is_empty() {
         return Ok(());
     }
-    let list = changed.join("; ");
     if allow_changes {
         eprintln!(
-            "armt: resuming {} with changed settings ({ALLOW_FLAG}): {list}",
-            ckpt.display()
+            "armt: resuming {} with changed settings ({ALLOW_FLAG}): {}",
+            ckpt.display(),
+            changed.join("; ")
         );
         return Ok(());
     }
-    Err(TrainError::Config(format!(
-        "--resume {}: these settings differ from the checkpoint's and would change the run: {list}. \
-         Restore them, or pass {ALLOW_FLAG} if the change is meant (steps, save cadence and device may change freely)",
-        ckpt.display()
-    )))
+    Err(TrainError::ResumeChanged {
+        ckpt: ckpt.to_path_buf(),
+        changes: changed,
+    })
 }
 
 /// `key: old → new` for every differing setting that matters to the run.

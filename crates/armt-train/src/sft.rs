@@ -28,13 +28,12 @@ pub fn examples_from_trajectories(
     for t in trajs {
         let mut images = Vec::with_capacity(t.images.len());
         for (key, path) in &t.images {
-            let img = image::open(path).map_err(|e| {
-                TrainError::State(format!(
-                    "trajectory {}/{}: image {key} ({}): {e}",
-                    t.sample_id,
-                    t.group_index,
-                    path.display()
-                ))
+            let img = image::open(path).map_err(|source| TrainError::TrajectoryImage {
+                sample_id: t.sample_id.clone(),
+                group_index: t.group_index,
+                key: key.clone(),
+                path: path.clone(),
+                source: Box::new(source),
             })?;
             images.push(processor.image_processor().preprocess(&img)?);
         }
@@ -67,7 +66,7 @@ pub fn train_sft(mut run: SftRun) -> Result<PathBuf, TrainError> {
     let dp = DataParallel::new(run.comm.clone(), run.model.device());
     dp.check_divides("sft.batch", s.batch)?;
     if run.examples.is_empty() {
-        return Err(TrainError::Config("no SFT examples".into()));
+        return Err(TrainError::NothingToTrain { what: "SFT examples" });
     }
     std::fs::create_dir_all(&run.run_dir).map_err(|e| TrainError::Io {
         path: run.run_dir.clone(),
@@ -184,22 +183,23 @@ pub fn train_sft(mut run: SftRun) -> Result<PathBuf, TrainError> {
             )?);
         }
         if stop {
-            return Err(TrainError::State(format!(
-                "interrupted at SFT step {step} by {}; resume with --resume={}",
-                crate::stop_reason(),
-                last.as_ref().map(|p| p.display().to_string()).unwrap_or_default()
-            )));
+            return Err(TrainError::Interrupted {
+                what: "SFT step",
+                step,
+                signal: crate::stop_reason(),
+                checkpoint: last.clone().unwrap_or_default(),
+            });
         }
     }
     bar.finish();
     dp.finish()?;
     if !dp.is_main() {
-        return last.ok_or_else(|| TrainError::State("no checkpoint written".into()));
+        return last.ok_or(TrainError::NoCheckpointWritten);
     }
     let _ = armt_metrics::plot_metrics(
         &run.run_dir.join("metrics.jsonl"),
         &run.run_dir.join("plots"),
         None,
     );
-    last.ok_or_else(|| TrainError::State("no checkpoint written".into()))
+    last.ok_or(TrainError::NoCheckpointWritten)
 }

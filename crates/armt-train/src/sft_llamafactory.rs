@@ -9,6 +9,37 @@ use armt_data::formats::llamafactory::{SftConversation, SftRole};
 use armt_processing::{render_chat, Content, ContentPart, ImageSource, Message, Processor, ToolCall};
 use serde_json::Value;
 
+/// Why a conversation does not make an SFT example.
+#[derive(Debug, thiserror::Error)]
+pub enum SftExampleError {
+    #[error("turn {turn}: function_call is not JSON: {source}")]
+    FunctionCallNotJson {
+        turn: usize,
+        #[source]
+        source: serde_json::Error,
+    },
+    #[error("turn {turn}: function_call has no name")]
+    FunctionCallWithoutName { turn: usize },
+    #[error("image {}: {source}", path.display())]
+    Image {
+        path: std::path::PathBuf,
+        #[source]
+        source: image::ImageError,
+    },
+    #[error(transparent)]
+    Processing(#[from] armt_processing::ProcessingError),
+    /// The rendered chat has more image placeholders than the conversation has images.
+    #[error("more image slots than images")]
+    MoreSlotsThanImages,
+    #[error("tokenizing: {source}")]
+    Tokenizer {
+        #[source]
+        source: Box<dyn std::error::Error + Send + Sync>,
+    },
+    #[error("no assistant tokens to train on")]
+    NoAssistantTokens,
+}
+
 /// A turn's text as message content: `<image>` placeholders become the next images in order.
 fn content(text: &str, images: &mut impl Iterator<Item = std::path::PathBuf>) -> Content {
     if !text.contains("<image>") {
@@ -29,7 +60,7 @@ fn content(text: &str, images: &mut impl Iterator<Item = std::path::PathBuf>) ->
 }
 
 /// The conversation as chat messages (a `function_call` turn becomes an assistant tool call).
-pub fn conversation_messages(conv: &SftConversation) -> Result<Vec<Message>, String> {
+pub fn conversation_messages(conv: &SftConversation) -> Result<Vec<Message>, SftExampleError> {
     let mut images = conv.images.clone().into_iter();
     let mut out = Vec::with_capacity(conv.turns.len());
     for (k, t) in conv.turns.iter().enumerate() {
@@ -40,10 +71,10 @@ pub fn conversation_messages(conv: &SftConversation) -> Result<Vec<Message>, Str
             SftRole::Tool => Message::new("tool", content(&t.text, &mut images)),
             SftRole::FunctionCall => {
                 let v: Value = serde_json::from_str(&t.text)
-                    .map_err(|e| format!("turn {k}: function_call is not JSON: {e}"))?;
+                    .map_err(|source| SftExampleError::FunctionCallNotJson { turn: k, source })?;
                 let name = v["name"]
                     .as_str()
-                    .ok_or(format!("turn {k}: function_call has no name"))?;
+                    .ok_or(SftExampleError::FunctionCallWithoutName { turn: k })?;
                 let mut m = Message::new("assistant", Content::Text(String::new()));
                 m.tool_calls.push(ToolCall {
                     name: name.to_string(),
@@ -92,8 +123,12 @@ pub fn examples_from_conversations(
     convs
         .iter()
         .map(|c| {
-            example_from_conversation(c, processor, default_tools)
-                .map_err(|e| TrainError::State(format!("SFT conversation {}: {e}", c.id)))
+            example_from_conversation(c, processor, default_tools).map_err(|source| {
+                TrainError::SftConversation {
+                    id: c.id.clone(),
+                    source: Box::new(source),
+                }
+            })
         })
         .collect()
 }
@@ -102,20 +137,18 @@ fn example_from_conversation(
     conv: &SftConversation,
     processor: &Processor,
     default_tools: Option<&[Value]>,
-) -> Result<Example, String> {
+) -> Result<Example, SftExampleError> {
     let messages = conversation_messages(conv)?;
     let tools = conv.tools.as_deref().or(default_tools);
     let text = render_chat(&messages, tools, false);
     let spans = assistant_spans(&messages, tools);
     let mut images = Vec::with_capacity(conv.images.len());
     for p in &conv.images {
-        let img = image::open(p).map_err(|e| format!("image {}: {e}", p.display()))?;
-        images.push(
-            processor
-                .image_processor()
-                .preprocess(&img)
-                .map_err(|e| e.to_string())?,
-        );
+        let img = image::open(p).map_err(|source| SftExampleError::Image {
+            path: p.clone(),
+            source,
+        })?;
+        images.push(processor.image_processor().preprocess(&img)?);
     }
     // Tokenise span by span (every boundary is at a special token or a newline the template
     // puts there, so this equals tokenising the whole text) to know which tokens are trained.
@@ -137,7 +170,9 @@ fn example_from_conversation(
         let mut expanded = String::with_capacity(piece.len());
         for (k, part) in piece.split("<|image_pad|>").enumerate() {
             if k > 0 {
-                let img = images.get(next_image).ok_or("more image slots than images")?;
+                let img = images
+                    .get(next_image)
+                    .ok_or(SftExampleError::MoreSlotsThanImages)?;
                 next_image += 1;
                 let n = img.grid_thw.iter().product::<usize>() / (merge * merge);
                 expanded.push_str(&"<|image_pad|>".repeat(n));
@@ -147,14 +182,14 @@ fn example_from_conversation(
         let enc = processor
             .tokenizer()
             .encode(expanded.as_str(), false)
-            .map_err(|e| format!("tokenizing: {e}"))?;
+            .map_err(|source| SftExampleError::Tokenizer { source })?;
         ids.extend(enc.get_ids().iter().map(|&i| i as i64));
         mask.extend(std::iter::repeat_n(m, enc.get_ids().len()));
     }
     let prompt_len = mask
         .iter()
         .position(|&m| m == 1)
-        .ok_or("no assistant tokens to train on")?;
+        .ok_or(SftExampleError::NoAssistantTokens)?;
     Ok(Example {
         ids,
         prompt_len,

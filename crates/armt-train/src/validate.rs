@@ -3,7 +3,7 @@
 //! A degenerate setting (temperature 0, `top_p = 0`, no response tokens, β₁ ≥ 1, ε = 0 …)
 //! would otherwise train nothing, or write NaN, and exit 0.
 
-use crate::{TrainConfig, TrainError};
+use crate::{InvalidSetting, TrainConfig, TrainError};
 use armt_data::validate::{validate_samples, DatasetCheck, ImageCheck};
 use armt_data::{Sample, TaskKind};
 use armt_rewards::RewardConfig;
@@ -176,12 +176,12 @@ pub fn check_config(cfg: &TrainConfig) -> Result<(), TrainError> {
         ));
     }
     if let Err(e) = check_device(cfg.model.device.as_deref(), cfg.model.dtype.as_deref()) {
-        bad.push(e);
+        bad.push(e.to_string());
     }
     if bad.is_empty() {
         Ok(())
     } else {
-        Err(TrainError::Config(bad.join("; ")))
+        Err(TrainError::InvalidSettings { problems: bad })
     }
 }
 
@@ -197,8 +197,11 @@ fn check_tools_for_stage(
     tools_origin: &str,
 ) -> Result<(), TrainError> {
     match check_tools_for_tasks(reward, tools, samples, tools_origin) {
-        Err(TrainError::Config(msg)) if stage != 1 && !tools.names().is_empty() => {
-            eprintln!("armt: warning: {msg}; those tasks can only be answered without a tool");
+        Err(TrainError::ToolsMissingForTasks { problems }) if stage != 1 => {
+            eprintln!(
+                "armt: warning: {}; those tasks can only be answered without a tool",
+                problems.join("; ")
+            );
             Ok(())
         }
         other => other,
@@ -207,19 +210,27 @@ fn check_tools_for_stage(
 
 /// `model.device` and `model.dtype` spelled as the CLI accepts them (availability is checked
 /// when the device is opened).
-fn check_device(device: Option<&str>, dtype: Option<&str>) -> Result<(), String> {
+fn check_device(device: Option<&str>, dtype: Option<&str>) -> Result<(), InvalidSetting> {
     if let Some(d) = device {
         let ok = d == "cpu"
             || d == "cuda"
             || d.strip_prefix("cuda:")
                 .is_some_and(|n| n.parse::<usize>().is_ok());
         if !ok {
-            return Err(format!("model.device = `{d}`: expected cpu, cuda or cuda:N"));
+            return Err(InvalidSetting {
+                key: "model.device",
+                value: d.into(),
+                expected: "cpu, cuda or cuda:N",
+            });
         }
     }
     if let Some(k) = dtype {
         if !["f32", "float32", "bf16", "bfloat16"].contains(&k) {
-            return Err(format!("model.dtype = `{k}`: expected f32 or bf16"));
+            return Err(InvalidSetting {
+                key: "model.dtype",
+                value: k.into(),
+                expected: "f32 or bf16",
+            });
         }
     }
     Ok(())
@@ -236,9 +247,9 @@ pub fn check_tools_for_tasks(
 ) -> Result<(), TrainError> {
     let names = tools.names();
     if names.is_empty() {
-        return Err(TrainError::Config(format!(
-            "{tools_origin} defines no tools: the tool rewards could never be earned"
-        )));
+        return Err(TrainError::NoTools {
+            origin: tools_origin.to_string(),
+        });
     }
     let mut bad = Vec::new();
     for kind in [TaskKind::Zoom, TaskKind::Document, TaskKind::Instruction] {
@@ -258,7 +269,7 @@ pub fn check_tools_for_tasks(
     if bad.is_empty() {
         Ok(())
     } else {
-        Err(TrainError::Config(bad.join("; ")))
+        Err(TrainError::ToolsMissingForTasks { problems: bad })
     }
 }
 
@@ -280,7 +291,9 @@ pub fn check_dataset(
     tools_origin: &str,
 ) -> Result<(), TrainError> {
     if samples.is_empty() {
-        return Err(TrainError::Config(format!("{}: no samples", origin.display())));
+        return Err(TrainError::NoSamples {
+            path: origin.to_path_buf(),
+        });
     }
     let mut check = DatasetCheck::for_file(origin);
     check.extra_roots = cfg.data.formats.data_roots(origin);

@@ -94,10 +94,15 @@ pub fn run_bench(args: &EvalArgs, model_name: &str, judge: &mut JudgeFn) -> Resu
             let samples = chunk
                 .iter()
                 .map(|it| {
-                    item_sample(it, file, &opts, Some(instruction))
-                        .map_err(|m| anyhow::anyhow!("{}: item idx {}: {m}", file.display(), it.key()))
+                    item_sample(it, file, &opts, Some(instruction)).map_err(|source| {
+                        armt_data::DataError::Item {
+                            path: file.to_path_buf(),
+                            idx: it.key(),
+                            source: Box::new(source),
+                        }
+                    })
                 })
-                .collect::<Result<Vec<_>>>()?;
+                .collect::<Result<Vec<_>, _>>()?;
             let judged = judge(&samples, &image_dir)?;
             for ((item, sample), j) in chunk.iter().zip(&samples).zip(judged) {
                 let record = judge_record(item, sample, &j, &track, &bench.work_dir)?;
@@ -161,10 +166,10 @@ fn judge_record(
     track: &str,
     work_dir: &Path,
 ) -> Result<Value> {
-    let judgment = item.judgment().map_err(anyhow::Error::msg)?;
+    let judgment = item.judgment()?;
     let resp = j.trajectory.final_text.clone();
     let choice = extract_choice(&resp, judgment);
-    let gt = item.gt_choice().map_err(anyhow::Error::msg)?;
+    let gt = item.gt_choice()?;
     let score = u8::from(choice.as_ref() == Some(&gt));
     let tool_calls = j
         .trajectory

@@ -8,7 +8,7 @@
 //! fixed CoT instruction), and so is the answer extraction ([`extract_choice`]).
 
 use super::{load_document, resolve, FormatOptions};
-use crate::{DataError, Judgment, Sample, TaskKind};
+use crate::{ArmBenchError, DataError, Judgment, RowError, Sample, TaskKind};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use std::path::Path;
@@ -48,63 +48,68 @@ impl ArmBenchItem {
         }
     }
 
-    pub fn judgment(&self) -> Result<Judgment, String> {
+    pub fn judgment(&self) -> Result<Judgment, ArmBenchError> {
         match self.rm_tag.as_str() {
             "single_rm" => Ok(Judgment::Single),
             "pair_rm" | "2-way-pair_rm" => Ok(Judgment::Pair { candidates: 2 }),
             "4-way-pair_rm" => Ok(Judgment::Pair { candidates: 4 }),
-            other => Err(format!(
-                "unsupported rm_tag `{other}` (single_rm, pair_rm, 2-way-pair_rm, 4-way-pair_rm)"
-            )),
+            other => Err(ArmBenchError::UnsupportedRmTag { rm_tag: other.into() }),
         }
     }
 
     /// The ground truth as a choice (`"True"`/`"False"`, or the candidate number).
-    pub fn gt_choice(&self) -> Result<Choice, String> {
+    pub fn gt_choice(&self) -> Result<Choice, ArmBenchError> {
         match (&self.gt, self.judgment()?) {
             (Value::Bool(b), Judgment::Single) => Ok(Choice::Truth(if *b { "True" } else { "False" }.into())),
             (Value::String(s), Judgment::Single) => Ok(Choice::Truth(capitalize(s.trim()))),
             (Value::Number(n), Judgment::Pair { .. }) => n
                 .as_u64()
                 .map(|k| Choice::Candidate(k as usize))
-                .ok_or_else(|| format!("gt {n} is not a candidate number")),
-            (Value::String(s), Judgment::Pair { .. }) => s
-                .trim()
-                .parse()
-                .map(Choice::Candidate)
-                .map_err(|_| format!("gt `{s}` is not a candidate number")),
-            (gt, _) => Err(format!("gt {gt} does not fit rm_tag {}", self.rm_tag)),
+                .ok_or_else(|| ArmBenchError::GtNotCandidate { gt: n.clone() }),
+            (Value::String(s), Judgment::Pair { .. }) => {
+                s.trim()
+                    .parse()
+                    .map(Choice::Candidate)
+                    .map_err(|source| ArmBenchError::GtTextNotCandidate {
+                        gt: s.clone(),
+                        source,
+                    })
+            }
+            (gt, _) => Err(ArmBenchError::GtDoesNotFit {
+                gt: gt.clone(),
+                rm_tag: self.rm_tag.clone(),
+            }),
         }
     }
 
-    fn check(&self) -> Result<(), String> {
+    fn check(&self) -> Result<(), ArmBenchError> {
         let need = match self.judgment()? {
             Judgment::Single => 1,
             Judgment::Pair { candidates } => candidates,
         };
         if self.preds.len() < need {
-            return Err(format!(
-                "rm_tag {} needs {need} preds, the item has {}",
-                self.rm_tag,
-                self.preds.len()
-            ));
+            return Err(ArmBenchError::TooFewPreds {
+                rm_tag: self.rm_tag.clone(),
+                need,
+                have: self.preds.len(),
+            });
         }
         if self.images.is_empty() {
-            return Err("the item has no `images`".into());
+            return Err(ArmBenchError::NoImages);
         }
         if self
             .constraints
             .as_ref()
             .is_some_and(|c| c.first().and_then(|c| c.get("value")).is_none())
         {
-            return Err("`constraints[0].value` is missing".into());
+            return Err(ArmBenchError::NoConstraintValue);
         }
         self.gt_choice().map(|_| ())
     }
 
     /// The judging prompt (without the per-turn instruction), as the original builds it:
     /// `<image>` tags removed.
-    pub fn prompt(&self) -> Result<String, String> {
+    pub fn prompt(&self) -> Result<String, ArmBenchError> {
         let p = &self.preds;
         let text = match self.judgment()? {
             Judgment::Single => match &self.constraints {
@@ -340,15 +345,15 @@ pub fn read_items(path: &Path) -> Result<Vec<ArmBenchItem>, DataError> {
         if line.trim().is_empty() {
             continue;
         }
-        let err = |msg: String| DataError::Row {
+        let err = |source: RowError| DataError::Row {
             path: path.to_path_buf(),
             line: i + 1,
-            msg,
+            source: Box::new(source),
         };
-        let item: ArmBenchItem = serde_json::from_str(line).map_err(|e| err(e.to_string()))?;
-        item.check().map_err(err)?;
+        let item: ArmBenchItem = serde_json::from_str(line).map_err(|e| err(e.into()))?;
+        item.check().map_err(|e| err(e.into()))?;
         if !seen.insert(item.key()) {
-            return Err(err(format!("duplicate idx {}", item.key())));
+            return Err(err(ArmBenchError::DuplicateIdx { idx: item.key() }.into()));
         }
         out.push(item);
     }
@@ -363,7 +368,7 @@ pub fn item_sample(
     path: &Path,
     opts: &FormatOptions,
     instruction: Option<&str>,
-) -> Result<Sample, String> {
+) -> Result<Sample, RowError> {
     let mut prompt = item.prompt()?;
     if let Some(base) = instruction {
         prompt.push_str("\n\n");
@@ -371,7 +376,7 @@ pub fn item_sample(
     }
     let image = resolve(&opts.image_root_for(path), &item.images[0]);
     if !image.is_file() {
-        return Err(format!("image {} does not exist", image.display()));
+        return Err(ArmBenchError::MissingImage { path: image }.into());
     }
     let task = item.task();
     let document = match &item.doc_id {
@@ -399,8 +404,9 @@ pub fn item_sample(
 
 /// An item as a sample for training or armt's own evaluation (armt appends its instruction).
 pub fn item_to_sample(item: &ArmBenchItem, path: &Path, opts: &FormatOptions) -> Result<Sample, DataError> {
-    item_sample(item, path, opts, None).map_err(|msg| DataError::Format {
+    item_sample(item, path, opts, None).map_err(|source| DataError::Item {
         path: path.to_path_buf(),
-        msg: format!("item idx {}: {msg}", item.key()),
+        idx: item.key(),
+        source: Box::new(source),
     })
 }

@@ -6,7 +6,7 @@
 //! assistant turns, `<tool_response>…` inside user turns); the `function_call` /
 //! `observation` roles are read too.
 
-use crate::DataError;
+use crate::{ContentError, ConversationError, DataError, RowError};
 use serde_json::Value;
 use std::path::{Path, PathBuf};
 
@@ -52,7 +52,7 @@ fn role_of(s: &str) -> Option<SftRole> {
     })
 }
 
-fn content_text(v: &Value) -> Result<String, String> {
+fn content_text(v: &Value) -> Result<String, ContentError> {
     match v {
         Value::String(s) => Ok(s.clone()),
         // OpenAI-style parts: text kept, image parts become placeholders.
@@ -62,24 +62,30 @@ fn content_text(v: &Value) -> Result<String, String> {
                 match p.get("type").and_then(Value::as_str) {
                     Some("text") => s.push_str(p.get("text").and_then(Value::as_str).unwrap_or("")),
                     Some("image") | Some("image_url") => s.push_str("<image>"),
-                    other => return Err(format!("content part of type {other:?}")),
+                    other => {
+                        return Err(ContentError::UnknownPart {
+                            part_type: other.map(String::from),
+                        })
+                    }
                 }
             }
             Ok(s)
         }
-        other => Err(format!("content must be text, got {other}")),
+        other => Err(ContentError::NotText {
+            content: other.clone(),
+        }),
     }
 }
 
-fn parse_row(row: &Value, index: usize, base: &Path) -> Result<SftConversation, String> {
+fn parse_row(row: &Value, index: usize, base: &Path) -> Result<SftConversation, ConversationError> {
     let (list, role_key, text_key) = if let Some(m) = row.get("messages") {
         (m, "role", "content")
     } else if let Some(c) = row.get("conversations") {
         (c, "from", "value")
     } else {
-        return Err("neither `messages` nor `conversations`".into());
+        return Err(ConversationError::NoTurns);
     };
-    let list = list.as_array().ok_or("the turns must be a list")?;
+    let list = list.as_array().ok_or(ConversationError::TurnsNotList)?;
     let mut turns = Vec::with_capacity(list.len() + 1);
     if let Some(sys) = row.get("system").and_then(Value::as_str) {
         turns.push(SftTurn {
@@ -92,16 +98,19 @@ fn parse_row(row: &Value, index: usize, base: &Path) -> Result<SftConversation, 
             .get(role_key)
             .or_else(|| t.get("role"))
             .and_then(Value::as_str)
-            .ok_or(format!("turn {k} has no `{role_key}`"))?;
-        let role = role_of(role_name).ok_or(format!("turn {k}: unknown role `{role_name}`"))?;
+            .ok_or(ConversationError::TurnWithoutRole { turn: k, role_key })?;
+        let role = role_of(role_name).ok_or_else(|| ConversationError::UnknownRole {
+            turn: k,
+            role: role_name.into(),
+        })?;
         let text = content_text(
             t.get(text_key)
                 .or_else(|| t.get("content"))
                 .unwrap_or(&Value::Null),
         )
-        .map_err(|e| format!("turn {k}: {e}"))?;
+        .map_err(|source| ConversationError::Content { turn: k, source })?;
         if role == SftRole::System && !turns.is_empty() {
-            return Err(format!("turn {k}: a system turn must come first"));
+            return Err(ConversationError::LateSystemTurn { turn: k });
         }
         turns.push(SftTurn { role, text });
     }
@@ -109,7 +118,7 @@ fn parse_row(row: &Value, index: usize, base: &Path) -> Result<SftConversation, 
         .iter()
         .any(|t| matches!(t.role, SftRole::Assistant | SftRole::FunctionCall))
     {
-        return Err("no assistant turn to train on".into());
+        return Err(ConversationError::NoAssistantTurn);
     }
     let images: Vec<PathBuf> = match row.get("images") {
         None | Some(Value::Null) => Vec::new(),
@@ -119,28 +128,32 @@ fn parse_row(row: &Value, index: usize, base: &Path) -> Result<SftConversation, 
                 v.as_str()
                     .or_else(|| v.get("path").and_then(Value::as_str))
                     .map(|p| super::resolve(base, p))
-                    .ok_or_else(|| format!("images entry {v} is not a path"))
+                    .ok_or_else(|| ConversationError::ImageNotPath { entry: v.clone() })
             })
             .collect::<Result<_, _>>()?,
-        Some(other) => return Err(format!("`images` must be a list, got {other}")),
+        Some(other) => {
+            return Err(ConversationError::ImagesNotList {
+                images: other.clone(),
+            })
+        }
     };
     let placeholders: usize = turns.iter().map(|t| t.text.matches("<image>").count()).sum();
     if placeholders != images.len() {
-        return Err(format!(
-            "{placeholders} <image> placeholder(s) but {} image(s)",
-            images.len()
-        ));
+        return Err(ConversationError::PlaceholderMismatch {
+            placeholders,
+            images: images.len(),
+        });
     }
     for p in &images {
         if !p.is_file() {
-            return Err(format!("image {} does not exist", p.display()));
+            return Err(ConversationError::MissingImage { path: p.clone() });
         }
     }
     let tools = match row.get("tools") {
         None | Some(Value::Null) => None,
         Some(Value::String(s)) if s.trim().is_empty() => None,
         Some(Value::String(s)) => {
-            Some(serde_json::from_str::<Value>(s).map_err(|e| format!("`tools`: {e}"))?)
+            Some(serde_json::from_str::<Value>(s).map_err(|source| ConversationError::Tools { source })?)
         }
         Some(v) => Some(v.clone()),
     }
@@ -171,13 +184,13 @@ pub fn read_conversations(path: &Path, image_root: Option<&Path>) -> Result<Vec<
     let base = image_root
         .map(Path::to_path_buf)
         .unwrap_or_else(|| path.parent().unwrap_or(Path::new(".")).to_path_buf());
-    let row_err = |line: usize, msg: String| DataError::Row {
+    let row_err = |line: usize, source: RowError| DataError::Row {
         path: path.to_path_buf(),
         line,
-        msg,
+        source: Box::new(source),
     };
     let rows: Vec<(usize, Value)> = if text.trim_start().starts_with('[') {
-        let all: Vec<Value> = serde_json::from_str(&text).map_err(|e| row_err(e.line(), e.to_string()))?;
+        let all: Vec<Value> = serde_json::from_str(&text).map_err(|e| row_err(e.line(), e.into()))?;
         // In a JSON array, "line" is the element's 1-based position.
         all.into_iter().enumerate().map(|(i, v)| (i + 1, v)).collect()
     } else {
@@ -188,14 +201,14 @@ pub fn read_conversations(path: &Path, image_root: Option<&Path>) -> Result<Vec<
             }
             rows.push((
                 i + 1,
-                serde_json::from_str(l).map_err(|e| row_err(i + 1, e.to_string()))?,
+                serde_json::from_str(l).map_err(|e| row_err(i + 1, e.into()))?,
             ));
         }
         rows
     };
     rows.iter()
         .enumerate()
-        .map(|(i, (line, v))| parse_row(v, i, &base).map_err(|m| row_err(*line, m)))
+        .map(|(i, (line, v))| parse_row(v, i, &base).map_err(|e| row_err(*line, e.into())))
         .collect()
 }
 

@@ -10,7 +10,7 @@ pub mod armbench;
 pub mod llamafactory;
 pub mod verl_parquet;
 
-use crate::{DataError, Document, DocumentPage, Sample, TaskKind};
+use crate::{DataError, Document, DocumentError, DocumentPage, Sample, TaskKind};
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -128,9 +128,12 @@ pub fn read_dataset(path: &Path, opts: &FormatOptions) -> Result<Vec<Sample>, Da
 /// The pages of document `doc_id` under `root`: files `{doc_id}_{n}.{jpg|jpeg|png|webp}`, in
 /// page-number order, each with the text of `{doc_id}_{n}.txt` when that exists. A `.pdf`
 /// suffix of the id is dropped, as the original's eval does.
-pub fn load_document(root: &Path, doc_id: &str) -> Result<Document, String> {
+pub fn load_document(root: &Path, doc_id: &str) -> Result<Document, DocumentError> {
     let name = doc_id.strip_suffix(".pdf").unwrap_or(doc_id);
-    let entries = std::fs::read_dir(root).map_err(|e| format!("document root {}: {e}", root.display()))?;
+    let entries = std::fs::read_dir(root).map_err(|source| DocumentError::Root {
+        root: root.to_path_buf(),
+        source,
+    })?;
     let prefix = format!("{name}_");
     let mut pages: BTreeMap<u64, PathBuf> = BTreeMap::new();
     for entry in entries.flatten() {
@@ -164,10 +167,10 @@ pub fn load_document(root: &Path, doc_id: &str) -> Result<Document, String> {
         }
     }
     if pages.is_empty() {
-        return Err(format!(
-            "document `{name}`: no page images `{name}_<page>.(jpg|jpeg|png|webp)` in {}",
-            root.display()
-        ));
+        return Err(DocumentError::NoPages {
+            name: name.to_string(),
+            root: root.to_path_buf(),
+        });
     }
     Ok(Document {
         name: name.to_string(),

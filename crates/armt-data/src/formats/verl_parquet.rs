@@ -9,7 +9,7 @@
 //! structs, maps, lists or JSON strings alike.
 
 use super::{file_safe, load_document, resolve, write_image_bytes, FormatOptions};
-use crate::{DataError, Judgment, Sample};
+use crate::{DataError, Judgment, ParquetRowError, RowError, Sample};
 use parquet::file::reader::{FileReader, SerializedFileReader};
 use parquet::record::Field;
 use std::path::{Path, PathBuf};
@@ -161,13 +161,13 @@ pub fn read_samples(path: &Path, opts: &FormatOptions) -> Result<Vec<Sample>, Da
     let mut out = Vec::with_capacity(rows.len());
     let mut dropped_system = 0usize;
     for (i, row) in rows.iter().enumerate() {
-        let err = |msg: String| DataError::Row {
+        let err = |source: RowError| DataError::Row {
             path: path.to_path_buf(),
             line: i + 1,
-            msg,
+            source: Box::new(source),
         };
         let (sample, had_system) = row_to_sample(row, i, path, opts).map_err(err)?;
-        crate::validate(&sample).map_err(err)?;
+        crate::validate(&sample).map_err(|e| err(e.into()))?;
         dropped_system += had_system as usize;
         out.push(sample);
     }
@@ -183,7 +183,7 @@ pub fn read_samples(path: &Path, opts: &FormatOptions) -> Result<Vec<Sample>, Da
 
 /// The judgment a row asks for: from `rm_tag` when given (`single_rm`, `pair_rm`,
 /// `2-way-pair_rm`, `4-way-pair_rm`), else from the ground truth's type.
-pub fn judgment_for(rm_tag: Option<&str>, gt: &str) -> Result<Judgment, String> {
+pub fn judgment_for(rm_tag: Option<&str>, gt: &str) -> Result<Judgment, ParquetRowError> {
     match rm_tag {
         Some("single_rm") => Ok(Judgment::Single),
         Some("pair_rm") => Ok(Judgment::Pair { candidates: 2 }),
@@ -192,9 +192,7 @@ pub fn judgment_for(rm_tag: Option<&str>, gt: &str) -> Result<Judgment, String> 
                 .strip_suffix("-way-pair_rm")
                 .and_then(|n| n.parse::<usize>().ok())
                 .filter(|&n| n >= 2)
-                .ok_or_else(|| {
-                    format!("unknown rm_tag `{tag}` (single_rm, pair_rm, 2-way-pair_rm, 4-way-pair_rm)")
-                })?;
+                .ok_or_else(|| ParquetRowError::UnknownRmTag { rm_tag: tag.into() })?;
             Ok(Judgment::Pair { candidates: n })
         }
         None => match gt {
@@ -203,19 +201,25 @@ pub fn judgment_for(rm_tag: Option<&str>, gt: &str) -> Result<Judgment, String> 
             _ => gt
                 .parse::<usize>()
                 .map(|k| Judgment::Pair { candidates: k.max(2) })
-                .map_err(|_| format!("ground_truth `{gt}` is neither a candidate number nor true/false")),
+                .map_err(|_| ParquetRowError::GroundTruthNotJudgment {
+                    ground_truth: gt.into(),
+                }),
         },
     }
 }
 
 /// A ground truth in armt's form: `"1"`…, or `"true"`/`"false"` (mp_docvqa's -1 → true, -2 → false).
-pub fn normalize_ground_truth(gt: &Cell) -> Result<String, String> {
+pub fn normalize_ground_truth(gt: &Cell) -> Result<String, ParquetRowError> {
     let text = match gt {
         Cell::Bool(b) => b.to_string(),
         Cell::Int(i) => i.to_string(),
         Cell::Float(f) if f.fract() == 0.0 => (*f as i64).to_string(),
         Cell::Str(s) => s.trim().to_lowercase(),
-        other => return Err(format!("unsupported ground_truth {}", other.to_json())),
+        other => {
+            return Err(ParquetRowError::UnsupportedGroundTruth {
+                ground_truth: other.to_json(),
+            })
+        }
     };
     Ok(match text.as_str() {
         "-1" => "true".into(),
@@ -225,9 +229,9 @@ pub fn normalize_ground_truth(gt: &Cell) -> Result<String, String> {
 }
 
 /// The prompt text (user turns, `<image>` placeholders removed) and the placeholder count.
-fn prompt_text(prompt: &Cell) -> Result<(String, usize, bool), String> {
+fn prompt_text(prompt: &Cell) -> Result<(String, usize, bool), ParquetRowError> {
     let Cell::List(messages) = prompt else {
-        return Err("`prompt` must be a list of chat messages".into());
+        return Err(ParquetRowError::PromptNotList);
     };
     let mut texts = Vec::new();
     let mut had_system = false;
@@ -235,7 +239,7 @@ fn prompt_text(prompt: &Cell) -> Result<(String, usize, bool), String> {
         let role = m
             .get("role")
             .and_then(Cell::as_str)
-            .ok_or(format!("prompt[{k}] has no `role`"))?;
+            .ok_or(ParquetRowError::PromptWithoutRole { index: k })?;
         let text = match m.get("content") {
             Some(Cell::Str(s)) => s.clone(),
             Some(Cell::List(parts)) => {
@@ -250,20 +254,21 @@ fn prompt_text(prompt: &Cell) -> Result<(String, usize, bool), String> {
                 }
                 s
             }
-            _ => return Err(format!("prompt[{k}] has no text `content`")),
+            _ => return Err(ParquetRowError::PromptWithoutContent { index: k }),
         };
         match role {
             "system" => had_system = true,
             "user" => texts.push(text),
             other => {
-                return Err(format!(
-                    "prompt[{k}]: role `{other}` in an RL prompt (only system/user)"
-                ))
+                return Err(ParquetRowError::PromptRole {
+                    index: k,
+                    role: other.into(),
+                })
             }
         }
     }
     if texts.is_empty() {
-        return Err("`prompt` has no user message".into());
+        return Err(ParquetRowError::PromptWithoutUser);
     }
     let joined = texts.join("\n\n");
     let placeholders = joined.matches("<image>").count();
@@ -276,7 +281,12 @@ fn prompt_text(prompt: &Cell) -> Result<(String, usize, bool), String> {
 }
 
 /// The row's images as paths: embedded bytes are written under the image cache.
-fn row_images(row: &Cell, id: &str, path: &Path, opts: &FormatOptions) -> Result<Vec<PathBuf>, String> {
+fn row_images(
+    row: &Cell,
+    id: &str,
+    path: &Path,
+    opts: &FormatOptions,
+) -> Result<Vec<PathBuf>, ParquetRowError> {
     let list = match row.get("images") {
         None => return Ok(Vec::new()),
         Some(Cell::List(l)) => l.clone(),
@@ -298,18 +308,23 @@ fn row_images(row: &Cell, id: &str, path: &Path, opts: &FormatOptions) -> Result
         ) {
             (Some(b), _) if !b.is_empty() => {
                 let dir = opts.image_cache_for(path);
-                write_image_bytes(&dir, &format!("{}-{k}", file_safe(id)), b)
-                    .map_err(|e| format!("images[{k}]: writing into {}: {e}", dir.display()))?
+                write_image_bytes(&dir, &format!("{}-{k}", file_safe(id)), b).map_err(|source| {
+                    ParquetRowError::ImageCache {
+                        index: k,
+                        dir: dir.clone(),
+                        source,
+                    }
+                })?
             }
             (_, Some(p)) if !p.is_empty() => resolve(&root, p),
-            _ => return Err(format!("images[{k}] has neither bytes nor a path")),
+            _ => return Err(ParquetRowError::ImageWithoutSource { index: k }),
         };
         if !p.is_file() {
-            return Err(format!(
-                "images[{k}]: {} does not exist (image root {})",
-                p.display(),
-                root.display()
-            ));
+            return Err(ParquetRowError::MissingImage {
+                index: k,
+                path: p,
+                root,
+            });
         }
         out.push(p);
     }
@@ -335,18 +350,23 @@ fn extra_string(extra: Option<&Cell>, keys: &[&str]) -> Option<String> {
 }
 
 /// One row → one sample; also says whether the row had a system message.
-fn row_to_sample(row: &Cell, i: usize, path: &Path, opts: &FormatOptions) -> Result<(Sample, bool), String> {
+fn row_to_sample(
+    row: &Cell,
+    i: usize,
+    path: &Path,
+    opts: &FormatOptions,
+) -> Result<(Sample, bool), RowError> {
     let source = row
         .get("data_source")
         .and_then(Cell::as_str)
-        .ok_or("no `data_source`")?
+        .ok_or(ParquetRowError::Missing { field: "data_source" })?
         .to_string();
-    let task = opts.task_of(&source).ok_or_else(|| {
-        format!(
-            "data_source `{source}` has no task kind: add it to data.formats.sources (known: {})",
-            opts.sources.keys().cloned().collect::<Vec<_>>().join(", ")
-        )
-    })?;
+    let task = opts
+        .task_of(&source)
+        .ok_or_else(|| ParquetRowError::UnknownSource {
+            data_source: source.clone(),
+            known: opts.sources.keys().cloned().collect::<Vec<_>>().join(", "),
+        })?;
     let extra = row.get("extra_info");
     let index = match extra.and_then(|e| e.get("index")) {
         Some(Cell::Int(n)) => n.to_string(),
@@ -354,33 +374,37 @@ fn row_to_sample(row: &Cell, i: usize, path: &Path, opts: &FormatOptions) -> Res
         _ => i.to_string(),
     };
     let id = format!("{source}-{index}");
-    let (prompt, placeholders, had_system) = prompt_text(row.get("prompt").ok_or("no `prompt`")?)?;
+    let prompt = row
+        .get("prompt")
+        .ok_or(ParquetRowError::Missing { field: "prompt" })?;
+    let (prompt, placeholders, had_system) = prompt_text(prompt)?;
     let images = row_images(row, &id, path, opts)?;
     if placeholders != 0 && placeholders != images.len() {
-        return Err(format!(
-            "the prompt has {placeholders} <image> placeholder(s) but the row has {} image(s)",
-            images.len()
-        ));
+        return Err(ParquetRowError::PlaceholderMismatch {
+            placeholders,
+            images: images.len(),
+        }
+        .into());
     }
     let gt = row
         .get("reward_model")
         .and_then(|r| r.get("ground_truth"))
-        .ok_or("no `reward_model.ground_truth`")?;
+        .ok_or(ParquetRowError::Missing {
+            field: "reward_model.ground_truth",
+        })?;
     let ground_truth = normalize_ground_truth(gt)?;
     let rm_tag = extra.and_then(|e| e.get("rm_tag")).and_then(Cell::as_str);
     let judgment = judgment_for(rm_tag, &ground_truth)?;
     if let Some(agent) = row.get("agent_name").and_then(Cell::as_str) {
         if agent != "tool_agent" && agent != "single_turn_agent" {
-            return Err(format!(
-                "agent_name `{agent}` (expected tool_agent or single_turn_agent)"
-            ));
+            return Err(ParquetRowError::UnknownAgent { agent: agent.into() }.into());
         }
     }
     let document = match task {
         crate::TaskKind::Document => {
             let doc_id = extra_string(extra, &["doc_id", "filename"])
                 .or_else(|| row.get("doc_id").and_then(Cell::as_str).map(str::to_string))
-                .ok_or("a document row needs extra_info.doc_id (or a `filename` in tools_kwargs)")?;
+                .ok_or(ParquetRowError::NoDocId)?;
             let mut doc = load_document(&opts.doc_root_for(path), &doc_id)?;
             // Page text given in the row wins over text files.
             if let Some(Cell::List(texts)) = extra.and_then(|e| e.get("page_texts")) {
