@@ -273,7 +273,9 @@ pub fn run(mut args: TrainArgs) -> Result<()> {
     Ok(())
 }
 
-/// The built-in default's cold start: SFT on expert trajectories unless it already finished.
+/// The built-in default's cold start, in two phases, each skipped if it already finished:
+/// `builtin.read_steps` of SFT on the expert's tool traces alone (under `sft-read/`), then
+/// `sft.steps` on those mixed with the tool-less guesses (under `sft/`).
 fn cold_start(
     cfg: &TrainConfig,
     root: &Path,
@@ -281,47 +283,18 @@ fn cold_start(
     tools: &ToolRegistry,
     comm: &Arc<dyn Communicator>,
 ) -> Result<PathBuf> {
-    let sft_dir = root.join("sft");
-    let _lock = if comm.is_main() {
-        Some(lock_run_dir(&sft_dir)?)
-    } else {
-        None
-    };
-    if let Some(last) = checkpoint::latest(&sft_dir) {
-        if checkpoint::read_state(&last)?.step >= cfg.sft.steps {
-            if comm.is_main() {
-                eprintln!("cold start: using {}", last.display());
-            }
-            return Ok(last);
-        }
-    }
     let processor = capped(Processor::from_model_dir(&b.model_dir)?, cfg);
-    let examples = builtin::expert_examples(&b.train, &processor, tools, &cfg.rollout, &cfg.builtin)?;
-    if comm.is_main() {
-        eprintln!(
-            "cold start: SFT on {} expert trajectories ({} tokens)",
-            examples.len(),
-            examples.iter().map(|e| e.ids.len()).sum::<usize>()
-        );
+    let mut weights = b.model_dir.clone();
+    if cfg.builtin.read_steps > 0 {
+        let mut read_cfg = cfg.clone();
+        read_cfg.sft.steps = cfg.builtin.read_steps;
+        read_cfg.builtin.guess_traces = 0;
+        weights = sft_phase(&read_cfg, "reading", &root.join("sft-read"), &weights, b, &processor, tools, comm)?;
     }
-    let resume = checkpoint::latest(&sft_dir);
-    let weights = resume.clone().unwrap_or_else(|| b.model_dir.clone());
-    let (device, kind) = device_kind(cfg)?;
-    let model = Qwen25Vl::load(&weights, device, kind)?;
-    let pad_id = TemplateIds::from_tokenizer(processor.tokenizer())?.endoftext;
-    let last = armt_train::train_sft(SftRun {
-        config: cfg,
-        model,
-        model_dir: b.model_dir.clone(),
-        examples,
-        run_dir: sft_dir.clone(),
-        pad_id,
-        resume,
-        comm: comm.clone(),
-    })
-    .map_err(|e| with_last_good(e, &sft_dir))?;
+    let last = sft_phase(cfg, "mixed", &root.join("sft"), &weights, b, &processor, tools, comm)?;
     if cfg.train.val_every > 0 && comm.is_main() {
         // The cold start's table, the baseline the RL stages are measured against.
+        let (device, kind) = device_kind(cfg)?;
         let model = Qwen25Vl::load(&last, device, kind)?;
         let report = armt_train::validation::evaluate(
             &model,
@@ -336,6 +309,59 @@ fn cold_start(
         eprintln!("cold start: held-out tasks (greedy)\n{}", report.table());
     }
     Ok(last)
+}
+
+/// One cold-start SFT phase in `dir` from `start` (or from its own latest checkpoint), on the
+/// expert examples `cfg.builtin` asks for; returns its final checkpoint.
+#[allow(clippy::too_many_arguments)]
+fn sft_phase(
+    cfg: &TrainConfig,
+    phase: &str,
+    dir: &Path,
+    start: &Path,
+    b: &builtin::Builtin,
+    processor: &Processor,
+    tools: &ToolRegistry,
+    comm: &Arc<dyn Communicator>,
+) -> Result<PathBuf> {
+    let _lock = if comm.is_main() {
+        Some(lock_run_dir(dir)?)
+    } else {
+        None
+    };
+    if let Some(last) = checkpoint::latest(dir) {
+        if checkpoint::read_state(&last)?.step >= cfg.sft.steps {
+            if comm.is_main() {
+                eprintln!("cold start ({phase}): using {}", last.display());
+            }
+            return Ok(last);
+        }
+    }
+    let examples = builtin::expert_examples(&b.train, processor, tools, &cfg.rollout, &cfg.builtin)?;
+    if comm.is_main() {
+        eprintln!(
+            "cold start ({phase}): SFT on {} expert trajectories ({} tokens), {} steps",
+            examples.len(),
+            examples.iter().map(|e| e.ids.len()).sum::<usize>(),
+            cfg.sft.steps
+        );
+    }
+    let resume = checkpoint::latest(dir);
+    let weights = resume.clone().unwrap_or_else(|| start.to_path_buf());
+    let (device, kind) = device_kind(cfg)?;
+    let model = Qwen25Vl::load(&weights, device, kind)?;
+    let pad_id = TemplateIds::from_tokenizer(processor.tokenizer())?.endoftext;
+    Ok(armt_train::train_sft(SftRun {
+        config: cfg,
+        model,
+        model_dir: b.model_dir.clone(),
+        examples,
+        run_dir: dir.to_path_buf(),
+        pad_id,
+        resume,
+        comm: comm.clone(),
+    })
+    .map_err(|e| with_last_good(e, dir))?)
 }
 
 #[derive(clap::Args)]

@@ -134,7 +134,7 @@ pub fn expert_script(sample: &Sample, style: ExpertStyle, seed: u64) -> Vec<Expe
     }
     match spec {
         TaskSpec::Zoom { quadrant, candidates } => {
-            let place = QUADRANTS[quadrant];
+            let place = format!("{} corner", QUADRANTS[quadrant]);
             let zoom = |q: usize| -> ToolArgs {
                 vec![
                     ("image", json!("original_image")),
@@ -150,7 +150,7 @@ pub fn expert_script(sample: &Sample, style: ExpertStyle, seed: u64) -> Vec<Expe
                 ));
                 turns.push(tool_call_turn(
                     &format!(
-                        "That region is the {}, not the {place}. I will zoom in on the {place}.",
+                        "That region is the {} corner, not the {place}. I will zoom in on the {place}.",
                         QUADRANTS[wrong_q]
                     ),
                     "image_zoom_in_tool",

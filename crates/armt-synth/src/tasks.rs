@@ -25,8 +25,9 @@ pub const FIXED_COT_PROMPT: &str = "**Important Requirement:**\nThe given image 
 #[derive(Debug, Clone)]
 pub struct SynthConfig {
     /// Side of the square zoom image (pixels). With a processor `max_pixels` of 112², a 224
-    /// image is shown at half resolution, while a zoomed quadrant (112 px, upscaled ×2 by the
-    /// zoom tool) is shown at full resolution.
+    /// image is shown at half resolution, while a zoomed corner (56 px, upscaled ×2 by the zoom
+    /// tool) is shown at twice the original's: the dot is 4 px in the original as the model sees
+    /// it (a faint speck among three others) and 16 px in the zoom.
     pub zoom_image_size: u32,
     /// Side of the coloured dot (pixels, in the original image).
     pub dot_size: u32,
@@ -43,7 +44,7 @@ impl Default for SynthConfig {
     fn default() -> Self {
         Self {
             zoom_image_size: 224,
-            dot_size: std::env::var("EXP_DOT").ok().and_then(|v| v.parse().ok()).unwrap_or(14),
+            dot_size: 8,
             min_pages: 3,
             max_pages: 4,
             page_size: (112, 112),
@@ -52,14 +53,16 @@ impl Default for SynthConfig {
     }
 }
 
-/// The four quadrants the zoom question names, in the order of [`QUADRANT_BBOXES`].
+/// The four corners the zoom question names, in the order of [`QUADRANT_BBOXES`].
 pub const QUADRANTS: [&str; 4] = ["top left", "top right", "bottom left", "bottom right"];
-/// The expert's `bbox_2d` (0..1000 relative coordinates) for each quadrant.
+/// The expert's `bbox_2d` (0..1000 relative coordinates) for each corner: a quarter of the side,
+/// so the zoom enlarges 4× (a quadrant would give 2×, too little to hide the dots' colours in
+/// the original while showing them in the zoom).
 pub const QUADRANT_BBOXES: [[u32; 4]; 4] = [
-    [0, 0, 500, 500],
-    [500, 0, 1000, 500],
-    [0, 500, 500, 1000],
-    [500, 500, 1000, 1000],
+    [0, 0, 250, 250],
+    [750, 0, 1000, 250],
+    [0, 750, 250, 1000],
+    [750, 750, 1000, 1000],
 ];
 
 /// Dot colours: name and RGB.
@@ -495,8 +498,8 @@ fn pair_prompt(head: &str, question: &str, a1: &str, a2: &str) -> String {
     format!("{head}Question: {question}\nAnswer 1: {a1}\nAnswer 2: {a2}\nWhich answer is better?\n{SHORT_COT_PROMPT}")
 }
 
-/// Zoom image: light noisy background, a few faint grey blobs, and one coloured dot per
-/// quadrant (four different colours), each well inside its quadrant.
+/// Zoom image: light noisy background, a few faint grey blobs, and one coloured dot near each
+/// corner (four different colours), each inside its corner box.
 fn zoom_image(rng: &mut ChaCha8Rng, cfg: &SynthConfig, colours: &[usize; 4]) -> (RgbImage, [[u32; 4]; 4]) {
     let s = cfg.zoom_image_size;
     let mut img = RgbImage::new(s, s);
@@ -514,14 +517,15 @@ fn zoom_image(rng: &mut ChaCha8Rng, cfg: &SynthConfig, colours: &[usize; 4]) -> 
             }
         }
     }
-    let half = s / 2;
-    let margin = s / 14;
+    // Each dot lies inside its corner box (a quarter of the side), clear of the box's edges.
+    let corner = s / 4;
     let d = cfg.dot_size;
+    let margin = (corner - d) / 4;
     let mut boxes = [[0u32; 4]; 4];
     for q in 0..4 {
-        let (qx, qy) = ((q as u32 % 2) * half, (q as u32 / 2) * half);
-        let x = qx + rng.gen_range(margin..half - margin - d);
-        let y = qy + rng.gen_range(margin..half - margin - d);
+        let (qx, qy) = ((q as u32 % 2) * (s - corner), (q as u32 / 2) * (s - corner));
+        let x = qx + rng.gen_range(margin..=corner - margin - d);
+        let y = qy + rng.gen_range(margin..=corner - margin - d);
         let c = COLOURS[colours[q]].1;
         for yy in y..y + d {
             for xx in x..x + d {
@@ -572,7 +576,7 @@ pub fn generate_tasks_with(dir: &Path, n: usize, seed: u64, cfg: &SynthConfig) -
     if cfg.min_pages < 2 || cfg.max_pages < cfg.min_pages || cfg.max_pages > DOC_FACTS.len() {
         bail!("bad page range {}..={}", cfg.min_pages, cfg.max_pages);
     }
-    if cfg.zoom_image_size < 56 || cfg.dot_size == 0 || cfg.dot_size * 4 > cfg.zoom_image_size {
+    if cfg.zoom_image_size < 112 || cfg.dot_size == 0 || cfg.dot_size * 8 > cfg.zoom_image_size {
         bail!(
             "bad zoom image size {} / dot size {}",
             cfg.zoom_image_size,
@@ -630,7 +634,7 @@ fn zoom_sample(
     let (a1, a2) = if gt_first { (right, wrong) } else { (wrong, right) };
     let prompt = pair_prompt(
         "The given image is `original_image`.\n",
-        &format!("What colour is the dot in the {}?", QUADRANTS[q]),
+        &format!("What colour is the dot in the {} corner?", QUADRANTS[q]),
         a1,
         a2,
     );
@@ -758,7 +762,7 @@ pub fn task_spec(sample: &Sample) -> Option<TaskSpec> {
             let q = field(p, "Question: ")?;
             let quadrant = QUADRANTS
                 .iter()
-                .position(|name| q.ends_with(&format!("the {name}?")))?;
+                .position(|name| q.ends_with(&format!("the {name} corner?")))?;
             Some(TaskSpec::Zoom {
                 quadrant,
                 candidates: [field(p, "Answer 1: ")?.into(), field(p, "Answer 2: ")?.into()],

@@ -115,7 +115,7 @@ pub fn prepared_seed(root: &Path) -> Option<u64> {
 pub fn prepare(root: &Path, seed: u64, section: &BuiltinSection) -> Result<Builtin, TrainError> {
     let marker = std::fs::read_to_string(root.join(SEED_FILE)).ok();
     if prepared_seed(root).is_none() || marker.as_deref() != Some(marker_text(seed, section).as_str()) {
-        for dir in ["data", "tiny-model", "sft", "stage1", "stage2"] {
+        for dir in ["data", "tiny-model", "sft-read", "sft", "stage1", "stage2"] {
             let p = root.join(dir);
             if p.exists() {
                 std::fs::remove_dir_all(&p).map_err(io_err(&p))?;

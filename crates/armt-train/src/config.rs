@@ -174,6 +174,10 @@ pub struct BuiltinSection {
     pub train_tasks: usize,
     /// Held-out tasks, for validation during training and `armt eval`.
     pub val_tasks: usize,
+    /// Cold-start SFT steps on the tool-reading traces alone, before the `sft.steps` on the mix
+    /// with the guesses: copying a tool's value into the verdict is learnt in a sudden step
+    /// (once heads that look back form), which comes much later when most traces use no tool.
+    pub read_steps: usize,
     /// Cold-start traces per training task that call the task's tool and read its answer.
     pub direct_traces: usize,
     /// Cold-start traces per training task that answer without a tool (a random verdict), so
@@ -186,6 +190,7 @@ impl Default for BuiltinSection {
         Self {
             train_tasks: 3000,
             val_tasks: 90,
+            read_steps: 1000,
             direct_traces: 2,
             guess_traces: 3,
         }
