@@ -151,6 +151,7 @@ impl<'a> RolloutEnv<'a> {
         Ok(Chunk {
             ids: enc.get_ids().iter().map(|&i| i as i64).collect(),
             images: processed,
+            messages: Vec::new(),
         })
     }
 
@@ -183,7 +184,15 @@ impl<'a> RolloutEnv<'a> {
             })?;
             images.push(Arc::new(img));
         }
-        Ok((self.encode_text_with_images(&text, &images)?, images))
+        let mut chunk = self.encode_text_with_images(&text, &images)?;
+        // As chat messages: the system prompt the template writes for the tools, then the user.
+        chunk.messages = std::iter::once(Message::new(
+            "system",
+            Content::Text(armt_tools::system_prompt(&schemas)),
+        ))
+        .chain(messages)
+        .collect();
+        Ok((chunk, images))
     }
 
     /// The tool turn as the chat template renders it after an assistant turn that ended with
@@ -536,7 +545,7 @@ impl<'a> RolloutEnv<'a> {
             } else {
                 StopReason::Answered
             });
-        } else if s.ids.len() >= budget {
+        } else if s.ids.len() >= budget || s.truncated {
             let used = r.ids.len() - r.prompt_len;
             r.stop = Some(
                 if r.ids.len() >= cfg.max_context && used < cfg.max_response_tokens {
@@ -615,7 +624,8 @@ impl<'a> RolloutEnv<'a> {
                 (text, images)
             }
         };
-        let chunk = self.encode_text_with_images(&self.tool_turn_text(images.len(), &text), &images)?;
+        let mut chunk = self.encode_text_with_images(&self.tool_turn_text(images.len(), &text), &images)?;
+        chunk.messages = vec![tool_message(&images, text)];
         let used = r.ids.len() - r.prompt_len;
         if r.ids.len() + chunk.ids.len() >= cfg.max_context {
             r.stop = Some(StopReason::ContextFull);
@@ -633,6 +643,21 @@ impl<'a> RolloutEnv<'a> {
         r.images.extend(chunk.images.iter().cloned());
         Ok(Some(chunk))
     }
+}
+
+/// A tool turn as a chat message: its images first, then its text (ARM-Thinker's order).
+fn tool_message(images: &[Arc<image::DynamicImage>], text: String) -> Message {
+    let content = if images.is_empty() {
+        Content::Text(text)
+    } else {
+        let mut parts: Vec<ContentPart> = images
+            .iter()
+            .map(|img| ContentPart::Image(ImageSource::Loaded(img.clone())))
+            .collect();
+        parts.push(ContentPart::Text(text));
+        Content::Parts(parts)
+    };
+    Message::new("tool", content)
 }
 
 /// Cache positions one row may add after its prompt: the response limit (or the context), plus

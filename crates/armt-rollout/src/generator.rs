@@ -16,6 +16,10 @@ use tch::{Device, Kind, Tensor};
 pub struct Chunk {
     pub ids: Vec<i64>,
     pub images: Vec<ProcessedImage>,
+    /// The same context as chat messages (the prompt's system and user messages, a tool turn's
+    /// tool message), for generators that speak chat rather than tokens (a remote server).
+    /// Empty where a chunk was made from tokens only.
+    pub messages: Vec<armt_processing::Message>,
 }
 
 /// One sampled assistant turn: token ids and their log-probs under the sampling policy.
@@ -23,6 +27,9 @@ pub struct Chunk {
 pub struct Sampled {
     pub ids: Vec<i64>,
     pub logprobs: Vec<f32>,
+    /// The turn ended at its token budget although `ids` may be shorter: a remote server counts
+    /// the tokens it generated, and its text re-tokenized here may count fewer.
+    pub truncated: bool,
 }
 
 /// The sizes a run needs, fixed before its first group (the engine derives them from
@@ -634,7 +641,14 @@ impl Generator for ModelGenerator<'_> {
                 self.next_pos[slot] = base_pos + c as i64 - 1;
                 self.pending[slot] = ids.last().copied().into_iter().collect();
                 self.budgets[slot] = 0;
-                out.push((rows_of_slot[&slot], Sampled { ids, logprobs }));
+                out.push((
+                    rows_of_slot[&slot],
+                    Sampled {
+                        ids,
+                        logprobs,
+                        truncated: false,
+                    },
+                ));
             }
         }
         for k in 0..d_slots.len() {
@@ -824,6 +838,7 @@ impl Generator for ScriptedGenerator {
                 Sampled {
                     logprobs: vec![0.0; ids.len()],
                     ids,
+                    truncated: false,
                 },
             ));
         }

@@ -5,13 +5,20 @@
 
 mod engine;
 mod generator;
+mod remote;
 mod rng;
+mod turn;
 
 pub use engine::{Rollout, RolloutEnv, RunOutcome, TemplateIds, DEFAULT_COT_PROMPT, LAST_TURN_MESSAGE};
 pub use generator::{
     pixel_batch, sample, CachePlan, Chunk, Generator, ModelGenerator, Sampled, ScriptedGenerator,
 };
+pub use remote::{
+    openai_messages, parse_reply, turn_text, ChatClient, ChatReply, ContextReport, RemoteConfig, RemoteError,
+    RemoteGenerator,
+};
 pub use rng::{device_uniforms, RowRng, SplitMix64};
+pub use turn::{encode_messages, generate_turns, TurnOutput, TurnRequest};
 
 use serde::{Deserialize, Serialize};
 
@@ -52,6 +59,9 @@ pub enum RolloutError {
     /// The engine and a generator disagree about their rows: a bug, not bad input.
     #[error("rollout engine invariant broken (a bug): {0}")]
     Invariant(String),
+    /// The remote policy server failed (named in the message).
+    #[error(transparent)]
+    Remote(#[from] RemoteError),
 }
 
 /// How tokens are drawn. Same seed, same trajectories (on CPU).
