@@ -182,6 +182,11 @@ impl<'a> RolloutEnv<'a> {
                 path: p.clone(),
                 source,
             })?;
+            // The model's input is the same either way (resizing is idempotent).
+            let img = match self.config.tools_see_resized_images {
+                true => self.processor.image_processor().resized(&img)?,
+                false => img,
+            };
             images.push(Arc::new(img));
         }
         let mut chunk = self.encode_text_with_images(&text, &images)?;
@@ -573,6 +578,10 @@ impl<'a> RolloutEnv<'a> {
                 if let Some(t) = r.turns.last_mut() {
                     t.tool_error = Some(text.clone());
                 }
+                if cfg.end_on_malformed_call {
+                    r.stop = Some(StopReason::MalformedToolCall);
+                    return Ok(None);
+                }
                 (text, Vec::new())
             }
             ToolResult::Ran { call, out, ms } => {
@@ -662,7 +671,7 @@ fn tool_message(images: &[Arc<image::DynamicImage>], text: String) -> Message {
 
 /// Cache positions one row may add after its prompt: the response limit (or the context), plus
 /// one scratch position for decode writes past a finished turn.
-fn suffix_tokens(cfg: &RolloutConfig) -> usize {
+pub(crate) fn suffix_tokens(cfg: &RolloutConfig) -> usize {
     cfg.max_response_tokens.min(cfg.max_context) + 1
 }
 

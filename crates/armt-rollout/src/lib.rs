@@ -4,6 +4,7 @@
 //! tokens out of the loss.
 
 mod engine;
+mod filter;
 mod generator;
 mod remote;
 mod rng;
@@ -119,6 +120,14 @@ pub struct RolloutConfig {
     pub prefill_chunk: usize,
     /// Decode steps between host reads of the rows' stop flags.
     pub sync_every: usize,
+    /// A turn with `<tool_call>` but no parsable call ends the rollout (stop reason
+    /// `malformed_tool_call`, reward 0), as in ARM-Thinker's training loop. Off: the parse
+    /// error goes back to the model and the rollout goes on.
+    pub end_on_malformed_call: bool,
+    /// Tools see the prompt's images as the processor resized them (`smart_resize`, PIL
+    /// bicubic), as ARM-Thinker's zoom does (`fetch_image` resizes first). Off: the original
+    /// pixels (zoom crops keep detail the model's input lost).
+    pub tools_see_resized_images: bool,
 }
 
 impl Default for RolloutConfig {
@@ -137,6 +146,8 @@ impl Default for RolloutConfig {
             max_batch_tokens: 1 << 20,
             prefill_chunk: 2048,
             sync_every: 8,
+            end_on_malformed_call: false,
+            tools_see_resized_images: false,
         }
     }
 }

@@ -11,6 +11,7 @@ mod grpo_trainer;
 mod mixed_precision;
 mod optimizer;
 mod policy_logprobs;
+pub mod prompt_filter;
 pub mod resume_check;
 pub mod run_lock;
 mod sft;
