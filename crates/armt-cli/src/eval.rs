@@ -54,6 +54,11 @@ pub struct EvalArgs {
     /// ARMBench-VL evaluation (`--armbench FILE…`).
     #[command(flatten)]
     bench: armbench::BenchArgs,
+    /// Re-tokenize each assistant turn's text before its tool turn, as a chat server re-renders
+    /// the conversation (`rollout.retokenize_turns`): in-process eval then sees the contexts
+    /// `--api-base` sends.
+    #[arg(long)]
+    retokenize_turns: bool,
     /// The policy on an OpenAI-compatible server (`--api-base URL`) instead of in this process.
     #[command(flatten)]
     remote: crate::agent::RemoteArgs,
@@ -125,6 +130,7 @@ pub fn run(args: EvalArgs) -> Result<()> {
             seed: 0,
             ..cfg.rollout.sampling.clone()
         },
+        retokenize_turns: cfg.rollout.retokenize_turns || args.retokenize_turns,
         ..cfg.rollout.clone()
     };
     let policy = crate::agent::Policy::open(

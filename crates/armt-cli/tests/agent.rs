@@ -203,7 +203,10 @@ fn eval_through_a_server_equals_in_process_eval() {
         .collect()
     };
     let (local_out, remote_out) = (dir.join("local.jsonl"), dir.join("remote.jsonl"));
-    let local_args = common(&local_out);
+    let mut local_args = common(&local_out);
+    // In-process, each turn re-tokenized as the server re-renders it (the same here: this
+    // model's turns are its tokenizer's own splits; tests/retokenize.rs has one that is not).
+    local_args.push("--retokenize-turns".into());
     let local = armt(&local_args.iter().map(String::as_str).collect::<Vec<_>>());
     let mut remote_args = common(&remote_out);
     remote_args.extend(["--api-base".to_string(), format!("{}/v1", server.base)]);

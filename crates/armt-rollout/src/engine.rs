@@ -82,6 +82,9 @@ struct Row<'s> {
     forced_last: bool,
     /// Token budget of the current turn.
     budget: usize,
+    /// The last turn was re-tokenized (`retokenize_turns`): the generator rewinds it before the
+    /// next append, which starts with the new tokens.
+    rewind: bool,
 }
 
 impl Row<'_> {
@@ -301,6 +304,7 @@ impl<'a> RolloutEnv<'a> {
                     stop: None,
                     forced_last: false,
                     budget: 0,
+                    rewind: false,
                 });
             }
         }
@@ -413,6 +417,11 @@ impl<'a> RolloutEnv<'a> {
                     }
                 }
                 if !append_rows.is_empty() {
+                    for &i in &append_rows {
+                        if std::mem::take(&mut rows[i].rewind) {
+                            generator.rewind_turn(row_id(i))?;
+                        }
+                    }
                     let append_ids: Vec<usize> = append_rows.iter().map(|&i| row_id(i)).collect();
                     generator.append(&append_ids, &append_chunks)?;
                     for &i in &append_rows {
@@ -635,6 +644,10 @@ impl<'a> RolloutEnv<'a> {
         };
         let mut chunk = self.encode_text_with_images(&self.tool_turn_text(images.len(), &text), &images)?;
         chunk.messages = vec![tool_message(&images, text)];
+        let retokenized = match cfg.retokenize_turns {
+            true => self.retokenize_last_turn(r)?,
+            false => None,
+        };
         let used = r.ids.len() - r.prompt_len;
         if r.ids.len() + chunk.ids.len() >= cfg.max_context {
             r.stop = Some(StopReason::ContextFull);
@@ -650,7 +663,46 @@ impl<'a> RolloutEnv<'a> {
         r.mask.extend(std::iter::repeat_n(0u8, chunk.ids.len()));
         r.logprobs.extend(std::iter::repeat_n(0.0f32, chunk.ids.len()));
         r.images.extend(chunk.images.iter().cloned());
+        if let Some(turn) = retokenized {
+            r.rewind = true;
+            chunk.ids.splice(0..0, turn);
+        }
         Ok(Some(chunk))
+    }
+
+    /// Replaces the row's last turn (the trailing policy tokens) by its text tokenized afresh;
+    /// returns the new tokens when they differ (the generator must then rewind the turn).
+    fn retokenize_last_turn(&self, r: &mut Row) -> Result<Option<Vec<i64>>, RolloutError> {
+        let n = r.mask.iter().rev().take_while(|&&m| m == 1).count();
+        let start = r.ids.len() - n;
+        let old: Vec<u32> = r.ids[start..].iter().map(|&t| t as u32).collect();
+        let tok = self.processor.tokenizer();
+        let text = tok
+            .decode(&old, false)
+            .map_err(|source| RolloutError::Tokenizer {
+                what: "decoding",
+                source,
+            })?;
+        let new: Vec<i64> = tok
+            .encode(text.as_str(), false)
+            .map_err(|source| RolloutError::Tokenizer {
+                what: "tokenizing",
+                source,
+            })?
+            .get_ids()
+            .iter()
+            .map(|&t| t as i64)
+            .collect();
+        if new == r.ids[start..] {
+            return Ok(None);
+        }
+        r.ids.truncate(start);
+        r.mask.truncate(start - r.prompt_len);
+        r.logprobs.truncate(start - r.prompt_len);
+        r.ids.extend_from_slice(&new);
+        r.mask.extend(std::iter::repeat_n(1u8, new.len()));
+        r.logprobs.extend(std::iter::repeat_n(0.0f32, new.len()));
+        Ok(Some(new))
     }
 }
 

@@ -89,6 +89,14 @@ pub trait Generator {
 
     /// The row is finished; its slot may be reused.
     fn release(&mut self, row: usize);
+
+    /// Drops `row`'s last turn (ended, nothing appended after it) from its context, so that the
+    /// next append replaces it (`rollout.retokenize_turns`).
+    fn rewind_turn(&mut self, row: usize) -> Result<(), RolloutError> {
+        Err(RolloutError::Settings(format!(
+            "this generator cannot rewind a turn (row {row}): turn off rollout.retokenize_turns"
+        )))
+    }
 }
 
 /// Per-slot state on the device, updated in place by decode steps without host reads.
@@ -672,6 +680,20 @@ impl Generator for ModelGenerator<'_> {
             self.pending[slot].clear();
         }
     }
+
+    /// Back to where the last turn began: its cache positions are left stale (masked by the
+    /// row's length, overwritten by the next append) and its unfed stop token is dropped.
+    fn rewind_turn(&mut self, row: usize) -> Result<(), RolloutError> {
+        let slot = self.slot(row)?;
+        if self.decoding.contains(&slot) || self.starting.iter().any(|&(s, _)| s == slot) {
+            return Err(RolloutError::Invariant(format!("row {row} is in a turn")));
+        }
+        let (len, pos) = self.turn_base[slot];
+        self.len[slot] = len;
+        self.next_pos[slot] = pos;
+        self.pending[slot].clear();
+        Ok(())
+    }
 }
 
 fn grids_of(images: &[ProcessedImage]) -> Vec<[i64; 3]> {
@@ -770,6 +792,8 @@ pub struct ScriptedGenerator {
     in_turn: Vec<(usize, usize)>,
     /// Everything appended to each row (its prompt first), for inspection.
     pub appended: Vec<Vec<Chunk>>,
+    /// Turns rewound per row (each rewind's replacement opens the next appended chunk).
+    pub rewound: Vec<usize>,
 }
 
 impl ScriptedGenerator {
@@ -781,6 +805,7 @@ impl ScriptedGenerator {
             next: vec![0; n],
             in_turn: Vec::new(),
             appended: vec![Vec::new(); n],
+            rewound: vec![0; n],
         }
     }
 
@@ -846,6 +871,12 @@ impl Generator for ScriptedGenerator {
     }
 
     fn release(&mut self, _row: usize) {}
+
+    fn rewind_turn(&mut self, row: usize) -> Result<(), RolloutError> {
+        self.check(row)?;
+        self.rewound[row] += 1;
+        Ok(())
+    }
 }
 
 #[cfg(test)]

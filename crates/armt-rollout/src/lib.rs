@@ -128,6 +128,11 @@ pub struct RolloutConfig {
     /// bicubic), as ARM-Thinker's zoom does (`fetch_image` resizes first). Off: the original
     /// pixels (zoom crops keep detail the model's input lost).
     pub tools_see_resized_images: bool,
+    /// After an assistant turn that leads to a tool turn, the turn's tokens are replaced by its
+    /// text tokenized afresh, as a chat server re-renders the conversation (vLLM, `armt serve`):
+    /// in-process evaluation then sees the contexts `armt eval --api-base` sends. For evaluation
+    /// only: the replaced tokens are not the ones sampled (log-prob 0), so not for training.
+    pub retokenize_turns: bool,
 }
 
 impl Default for RolloutConfig {
@@ -148,6 +153,7 @@ impl Default for RolloutConfig {
             sync_every: 8,
             end_on_malformed_call: false,
             tools_see_resized_images: false,
+            retokenize_turns: false,
         }
     }
 }

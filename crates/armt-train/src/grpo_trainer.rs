@@ -84,6 +84,13 @@ pub fn train_grpo(mut run: GrpoRun) -> Result<PathBuf, TrainError> {
     if run.samples.is_empty() {
         return Err(TrainError::Config("no training samples".into()));
     }
+    if cfg.rollout.retokenize_turns {
+        return Err(TrainError::Config(
+            "rollout.retokenize_turns is for evaluation: it replaces sampled tokens, so GRPO would \
+             train on tokens the policy did not sample"
+                .into(),
+        ));
+    }
     {
         let env = RolloutEnv {
             processor: run.processor,

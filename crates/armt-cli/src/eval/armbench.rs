@@ -293,6 +293,7 @@ pub fn run_in_process(args: &EvalArgs) -> Result<()> {
             seed: 0,
             ..cfg.rollout.sampling.clone()
         },
+        retokenize_turns: cfg.rollout.retokenize_turns || args.retokenize_turns,
         ..cfg.rollout.clone()
     };
     let system = crate::messages::system_text(&tools.schemas());
