@@ -440,3 +440,151 @@ fn single_turn_requests_follow_openai() {
         assert!(v["error"]["message"].as_str().unwrap().contains(reason), "{v}");
     }
 }
+
+/// A checkpoint whose greedy first turn is a split its tokenizer would not produce: the tiny
+/// model fine-tuned on a trajectory (exact token ids) whose first turn spells its thought one
+/// character per token, then zooms, then answers.
+fn split_turn_checkpoint(dir: &Path, sample: &armt_data::Sample) -> (PathBuf, usize) {
+    use armt_processing::Processor;
+    use armt_rollout::{RolloutConfig, RolloutEnv, ScriptedGenerator};
+    let model = armt_testkit::refs_dir().join("model/tiny-hub/model");
+    let processor = Processor::from_model_dir(&model).unwrap();
+    let tools = armt_tools::ToolRegistry::from_yaml_file(repo().join("configs/tools/zoom.yaml")).unwrap();
+    let enc = |t: &str| -> Vec<i64> {
+        processor
+            .tokenizer()
+            .encode(t, false)
+            .unwrap()
+            .get_ids()
+            .iter()
+            .map(|&i| i as i64)
+            .collect()
+    };
+    let thought = "<think>The dot is tiny; zoom in.</think>\n";
+    let call = "<tool_call>\n{\"name\": \"image_zoom_in_tool\", \"arguments\": {\"image\": \"original_image\", \"bbox_2d\": [650, 50, 850, 300]}}\n</tool_call>";
+    let split: Vec<i64> = thought
+        .chars()
+        .flat_map(|c| enc(&c.to_string()))
+        .chain(enc(call))
+        .collect();
+    let canonical_len = enc(&format!("{thought}{call}")).len();
+    assert!(split.len() > canonical_len);
+    let answer = enc("<think>The zoomed dot is red.</think><answer>Overall Judgment: Answer 1 is better (X must be either 1 or 2). </answer><|im_end|>");
+    let config = RolloutConfig {
+        cot_prompt: String::new(),
+        ..RolloutConfig::default()
+    };
+    let images = dir.join("split-images");
+    std::fs::create_dir_all(&images).unwrap();
+    let env = RolloutEnv {
+        processor: &processor,
+        tools: &tools,
+        config: &config,
+        image_dir: Some(images),
+    };
+    let mut g = ScriptedGenerator::new(vec![vec![split.clone(), answer]]);
+    let traj = env
+        .run(&mut g, std::slice::from_ref(sample), 1, |_| {})
+        .unwrap()
+        .remove(0)
+        .trajectory;
+    assert_eq!(traj.tool_calls().count(), 1);
+    let data = dir.join("split.jsonl");
+    std::fs::write(&data, serde_json::to_string(&traj).unwrap() + "\n").unwrap();
+    let config = dir.join("split-sft.toml");
+    std::fs::write(
+        &config,
+        "[sft]\nsteps = 30\nlr = 1e-2\nbatch = 1\nmicro_batch = 1\n[optim]\nlr = 1e-2\n[train]\nsave_every = 1000\nkeep_last = 1\n",
+    )
+    .unwrap();
+    let run = dir.join("split-run");
+    armt(&[
+        "sft",
+        "--model",
+        model.to_str().unwrap(),
+        "--data",
+        data.to_str().unwrap(),
+        "--config",
+        config.to_str().unwrap(),
+        &format!("train.run_dir={}", run.display()),
+    ]);
+    (run.join("checkpoints/step-000030"), split.len())
+}
+
+#[test]
+fn a_split_turn_matches_the_server_only_when_in_process_eval_retokenizes() {
+    let dir = Path::new(env!("CARGO_TARGET_TMPDIR")).join("agent-split");
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(dir.join("images")).unwrap();
+    std::fs::copy(
+        repo().join("data/images/red_dot.png"),
+        dir.join("images/red_dot.png"),
+    )
+    .unwrap();
+    let row = json!({"id": "same", "task": "zoom", "prompt": prompt("It is red.", "It is blue."),
+                     "images": ["images/red_dot.png"], "judgment": {"type": "pair", "candidates": 2},
+                     "ground_truth": "1"});
+    let tasks = dir.join("tasks.jsonl");
+    std::fs::write(&tasks, format!("{row}\n")).unwrap();
+    let sample = armt_data::read_samples(&tasks).unwrap().remove(0);
+    let (ckpt, split_len) = split_turn_checkpoint(&dir, &sample);
+    let config = dir.join("eval.toml");
+    std::fs::write(
+        &config,
+        "[rollout]\nmax_turns = 3\nmax_turn_tokens = 128\nmax_response_tokens = 400\nmax_context = 8192\ncot_prompt = \"\"\n",
+    )
+    .unwrap();
+    let server = serve(&ckpt, &config);
+    let eval = |out: &Path, extra: &[String]| {
+        let mut a: Vec<String> = [
+            "eval",
+            "--model",
+            ckpt.to_str().unwrap(),
+            "--data",
+            tasks.to_str().unwrap(),
+            "--tools",
+            "configs/tools/zoom.yaml",
+            "--config",
+            config.to_str().unwrap(),
+            "--device",
+            "cpu",
+            "--out",
+            out.to_str().unwrap(),
+        ]
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
+        a.extend(extra.iter().cloned());
+        let o = armt(&a.iter().map(String::as_str).collect::<Vec<_>>());
+        (
+            read_jsonl(out).remove(0),
+            String::from_utf8_lossy(&o.stderr).into_owned(),
+        )
+    };
+    let (plain, _) = eval(&dir.join("plain.jsonl"), &[]);
+    let (retok, _) = eval(&dir.join("retok.jsonl"), &["--retokenize-turns".into()]);
+    let (remote, log) = eval(
+        &dir.join("remote.jsonl"),
+        &["--api-base".into(), format!("{}/v1", server.base)],
+    );
+    // The model repeats its split first turn in process ...
+    let first_turn = |t: &Value| {
+        let mask: Vec<u64> = t["loss_mask"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|m| m.as_u64().unwrap())
+            .collect();
+        mask.iter().take_while(|&&m| m == 1).count()
+    };
+    assert_eq!(first_turn(&plain), split_len, "{plain}");
+    assert!(plain["turns"][0]["tool_call"].is_object(), "{plain}");
+    // ... the server sees that turn re-tokenized, as does in-process eval with
+    // --retokenize-turns: the same contexts, turns and results; without it, other tokens.
+    assert!(first_turn(&remote) < split_len);
+    for key in ["turns", "final_text", "stop_reason", "reward", "token_ids"] {
+        assert_eq!(retok[key], remote[key], "{key}");
+    }
+    assert_ne!(plain["token_ids"], remote["token_ids"]);
+    assert!(log.contains("differing from the loop's context in 0"), "{log}");
+}

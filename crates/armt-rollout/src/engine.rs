@@ -444,6 +444,12 @@ impl<'a> RolloutEnv<'a> {
             Ok(())
         })?;
 
+        if cfg.retokenize_turns {
+            // The last turn too, so the record holds every turn as a server hands it back.
+            for r in rows.iter_mut() {
+                self.retokenize_last_turn(r)?;
+            }
+        }
         let rollouts = rows.into_iter().map(Row::into_rollout).collect();
         Ok(RunOutcome { rollouts, skipped })
     }

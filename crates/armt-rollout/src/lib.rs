@@ -128,10 +128,11 @@ pub struct RolloutConfig {
     /// bicubic), as ARM-Thinker's zoom does (`fetch_image` resizes first). Off: the original
     /// pixels (zoom crops keep detail the model's input lost).
     pub tools_see_resized_images: bool,
-    /// After an assistant turn that leads to a tool turn, the turn's tokens are replaced by its
-    /// text tokenized afresh, as a chat server re-renders the conversation (vLLM, `armt serve`):
-    /// in-process evaluation then sees the contexts `armt eval --api-base` sends. For evaluation
-    /// only: the replaced tokens are not the ones sampled (log-prob 0), so not for training.
+    /// Each assistant turn's tokens are replaced by its text tokenized afresh (before the tool
+    /// turn that follows it, and the last one when the rollout ends), as a chat server
+    /// re-renders the conversation (vLLM, `armt serve`): in-process evaluation then sees the
+    /// contexts `armt eval --api-base` sends and records the same tokens. For evaluation only:
+    /// the replaced tokens are not the ones sampled (log-prob 0), so not for training.
     pub retokenize_turns: bool,
 }
 
