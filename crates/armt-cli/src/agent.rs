@@ -4,6 +4,13 @@
 //! per assistant turn, as ARM-Thinker's evaluation agent does. `armt eval --api-base` scores the
 //! same way. [`Policy`] is the in-process model or the server, behind the same generator
 //! interface, so both go through the same loop and the same scoring.
+//!
+//! Tool results go back as `tool` messages (images first, then text): the server's chat
+//! template must wrap them in `<tool_response>` as training did, e.g. vLLM with
+//! `--chat-template configs/chat_template.jinja` (the stock Qwen2.5-VL template renders a
+//! `tool` turn as `<|im_start|>tool`), or use `--tool-role user` as the original does for SGLang.
+//! The loop counts tokens with the local `--tokenizer`; keep `rollout.max_context` within the
+//! server's `max_model_len`, or the server refuses the request (HTTP 400, shown with its body).
 
 use crate::forward::{parse_device, parse_dtype};
 use anyhow::{bail, Context, Result};
