@@ -210,6 +210,13 @@ pub struct AgentArgs {
     /// Samples rolled out together.
     #[arg(long, default_value_t = 16)]
     batch: usize,
+    /// Parquet / ARMBench-VL images resolve here (default: the config's data.formats.image_root,
+    /// else the data file's folder).
+    #[arg(long)]
+    image_root: Option<PathBuf>,
+    /// Document pages `<doc_id>_<page>.<ext>` are here (default: the image root).
+    #[arg(long)]
+    doc_root: Option<PathBuf>,
     #[command(flatten)]
     remote: RemoteArgs,
 }
@@ -221,7 +228,10 @@ pub fn run(args: AgentArgs) -> Result<()> {
     if args.n == 0 || args.batch == 0 {
         bail!("--n and --batch must be at least 1");
     }
-    let cfg = armt_train::TrainConfig::load(args.config.as_deref(), &[])?;
+    let mut cfg = armt_train::TrainConfig::load(args.config.as_deref(), &[])?;
+    let formats = &mut cfg.data.formats;
+    formats.image_root = args.image_root.clone().or(formats.image_root.take());
+    formats.doc_root = args.doc_root.clone().or(formats.doc_root.take());
     let samples = armt_data::read_dataset(&args.data, &cfg.data.formats)?;
     if samples.is_empty() {
         bail!("{}: no samples", args.data.display());
