@@ -2,12 +2,9 @@
 //! judgment accuracy, format, tool use. Without --model/--data: the built-in default's latest
 //! checkpoint on its held-out task set.
 
-use crate::forward::{parse_device, parse_dtype};
 use anyhow::{bail, Context, Result};
-use armt_model::Qwen25Vl;
-use armt_processing::Processor;
 use armt_rewards::{routed_reward, stage1_reward, RewardConfig};
-use armt_rollout::{ModelGenerator, RolloutConfig, RolloutEnv, SamplingConfig, TemplateIds};
+use armt_rollout::{RolloutConfig, RolloutEnv, SamplingConfig};
 use armt_tools::ToolRegistry;
 use armt_train::{builtin, checkpoint, TrainConfig};
 use std::collections::BTreeMap;
@@ -16,7 +13,8 @@ use std::path::PathBuf;
 
 #[derive(clap::Args)]
 pub struct EvalArgs {
-    /// Checkpoint directory (default: the built-in default's latest stage-2, else stage-1, checkpoint).
+    /// Checkpoint directory (default: the built-in default's latest stage-2, else stage-1,
+    /// checkpoint); with --api-base, the served model's name.
     #[arg(long)]
     model: Option<PathBuf>,
     /// Dataset JSONL (default: the built-in default's held-out tasks).
@@ -56,6 +54,14 @@ pub struct EvalArgs {
     /// ARMBench-VL evaluation (`--armbench FILE…`).
     #[command(flatten)]
     bench: armbench::BenchArgs,
+    /// Re-tokenize each assistant turn's text before its tool turn, as a chat server re-renders
+    /// the conversation (`rollout.retokenize_turns`): in-process eval then sees the contexts
+    /// `--api-base` sends.
+    #[arg(long)]
+    retokenize_turns: bool,
+    /// The policy on an OpenAI-compatible server (`--api-base URL`) instead of in this process.
+    #[command(flatten)]
+    remote: crate::agent::RemoteArgs,
 }
 
 mod armbench;
@@ -89,6 +95,7 @@ pub fn run(args: EvalArgs) -> Result<()> {
     }
     let model_dir = match &args.model {
         Some(m) => m.clone(),
+        None if args.remote.api_base.is_some() => bail!("--api-base needs --model NAME (the served model)"),
         None => checkpoint::latest(&root.join("stage2"))
             .or_else(|| checkpoint::latest(&root.join("stage1")))
             .with_context(|| {
@@ -117,25 +124,28 @@ pub fn run(args: EvalArgs) -> Result<()> {
         Some(t) => ToolRegistry::from_yaml_file(t)?,
         None => builtin::tools()?,
     };
-    let device = parse_device(args.device.as_deref())?;
-    let kind = parse_dtype(args.dtype.as_deref(), device)?;
-    let processor = Processor::from_model_dir(&model_dir)?;
-    let model = Qwen25Vl::load(&model_dir, device, kind)?;
     let rollout = RolloutConfig {
         sampling: SamplingConfig {
             temperature: args.temperature,
             seed: 0,
             ..cfg.rollout.sampling.clone()
         },
+        retokenize_turns: cfg.rollout.retokenize_turns || args.retokenize_turns,
         ..cfg.rollout.clone()
     };
+    let policy = crate::agent::Policy::open(
+        &args.remote,
+        &model_dir,
+        &rollout.sampling,
+        args.device.as_deref(),
+        args.dtype.as_deref(),
+    )?;
     let env = RolloutEnv {
-        processor: &processor,
+        processor: policy.processor(),
         tools: &tools,
         config: &rollout,
         image_dir: None,
     };
-    let pad = TemplateIds::from_tokenizer(processor.tokenizer())?.endoftext;
     let rewards = RewardConfig::default();
     let mut by_task: BTreeMap<String, [f64; 5]> = BTreeMap::new(); // n, correct, format, right tool, stage-2 reward
     let mut out = match &args.out {
@@ -145,8 +155,7 @@ pub fn run(args: EvalArgs) -> Result<()> {
         None => None,
     };
     for chunk in samples.chunks(args.batch.max(1)) {
-        let mut generator = ModelGenerator::new(&model, rollout.sampling.clone(), pad);
-        for r in env.run(&mut generator, chunk, 1, |_| {})? {
+        for r in policy.rollouts(&env, chunk, 1, None)?.0 {
             let sample = &chunk[r.group];
             let s1 = stage1_reward(&r.trajectory, sample, &rewards)?;
             let s2 = routed_reward(2, &r.trajectory, sample, &rewards)?;
@@ -190,6 +199,9 @@ pub fn run(args: EvalArgs) -> Result<()> {
             e[3] / n,
             e[4] / n
         );
+    }
+    if let Some(s) = policy.summary() {
+        eprintln!("{s}");
     }
     Ok(())
 }

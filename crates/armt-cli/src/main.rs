@@ -1,5 +1,6 @@
 //! `armt`: train Qwen2.5-VL as an agentic multimodal reward model.
 
+mod agent;
 mod compare;
 mod dev;
 mod dist;
@@ -55,6 +56,8 @@ enum Command {
     RolloutBench(rollout_bench::RolloutBenchArgs),
     /// Serve a checkpoint over HTTP: OpenAI chat completions with the tool loop, and /v1/judge.
     Serve(serve::ServeArgs),
+    /// The tool loop here, the policy on an OpenAI-compatible server (vLLM, SGLang, armt serve).
+    Agent(agent::AgentArgs),
 }
 
 fn main() -> Result<()> {
@@ -72,5 +75,6 @@ fn main() -> Result<()> {
         Command::Dev(cmd) => dev::run(cmd),
         Command::RolloutBench(args) => rollout_bench::run(args),
         Command::Serve(args) => serve::run(args),
+        Command::Agent(args) => agent::run(args),
     }
 }

@@ -224,7 +224,14 @@ fn time_decode(
         let rows: Vec<(usize, RowRng)> = (0..n)
             .map(|j| (b * n + j, RowRng::new(seed, 0, b as u64, j as u64)))
             .collect();
-        g.add_group(b, &armt_rollout::Chunk { ids, images: vec![] }, &rows)?;
+        g.add_group(
+            b,
+            &armt_rollout::Chunk {
+                ids,
+                ..Default::default()
+            },
+            &rows,
+        )?;
         for (r, _) in rows {
             g.begin_turn(r, warm + steps)?;
         }
@@ -257,7 +264,10 @@ fn time_prefill(model: &Qwen25Vl, tokens: usize) -> Result<f64> {
     let mut g = ModelGenerator::new(model, SamplingConfig::default(), 0);
     g.prepare(&plan)?;
     let ids: Vec<i64> = (0..tokens as i64).map(|j| 10 + j % 900).collect();
-    let chunk = armt_rollout::Chunk { ids, images: vec![] };
+    let chunk = armt_rollout::Chunk {
+        ids,
+        ..Default::default()
+    };
     let row = [(0usize, RowRng::new(0, 0, 0, 0))];
     g.add_group(0, &chunk, &row)?; // warm-up
     sync(model.device());

@@ -9,6 +9,11 @@
 //! Handler threads parse and check requests (400 with the reason), then put them in a bounded
 //! queue (429 when full). The model thread takes what is queued — up to `--max-batch` requests,
 //! waiting a moment for more — and rolls them out as one batch through the rollout engine.
+//!
+//! With `--no-tool-loop` (or `"tool_loop": false`, or a conversation that already has assistant
+//! or tool turns) chat completions are one assistant turn, as vLLM answers: see `serve/turn.rs`.
+
+mod turn;
 
 use crate::forward::{parse_device, parse_dtype};
 use anyhow::{Context, Result};
@@ -61,6 +66,10 @@ pub struct ServeArgs {
     device: Option<String>,
     #[arg(long)]
     dtype: Option<String>,
+    /// Chat completions generate one assistant turn from the messages as given (the caller runs
+    /// the tools, e.g. `armt agent`), unless a request says `"tool_loop": true`.
+    #[arg(long)]
+    no_tool_loop: bool,
 }
 
 /// A checked request waiting for the model.
@@ -90,6 +99,9 @@ struct Front {
     counter: AtomicU64,
     model_name: String,
     system: String,
+    /// Chat completions run the tool loop unless a request says otherwise.
+    tool_loop: bool,
+    turn_jobs: turn::TurnJobs,
 }
 
 pub fn run(args: ServeArgs) -> Result<()> {
@@ -138,6 +150,8 @@ pub fn run(args: ServeArgs) -> Result<()> {
             .map(|s| s.to_string_lossy().into_owned())
             .unwrap_or_default(),
         system: crate::messages::system_text(&tools.schemas()),
+        tool_loop: !args.no_tool_loop,
+        turn_jobs: turn::TurnJobs::default(),
     });
     for _ in 0..args.threads.max(1) {
         let (server, front) = (server.clone(), front.clone());
@@ -158,9 +172,18 @@ pub fn run(args: ServeArgs) -> Result<()> {
         image_dir: None,
     };
     model_loop(&rx, args.max_batch.max(1), |samples| {
-        let mut generator = ModelGenerator::new(&model, rollout.sampling.clone(), pad);
-        env.run(&mut generator, samples, 1, |_| {})
-            .map(|rs| rs.into_iter().map(|r| r.trajectory).collect())
+        turn::run_batch(
+            samples,
+            &front.turn_jobs,
+            &processor,
+            &model,
+            &rollout,
+            |samples| {
+                let mut generator = ModelGenerator::new(&model, rollout.sampling.clone(), pad);
+                env.run(&mut generator, samples, 1, |_| {})
+                    .map(|rs| rs.into_iter().map(|r| r.trajectory).collect())
+            },
+        )
     });
     Ok(())
 }
@@ -214,9 +237,13 @@ fn handle(mut req: tiny_http::Request, front: &Front) {
         req.url().split('?').next().unwrap_or("").to_string(),
     );
     let result = match (route.0.as_str(), route.1.as_str()) {
-        ("POST", "/v1/chat/completions") | ("POST", "/v1/judge") => {
-            read_json(&mut req).and_then(|body| serve(&route.1, &body, front))
-        }
+        ("POST", "/v1/chat/completions") | ("POST", "/v1/judge") => read_json(&mut req).and_then(|body| {
+            if route.1 == "/v1/chat/completions" && turn::is_single_turn(&body, front) {
+                turn::serve(&body, front)
+            } else {
+                serve(&route.1, &body, front)
+            }
+        }),
         (_, "/v1/chat/completions") | (_, "/v1/judge") => Err(Refusal(405, "use POST".into())),
         _ => Err(Refusal(404, format!("no route {} {}", route.0, route.1))),
     };

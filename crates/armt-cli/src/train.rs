@@ -138,7 +138,9 @@ pub fn run(mut args: TrainArgs) -> Result<()> {
         // Stage 1 makes (or reuses) the task set of train.seed (rank 0 first, the others then
         // read it); stage 2 continues that run.
         let b = if cfg.stage == 1 {
-            main_first(&comm, || Ok(builtin::prepare(&root, cfg.train.seed, &cfg.builtin)?))?
+            main_first(&comm, || {
+                Ok(builtin::prepare(&root, cfg.train.seed, &cfg.builtin)?)
+            })?
         } else {
             let b = builtin::open(&root)?;
             if b.seed != cfg.train.seed {
@@ -289,9 +291,27 @@ fn cold_start(
         let mut read_cfg = cfg.clone();
         read_cfg.sft.steps = cfg.builtin.read_steps;
         read_cfg.builtin.guess_traces = 0;
-        weights = sft_phase(&read_cfg, "reading", &root.join("sft-read"), &weights, b, &processor, tools, comm)?;
+        weights = sft_phase(
+            &read_cfg,
+            "reading",
+            &root.join("sft-read"),
+            &weights,
+            b,
+            &processor,
+            tools,
+            comm,
+        )?;
     }
-    let last = sft_phase(cfg, "mixed", &root.join("sft"), &weights, b, &processor, tools, comm)?;
+    let last = sft_phase(
+        cfg,
+        "mixed",
+        &root.join("sft"),
+        &weights,
+        b,
+        &processor,
+        tools,
+        comm,
+    )?;
     if cfg.train.val_every > 0 && comm.is_main() {
         // The cold start's table, the baseline the RL stages are measured against.
         let (device, kind) = device_kind(cfg)?;
@@ -351,7 +371,7 @@ fn sft_phase(
     let (device, kind) = device_kind(cfg)?;
     let model = Qwen25Vl::load(&weights, device, kind)?;
     let pad_id = TemplateIds::from_tokenizer(processor.tokenizer())?.endoftext;
-    Ok(armt_train::train_sft(SftRun {
+    armt_train::train_sft(SftRun {
         config: cfg,
         model,
         model_dir: b.model_dir.clone(),
@@ -361,7 +381,7 @@ fn sft_phase(
         resume,
         comm: comm.clone(),
     })
-    .map_err(|e| with_last_good(e, dir))?)
+    .map_err(|e| with_last_good(e, dir))
 }
 
 #[derive(clap::Args)]

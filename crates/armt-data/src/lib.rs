@@ -187,6 +187,9 @@ pub enum StopReason {
     MaxTokens,
     /// The context would exceed the model's limit.
     ContextFull,
+    /// A turn had `<tool_call>` but no parsable call, and the rollout ended there
+    /// (`rollout.end_on_malformed_call`); its reward is 0.
+    MalformedToolCall,
 }
 
 /// One tool execution inside a trajectory.

@@ -302,6 +302,27 @@ impl ImageProcessor {
         &self.cfg
     }
 
+    /// The image as the model sees it, before normalisation: RGB, resized by `smart_resize`
+    /// with PIL's bicubic (what `qwen_vl_utils.fetch_image` hands ARM-Thinker's zoom tool).
+    /// Preprocessing the result gives the same patches as preprocessing `img`.
+    pub fn resized(&self, img: &image::DynamicImage) -> Result<image::DynamicImage> {
+        let c = &self.cfg;
+        let rgb = convert_to_rgb(img);
+        if !c.do_resize {
+            return Ok(image::DynamicImage::ImageRgb8(rgb));
+        }
+        let (w0, h0) = (rgb.width() as usize, rgb.height() as usize);
+        let (h, w) = smart_resize(h0, w0, c.patch_size * c.merge_size, c.min_pixels, c.max_pixels)?;
+        let raw = pil_bicubic_resize_rgb(rgb.as_raw(), w0, h0, w, h);
+        let out =
+            image::RgbImage::from_raw(w as u32, h as u32, raw).ok_or_else(|| ProcessingError::ImageSize {
+                height: h0,
+                width: w0,
+                reason: format!("resizing to {h}x{w} gave a buffer of the wrong size"),
+            })?;
+        Ok(image::DynamicImage::ImageRgb8(out))
+    }
+
     /// Converts one image into flattened, normalised patches.
     pub fn preprocess(&self, img: &image::DynamicImage) -> Result<ProcessedImage> {
         let c = &self.cfg;

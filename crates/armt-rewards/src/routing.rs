@@ -69,13 +69,20 @@ pub fn route_for<'a>(sources: &'a BTreeMap<String, String>, source: &str) -> Opt
 }
 
 /// The reward of a trajectory at `stage`: stage 1 → [`stage1_reward`]; stage 2 → the route of the
-/// sample's source when `reward.sources` has one, else [`stage2_reward`].
+/// sample's source when `reward.sources` has one, else [`stage2_reward`]; 0 for a rollout ended
+/// by a malformed tool call.
 pub fn routed_reward(
     stage: u8,
     traj: &Trajectory,
     sample: &Sample,
     cfg: &RewardConfig,
 ) -> Result<RewardBreakdown, RewardError> {
+    // A rollout ended by a malformed tool call (`rollout.end_on_malformed_call`) earns nothing,
+    // whatever the stage or route: ARM-Thinker's last turn then holds `<tool_call>`, which fails
+    // its format check, and every route scores a failed format 0.
+    if traj.stop_reason == armt_data::StopReason::MalformedToolCall {
+        return breakdown(traj, sample, cfg, |_, _, _, _| 0.0);
+    }
     if stage == 1 {
         return stage1_reward(traj, sample, cfg);
     }
@@ -296,6 +303,37 @@ mod tests {
         )
         .unwrap()
         .total
+    }
+
+    #[test]
+    fn a_rollout_ended_by_a_malformed_call_earns_nothing() {
+        let cfg = RewardConfig {
+            stage1: crate::Stage1Config {
+                bonus_requires_format: false,
+                ..Default::default()
+            },
+            ..Default::default()
+        };
+        // A successful zoom earlier and a right verdict in the text: still 0, at both stages and
+        // under every route (the same rollout ended normally earns something at each).
+        let mut t = traj(&[true], RIGHT);
+        t.stop_reason = StopReason::MalformedToolCall;
+        for source in ["deepeyes_crop", "llava_critic", "none"] {
+            let s = sample(source, Judgment::Pair { candidates: 2 }, "1");
+            for stage in [1, 2] {
+                assert_eq!(
+                    routed_reward(stage, &t, &s, &cfg).unwrap().total,
+                    0.0,
+                    "{source} stage {stage}"
+                );
+                assert!(
+                    routed_reward(stage, &traj(&[true], RIGHT), &s, &cfg)
+                        .unwrap()
+                        .total
+                        > 0.0
+                );
+            }
+        }
     }
 
     #[test]

@@ -82,6 +82,9 @@ struct Row<'s> {
     forced_last: bool,
     /// Token budget of the current turn.
     budget: usize,
+    /// The last turn was re-tokenized (`retokenize_turns`): the generator rewinds it before the
+    /// next append, which starts with the new tokens.
+    rewind: bool,
 }
 
 impl Row<'_> {
@@ -151,6 +154,7 @@ impl<'a> RolloutEnv<'a> {
         Ok(Chunk {
             ids: enc.get_ids().iter().map(|&i| i as i64).collect(),
             images: processed,
+            messages: Vec::new(),
         })
     }
 
@@ -181,9 +185,22 @@ impl<'a> RolloutEnv<'a> {
                 path: p.clone(),
                 source,
             })?;
+            // The model's input is the same either way (resizing is idempotent).
+            let img = match self.config.tools_see_resized_images {
+                true => self.processor.image_processor().resized(&img)?,
+                false => img,
+            };
             images.push(Arc::new(img));
         }
-        Ok((self.encode_text_with_images(&text, &images)?, images))
+        let mut chunk = self.encode_text_with_images(&text, &images)?;
+        // As chat messages: the system prompt the template writes for the tools, then the user.
+        chunk.messages = std::iter::once(Message::new(
+            "system",
+            Content::Text(armt_tools::system_prompt(&schemas)),
+        ))
+        .chain(messages)
+        .collect();
+        Ok((chunk, images))
     }
 
     /// The tool turn as the chat template renders it after an assistant turn that ended with
@@ -287,6 +304,7 @@ impl<'a> RolloutEnv<'a> {
                     stop: None,
                     forced_last: false,
                     budget: 0,
+                    rewind: false,
                 });
             }
         }
@@ -401,6 +419,11 @@ impl<'a> RolloutEnv<'a> {
                     }
                 }
                 if !append_rows.is_empty() {
+                    for &i in &append_rows {
+                        if std::mem::take(&mut rows[i].rewind) {
+                            generator.rewind_turn(row_id(i))?;
+                        }
+                    }
                     let append_ids: Vec<usize> = append_rows.iter().map(|&i| row_id(i)).collect();
                     generator.append(&append_ids, &append_chunks)?;
                     for &i in &append_rows {
@@ -423,6 +446,12 @@ impl<'a> RolloutEnv<'a> {
             Ok(())
         })?;
 
+        if cfg.retokenize_turns {
+            // The last turn too, so the record holds every turn as a server hands it back.
+            for r in rows.iter_mut() {
+                self.retokenize_last_turn(r)?;
+            }
+        }
         let rollouts = rows.into_iter().map(Row::into_rollout).collect();
         Ok(RunOutcome { rollouts, skipped })
     }
@@ -537,7 +566,7 @@ impl<'a> RolloutEnv<'a> {
             } else {
                 StopReason::Answered
             });
-        } else if s.ids.len() >= budget {
+        } else if s.ids.len() >= budget || s.truncated {
             let used = r.ids.len() - r.prompt_len;
             r.stop = Some(
                 if r.ids.len() >= cfg.max_context && used < cfg.max_response_tokens {
@@ -564,6 +593,10 @@ impl<'a> RolloutEnv<'a> {
             ToolResult::Malformed(text) => {
                 if let Some(t) = r.turns.last_mut() {
                     t.tool_error = Some(text.clone());
+                }
+                if cfg.end_on_malformed_call {
+                    r.stop = Some(StopReason::MalformedToolCall);
+                    return Ok(None);
                 }
                 (text, Vec::new())
             }
@@ -616,7 +649,12 @@ impl<'a> RolloutEnv<'a> {
                 (text, images)
             }
         };
-        let chunk = self.encode_text_with_images(&self.tool_turn_text(images.len(), &text), &images)?;
+        let mut chunk = self.encode_text_with_images(&self.tool_turn_text(images.len(), &text), &images)?;
+        chunk.messages = vec![tool_message(&images, text)];
+        let retokenized = match cfg.retokenize_turns {
+            true => self.retokenize_last_turn(r)?,
+            false => None,
+        };
         let used = r.ids.len() - r.prompt_len;
         if r.ids.len() + chunk.ids.len() >= cfg.max_context {
             r.stop = Some(StopReason::ContextFull);
@@ -632,13 +670,67 @@ impl<'a> RolloutEnv<'a> {
         r.mask.extend(std::iter::repeat_n(0u8, chunk.ids.len()));
         r.logprobs.extend(std::iter::repeat_n(0.0f32, chunk.ids.len()));
         r.images.extend(chunk.images.iter().cloned());
+        if let Some(turn) = retokenized {
+            r.rewind = true;
+            chunk.ids.splice(0..0, turn);
+        }
         Ok(Some(chunk))
     }
+
+    /// Replaces the row's last turn (the trailing policy tokens) by its text tokenized afresh;
+    /// returns the new tokens when they differ (the generator must then rewind the turn).
+    fn retokenize_last_turn(&self, r: &mut Row) -> Result<Option<Vec<i64>>, RolloutError> {
+        let n = r.mask.iter().rev().take_while(|&&m| m == 1).count();
+        let start = r.ids.len() - n;
+        let old: Vec<u32> = r.ids[start..].iter().map(|&t| t as u32).collect();
+        let tok = self.processor.tokenizer();
+        let text = tok
+            .decode(&old, false)
+            .map_err(|source| RolloutError::Tokenizer {
+                what: "decoding",
+                source,
+            })?;
+        let new: Vec<i64> = tok
+            .encode(text.as_str(), false)
+            .map_err(|source| RolloutError::Tokenizer {
+                what: "tokenizing",
+                source,
+            })?
+            .get_ids()
+            .iter()
+            .map(|&t| t as i64)
+            .collect();
+        if new == r.ids[start..] {
+            return Ok(None);
+        }
+        r.ids.truncate(start);
+        r.mask.truncate(start - r.prompt_len);
+        r.logprobs.truncate(start - r.prompt_len);
+        r.ids.extend_from_slice(&new);
+        r.mask.extend(std::iter::repeat_n(1u8, new.len()));
+        r.logprobs.extend(std::iter::repeat_n(0.0f32, new.len()));
+        Ok(Some(new))
+    }
+}
+
+/// A tool turn as a chat message: its images first, then its text (ARM-Thinker's order).
+fn tool_message(images: &[Arc<image::DynamicImage>], text: String) -> Message {
+    let content = if images.is_empty() {
+        Content::Text(text)
+    } else {
+        let mut parts: Vec<ContentPart> = images
+            .iter()
+            .map(|img| ContentPart::Image(ImageSource::Loaded(img.clone())))
+            .collect();
+        parts.push(ContentPart::Text(text));
+        Content::Parts(parts)
+    };
+    Message::new("tool", content)
 }
 
 /// Cache positions one row may add after its prompt: the response limit (or the context), plus
 /// one scratch position for decode writes past a finished turn.
-fn suffix_tokens(cfg: &RolloutConfig) -> usize {
+pub(crate) fn suffix_tokens(cfg: &RolloutConfig) -> usize {
     cfg.max_response_tokens.min(cfg.max_context) + 1
 }
 

@@ -16,6 +16,10 @@ use tch::{Device, Kind, Tensor};
 pub struct Chunk {
     pub ids: Vec<i64>,
     pub images: Vec<ProcessedImage>,
+    /// The same context as chat messages (the prompt's system and user messages, a tool turn's
+    /// tool message), for generators that speak chat rather than tokens (a remote server).
+    /// Empty where a chunk was made from tokens only.
+    pub messages: Vec<armt_processing::Message>,
 }
 
 /// One sampled assistant turn: token ids and their log-probs under the sampling policy.
@@ -23,6 +27,9 @@ pub struct Chunk {
 pub struct Sampled {
     pub ids: Vec<i64>,
     pub logprobs: Vec<f32>,
+    /// The turn ended at its token budget although `ids` may be shorter: a remote server counts
+    /// the tokens it generated, and its text re-tokenized here may count fewer.
+    pub truncated: bool,
 }
 
 /// The sizes a run needs, fixed before its first group (the engine derives them from
@@ -82,6 +89,14 @@ pub trait Generator {
 
     /// The row is finished; its slot may be reused.
     fn release(&mut self, row: usize);
+
+    /// Drops `row`'s last turn (ended, nothing appended after it) from its context, so that the
+    /// next append replaces it (`rollout.retokenize_turns`).
+    fn rewind_turn(&mut self, row: usize) -> Result<(), RolloutError> {
+        Err(RolloutError::Settings(format!(
+            "this generator cannot rewind a turn (row {row}): turn off rollout.retokenize_turns"
+        )))
+    }
 }
 
 /// Per-slot state on the device, updated in place by decode steps without host reads.
@@ -634,7 +649,14 @@ impl Generator for ModelGenerator<'_> {
                 self.next_pos[slot] = base_pos + c as i64 - 1;
                 self.pending[slot] = ids.last().copied().into_iter().collect();
                 self.budgets[slot] = 0;
-                out.push((rows_of_slot[&slot], Sampled { ids, logprobs }));
+                out.push((
+                    rows_of_slot[&slot],
+                    Sampled {
+                        ids,
+                        logprobs,
+                        truncated: false,
+                    },
+                ));
             }
         }
         for k in 0..d_slots.len() {
@@ -657,6 +679,20 @@ impl Generator for ModelGenerator<'_> {
             self.starting.retain(|&(s, _)| s != slot);
             self.pending[slot].clear();
         }
+    }
+
+    /// Back to where the last turn began: its cache positions are left stale (masked by the
+    /// row's length, overwritten by the next append) and its unfed stop token is dropped.
+    fn rewind_turn(&mut self, row: usize) -> Result<(), RolloutError> {
+        let slot = self.slot(row)?;
+        if self.decoding.contains(&slot) || self.starting.iter().any(|&(s, _)| s == slot) {
+            return Err(RolloutError::Invariant(format!("row {row} is in a turn")));
+        }
+        let (len, pos) = self.turn_base[slot];
+        self.len[slot] = len;
+        self.next_pos[slot] = pos;
+        self.pending[slot].clear();
+        Ok(())
     }
 }
 
@@ -756,6 +792,8 @@ pub struct ScriptedGenerator {
     in_turn: Vec<(usize, usize)>,
     /// Everything appended to each row (its prompt first), for inspection.
     pub appended: Vec<Vec<Chunk>>,
+    /// Turns rewound per row (each rewind's replacement opens the next appended chunk).
+    pub rewound: Vec<usize>,
 }
 
 impl ScriptedGenerator {
@@ -767,6 +805,7 @@ impl ScriptedGenerator {
             next: vec![0; n],
             in_turn: Vec::new(),
             appended: vec![Vec::new(); n],
+            rewound: vec![0; n],
         }
     }
 
@@ -824,6 +863,7 @@ impl Generator for ScriptedGenerator {
                 Sampled {
                     logprobs: vec![0.0; ids.len()],
                     ids,
+                    truncated: false,
                 },
             ));
         }
@@ -831,6 +871,12 @@ impl Generator for ScriptedGenerator {
     }
 
     fn release(&mut self, _row: usize) {}
+
+    fn rewind_turn(&mut self, row: usize) -> Result<(), RolloutError> {
+        self.check(row)?;
+        self.rewound[row] += 1;
+        Ok(())
+    }
 }
 
 #[cfg(test)]

@@ -4,14 +4,22 @@
 //! tokens out of the loss.
 
 mod engine;
+mod filter;
 mod generator;
+mod remote;
 mod rng;
+mod turn;
 
 pub use engine::{Rollout, RolloutEnv, RunOutcome, TemplateIds, DEFAULT_COT_PROMPT, LAST_TURN_MESSAGE};
 pub use generator::{
     pixel_batch, sample, CachePlan, Chunk, Generator, ModelGenerator, Sampled, ScriptedGenerator,
 };
+pub use remote::{
+    openai_messages, parse_reply, turn_text, ChatClient, ChatReply, ContextReport, RemoteConfig, RemoteError,
+    RemoteGenerator,
+};
 pub use rng::{device_uniforms, RowRng, SplitMix64};
+pub use turn::{encode_messages, generate_turns, TurnOutput, TurnRequest};
 
 use serde::{Deserialize, Serialize};
 
@@ -52,6 +60,9 @@ pub enum RolloutError {
     /// The engine and a generator disagree about their rows: a bug, not bad input.
     #[error("rollout engine invariant broken (a bug): {0}")]
     Invariant(String),
+    /// The remote policy server failed (named in the message).
+    #[error(transparent)]
+    Remote(#[from] RemoteError),
 }
 
 /// How tokens are drawn. Same seed, same trajectories (on CPU).
@@ -109,6 +120,20 @@ pub struct RolloutConfig {
     pub prefill_chunk: usize,
     /// Decode steps between host reads of the rows' stop flags.
     pub sync_every: usize,
+    /// A turn with `<tool_call>` but no parsable call ends the rollout (stop reason
+    /// `malformed_tool_call`, reward 0), as in ARM-Thinker's training loop. Off: the parse
+    /// error goes back to the model and the rollout goes on.
+    pub end_on_malformed_call: bool,
+    /// Tools see the prompt's images as the processor resized them (`smart_resize`, PIL
+    /// bicubic), as ARM-Thinker's zoom does (`fetch_image` resizes first). Off: the original
+    /// pixels (zoom crops keep detail the model's input lost).
+    pub tools_see_resized_images: bool,
+    /// Each assistant turn's tokens are replaced by its text tokenized afresh (before the tool
+    /// turn that follows it, and the last one when the rollout ends), as a chat server
+    /// re-renders the conversation (vLLM, `armt serve`): in-process evaluation then sees the
+    /// contexts `armt eval --api-base` sends and records the same tokens. For evaluation only:
+    /// the replaced tokens are not the ones sampled (log-prob 0), so not for training.
+    pub retokenize_turns: bool,
 }
 
 impl Default for RolloutConfig {
@@ -127,6 +152,9 @@ impl Default for RolloutConfig {
             max_batch_tokens: 1 << 20,
             prefill_chunk: 2048,
             sync_every: 8,
+            end_on_malformed_call: false,
+            tools_see_resized_images: false,
+            retokenize_turns: false,
         }
     }
 }

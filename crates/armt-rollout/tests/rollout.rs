@@ -271,11 +271,12 @@ fn pieces(processor: &Processor) -> Pieces {
         Chunk {
             ids: encode(processor, &text),
             images: vec![processed.clone()],
+            ..Default::default()
         }
     };
     let text = |t: &str| Chunk {
         ids: encode(processor, t),
-        images: vec![],
+        ..Default::default()
     };
     Pieces {
         prompts: vec![

@@ -252,7 +252,11 @@ fn compare_candidates<S: AsRef<str>>(seen: &str, value: &str, candidates: &[S]) 
     for (k, c) in candidates.iter().enumerate() {
         let c = c.as_ref();
         if c == value {
-            text.push_str(&format!(" Answer {}: {c} vs {value}, same, so Answer {} is better.", k + 1, k + 1));
+            text.push_str(&format!(
+                " Answer {}: {c} vs {value}, same, so Answer {} is better.",
+                k + 1,
+                k + 1
+            ));
             break;
         }
         text.push_str(&format!(" Answer {}: {c} vs {value}, different.", k + 1));

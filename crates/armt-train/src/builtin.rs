@@ -149,8 +149,10 @@ fn generate(root: &Path, seed: u64, section: &BuiltinSection) -> Result<(), Trai
         root.display()
     );
     let base = task_seed(seed);
-    let train = armt_synth::generate_tasks(&data.join("train"), section.train_tasks, base).map_err(synth_err)?;
-    armt_synth::generate_tasks(&data.join("val"), section.val_tasks, base.wrapping_add(1)).map_err(synth_err)?;
+    let train =
+        armt_synth::generate_tasks(&data.join("train"), section.train_tasks, base).map_err(synth_err)?;
+    armt_synth::generate_tasks(&data.join("val"), section.val_tasks, base.wrapping_add(1))
+        .map_err(synth_err)?;
     let tools = tools()?;
     let mut corpus = armt_synth::default_corpus(&train);
     // What the model will read: the real system prompt and the tools' real answers.

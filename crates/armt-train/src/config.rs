@@ -40,6 +40,11 @@ pub struct DataSection {
     pub sft: Option<PathBuf>,
     /// How ARM-Thinker parquet / ARMBench-VL files become samples (image roots, source → task).
     pub formats: armt_data::FormatOptions,
+    /// Training prompts longer than this many tokens are dropped before the first step (verl's
+    /// `data.max_prompt_length` with `filter_overlong_prompts`). 0: only prompts the rollout
+    /// could never run (not below `rollout.max_context`, or over `rollout.max_batch_tokens`),
+    /// which are dropped in any case.
+    pub max_prompt_tokens: usize,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

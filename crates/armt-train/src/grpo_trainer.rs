@@ -86,6 +86,41 @@ pub fn train_grpo(mut run: GrpoRun) -> Result<PathBuf, TrainError> {
             what: "training samples",
         });
     }
+    if cfg.rollout.retokenize_turns {
+        return Err(TrainError::InvalidSettings {
+            problems: vec![
+                "rollout.retokenize_turns = true: it is for evaluation; it replaces sampled tokens, \
+                 so GRPO would train on tokens the policy did not sample"
+                    .into(),
+            ],
+        });
+    }
+    {
+        let env = RolloutEnv {
+            processor: run.processor,
+            tools: run.tools,
+            config: &cfg.rollout,
+            image_dir: None,
+        };
+        let total = run.samples.len();
+        let max_prompt = cfg.data.max_prompt_tokens;
+        let (kept, dropped) = crate::prompt_filter::drop_overlong_prompts(
+            std::mem::take(&mut run.samples),
+            &env,
+            cfg.rollout.n,
+            max_prompt,
+        )?;
+        if !dropped.is_empty() && dp.is_main() {
+            eprintln!(
+                "{}",
+                crate::prompt_filter::report(&dropped, total, &env, max_prompt)
+            );
+        }
+        if kept.is_empty() {
+            return Err(TrainError::AllPromptsTooLong { total });
+        }
+        run.samples = kept;
+    }
     if cfg.model.freeze_vision {
         freeze_vision(&mut run.model);
     }

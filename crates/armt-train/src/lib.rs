@@ -11,6 +11,7 @@ mod grpo_trainer;
 mod mixed_precision;
 mod optimizer;
 mod policy_logprobs;
+pub mod prompt_filter;
 pub mod resume_check;
 pub mod run_lock;
 mod sft;
@@ -77,6 +78,11 @@ pub enum TrainError {
     /// Nothing to train on (`what`: "SFT examples", "training samples").
     #[error("bad config: no {what}")]
     NothingToTrain { what: &'static str },
+    /// Every training prompt is longer than a rollout can hold (they are filtered out up front).
+    #[error(
+        "bad config: all {total} training prompts are too long for rollout.max_context / max_batch_tokens"
+    )]
+    AllPromptsTooLong { total: usize },
     #[error("bad config: {}: no samples", path.display())]
     NoSamples { path: PathBuf },
     /// `--resume` names a checkpoint of another kind of run.

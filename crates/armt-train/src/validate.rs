@@ -152,11 +152,31 @@ pub fn check_config(cfg: &TrainConfig) -> Result<(), TrainError> {
         ("sft.lr", sft.lr, open(0.0, INF), ""),
         ("sft.batch", int(sft.batch), closed(1.0, 1e7), ""),
         ("sft.micro_batch", int(sft.micro_batch), closed(1.0, 1e7), ""),
-        ("builtin.train_tasks", int(b.train_tasks), closed(3.0, 1e6), "one task of each kind at least"),
-        ("builtin.val_tasks", int(b.val_tasks), closed(3.0, 1e6), "one task of each kind at least"),
+        (
+            "builtin.train_tasks",
+            int(b.train_tasks),
+            closed(3.0, 1e6),
+            "one task of each kind at least",
+        ),
+        (
+            "builtin.val_tasks",
+            int(b.val_tasks),
+            closed(3.0, 1e6),
+            "one task of each kind at least",
+        ),
         ("builtin.read_steps", int(b.read_steps), closed(0.0, 1e9), ""),
-        ("builtin.direct_traces", int(b.direct_traces), closed(0.0, 100.0), ""),
-        ("builtin.guess_traces", int(b.guess_traces), closed(0.0, 100.0), ""),
+        (
+            "builtin.direct_traces",
+            int(b.direct_traces),
+            closed(0.0, 100.0),
+            "",
+        ),
+        (
+            "builtin.guess_traces",
+            int(b.guess_traces),
+            closed(0.0, 100.0),
+            "",
+        ),
     ];
     let mut bad: Vec<String> = checks
         .into_iter()

@@ -22,7 +22,13 @@ fn preset_configs_load() {
         assert_eq!(cfg.rollout.n, 16);
         assert_eq!(cfg.optim.lr, 2e-6);
         assert_eq!(cfg.rollout.cot_prompt, "");
+        assert!(cfg.rollout.end_on_malformed_call && cfg.rollout.tools_see_resized_images);
+        assert_eq!(cfg.data.max_prompt_tokens, 65000);
     }
+    // armt's own configs keep armt's behaviour.
+    let own = TrainConfig::load(Some(&repo().join("configs/qwen2.5-vl-7b-stage2.toml")), &[]).unwrap();
+    assert!(!own.rollout.end_on_malformed_call && !own.rollout.tools_see_resized_images);
+    assert_eq!(own.data.max_prompt_tokens, 0);
     let s2 = TrainConfig::load(Some(&repo().join("configs/arm-thinker-7b-stage2.toml")), &[]).unwrap();
     assert_eq!(s2.reward.sources["llava_critic"], "llava_critic_v2");
     assert_eq!(s2.reward.sources["deepeyes_crop"], "v8");

@@ -271,15 +271,16 @@ fn print_scores(scores: &Value) {
     row("overall", &scores["overall"], "overall");
 }
 
-/// The benchmark on a checkpoint in this process (greedy unless --temperature).
+/// The benchmark on a checkpoint in this process, or on a server with --api-base (greedy
+/// unless --temperature).
 pub fn run_in_process(args: &EvalArgs) -> Result<()> {
-    use crate::forward::{parse_device, parse_dtype};
-    use armt_model::Qwen25Vl;
-    use armt_processing::Processor;
-    use armt_rollout::{ModelGenerator, RolloutConfig, RolloutEnv, SamplingConfig, TemplateIds};
+    use armt_rollout::{RolloutConfig, RolloutEnv, SamplingConfig};
     use armt_tools::ToolRegistry;
 
-    let model_dir = args.model.clone().context("--armbench needs --model DIR")?;
+    let model_dir = args
+        .model
+        .clone()
+        .context("--armbench needs --model DIR (with --api-base: the served model's name)")?;
     let cfg = match &args.config {
         Some(p) => armt_train::TrainConfig::load(Some(p), &[])?,
         None => armt_train::TrainConfig::default(),
@@ -289,10 +290,6 @@ pub fn run_in_process(args: &EvalArgs) -> Result<()> {
         (Some(t), false) => ToolRegistry::from_yaml_file(t)?,
         (None, false) => bail!("--armbench needs --tools T.yaml (or --direct for the no-tool baseline)"),
     };
-    let device = parse_device(args.device.as_deref())?;
-    let kind = parse_dtype(args.dtype.as_deref(), device)?;
-    let processor = Processor::from_model_dir(&model_dir)?;
-    let model = Qwen25Vl::load(&model_dir, device, kind)?;
     let rollout = RolloutConfig {
         // The items carry the original's instruction in their prompt.
         cot_prompt: String::new(),
@@ -301,24 +298,31 @@ pub fn run_in_process(args: &EvalArgs) -> Result<()> {
             seed: 0,
             ..cfg.rollout.sampling.clone()
         },
+        retokenize_turns: cfg.rollout.retokenize_turns || args.retokenize_turns,
         ..cfg.rollout.clone()
     };
     let system = crate::messages::system_text(&tools.schemas());
-    let pad = TemplateIds::from_tokenizer(processor.tokenizer())?.endoftext;
+    let policy = crate::agent::Policy::open(
+        &args.remote,
+        &model_dir,
+        &rollout.sampling,
+        args.device.as_deref(),
+        args.dtype.as_deref(),
+    )?;
     let name = model_dir
         .file_name()
         .map(|s| s.to_string_lossy().into_owned())
         .unwrap_or_else(|| "model".into());
     let mut judge = |samples: &[Sample], image_dir: &Path| -> Result<Vec<Judged>> {
         let env = RolloutEnv {
-            processor: &processor,
+            processor: policy.processor(),
             tools: &tools,
             config: &rollout,
             image_dir: Some(image_dir.to_path_buf()),
         };
-        let mut generator = ModelGenerator::new(&model, rollout.sampling.clone(), pad);
-        Ok(env
-            .run(&mut generator, samples, 1, |_| {})?
+        Ok(policy
+            .rollouts(&env, samples, 1, None)?
+            .0
             .into_iter()
             .map(|r| Judged {
                 trajectory: r.trajectory,
@@ -326,5 +330,9 @@ pub fn run_in_process(args: &EvalArgs) -> Result<()> {
             })
             .collect())
     };
-    run_bench(args, &name, &mut judge)
+    run_bench(args, &name, &mut judge)?;
+    if let Some(s) = policy.summary() {
+        eprintln!("{s}");
+    }
+    Ok(())
 }
