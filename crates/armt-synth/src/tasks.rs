@@ -88,8 +88,8 @@ pub const DOC_NAMES: [&str; 8] = [
     "atlas", "diary", "guide", "journal", "ledger", "manual", "notebook", "report",
 ];
 
-/// The words the judge must read off a tool's answer and compare with a candidate: colours, the
-/// document values and the validators' verdicts. The tiny tokenizer keeps each one a single
+/// The words the judge must read off a tool's answer and compare with a candidate (colours, the
+/// document values and the validators' verdicts) and the document names it copies into a call. The tiny tokenizer keeps each one a single
 /// token (never merged with its neighbours), so copying it is one attention step.
 pub fn value_words() -> Vec<String> {
     let mut v: Vec<String> = COLOURS.iter().map(|c| c.0.to_string()).collect();

@@ -461,7 +461,8 @@ fn value_words_stay_single_tokens_wherever_they_stand() {
     let words = value_words();
     let tok = build_tiny_tokenizer_with_words(&default_corpus(&samples), 1024, false, &words).unwrap();
     for text in [
-        "<think>The zoomed dot is red. Answer 1 says blue. Answer 2 says red.</think>",
+        "<think>The zoomed dot is red. Answer 1: blue vs red, different. Answer 2: red vs red, same, so Answer 2 is better.</think>",
+        "{\"filename\": \"journal\", \"query\": \"tower\"}",
         "Answer 1: yellow\nAnswer 2: green\nWhich answer is better?",
         "[Page 2]\nThe tower is 40 meters tall.",
         "Check result: False\nReason: x",
@@ -478,4 +479,39 @@ fn value_words_stay_single_tokens_wherever_they_stand() {
             assert_eq!(single, whole, "{w} in {text}: {toks:?}");
         }
     }
+}
+
+/// The expert compares each candidate with what the tool showed, in order, and stops at the one
+/// that agrees: every "X vs V" line says "same" exactly when X = V, the last line is the ground
+/// truth's, and the document names are single words (one token to copy into the tool call).
+#[test]
+fn expert_compares_candidates_one_by_one() {
+    let d = tmp("compare");
+    let samples = generate_tasks(&d, 60, 9).unwrap();
+    let mut stopped_early = 0;
+    for s in samples.iter().filter(|s| s.task != TaskKind::Instruction) {
+        let turns = expert_script(s, ExpertStyle::Direct, 0);
+        let text = &turns.last().unwrap().text;
+        let think = text
+            .split("<think>")
+            .nth(1)
+            .and_then(|t| t.split("</think>").next())
+            .unwrap();
+        let gt: usize = s.ground_truth.parse().unwrap();
+        let lines: Vec<&str> = think.split(" Answer ").filter(|l| l.contains(" vs ")).collect();
+        assert_eq!(lines.len(), gt, "{}: stops at the ground truth: {think}", s.id);
+        for (k, line) in lines.iter().enumerate() {
+            let (_, rest) = line.split_once(": ").unwrap();
+            let (x, rest) = rest.split_once(" vs ").unwrap();
+            let (v, verdict) = rest.split_once(", ").unwrap();
+            assert_eq!(verdict.starts_with("same"), x == v, "{}: {line}", s.id);
+            assert_eq!(verdict.starts_with("same"), k + 1 == gt, "{}: {line}", s.id);
+        }
+        stopped_early += usize::from(gt == 1);
+        if s.task == TaskKind::Document {
+            let name = &s.document.as_ref().unwrap().name;
+            assert!(DOC_NAMES.contains(&name.as_str()), "{}: {name}", s.id);
+        }
+    }
+    assert!(stopped_early > 0, "some comparisons stop at the first answer");
 }
