@@ -54,6 +54,7 @@ fn overrides(root: &Path) -> Vec<String> {
         // A small task set: generating the default 3000 tasks takes longer than the run.
         "builtin.train_tasks=60".into(),
         "builtin.val_tasks=12".into(),
+        "builtin.read_steps=0".into(),
         "sft.steps=10".into(),
         "sft.batch=8".into(),
         "sft.micro_batch=4".into(),

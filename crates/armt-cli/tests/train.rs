@@ -31,6 +31,7 @@ fn small(run_dir: &Path, steps: usize) -> Vec<String> {
         // A small task set: generating the default 3000 tasks takes longer than the run.
         "builtin.train_tasks=60".into(),
         "builtin.val_tasks=12".into(),
+        "builtin.read_steps=0".into(),
         "sft.steps=30".into(),
         "sft.batch=8".into(),
         "sft.micro_batch=8".into(),

@@ -195,7 +195,7 @@ impl Default for BuiltinSection {
         Self {
             train_tasks: 3000,
             val_tasks: 90,
-            read_steps: 1000,
+            read_steps: 2500,
             direct_traces: 2,
             guess_traces: 3,
         }
