@@ -34,12 +34,13 @@ def main():
                     help="the image is enlarged by this factor first (4: 600x480, about 360 image tokens, "
                          "a modest reward-model image; ARM-Thinker allows up to 1 MP)")
     args = ap.parse_args()
-    if args.image_scale != 1.0:
-        src = Image.open(args.image).convert("RGB")
-        size = (round(src.width * args.image_scale), round(src.height * args.image_scale))
-        scaled = os.path.join(args.work, f"bench-image-{size[0]}x{size[1]}.png")
-        src.resize(size, Image.BICUBIC).save(scaled)
-        args.image = scaled
+    # The image goes into the work folder with the data (armt keeps a dataset's files inside
+    # its folder), enlarged first when asked.
+    src = Image.open(args.image).convert("RGB")
+    size = (round(src.width * args.image_scale), round(src.height * args.image_scale))
+    scaled = os.path.join(args.work, f"bench-image-{size[0]}x{size[1]}.png")
+    (src if size == src.size else src.resize(size, Image.BICUBIC)).save(scaled)
+    args.image = scaled
     cfg = bench_forward.BENCH
     model_dir = os.path.join(args.work, "bench-model")
     if not os.path.exists(os.path.join(model_dir, "model.safetensors")):
