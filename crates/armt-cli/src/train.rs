@@ -300,9 +300,10 @@ fn cold_start(
             &processor,
             tools,
             comm,
-        )?;
+        )?
+        .0;
     }
-    let last = sft_phase(
+    let (last, trained) = sft_phase(
         cfg,
         "mixed",
         &root.join("sft"),
@@ -312,7 +313,7 @@ fn cold_start(
         tools,
         comm,
     )?;
-    if cfg.train.val_every > 0 && comm.is_main() {
+    if trained && cfg.train.val_every > 0 && comm.is_main() {
         // The cold start's table, the baseline the RL stages are measured against.
         let (device, kind) = device_kind(cfg)?;
         let model = Qwen25Vl::load(&last, device, kind)?;
@@ -332,7 +333,8 @@ fn cold_start(
 }
 
 /// One cold-start SFT phase in `dir` from `start` (or from its own latest checkpoint), on the
-/// expert examples `cfg.builtin` asks for; returns its final checkpoint.
+/// expert examples `cfg.builtin` asks for; returns its final checkpoint and whether it trained
+/// now (false when an earlier run finished it).
 #[allow(clippy::too_many_arguments)]
 fn sft_phase(
     cfg: &TrainConfig,
@@ -343,7 +345,7 @@ fn sft_phase(
     processor: &Processor,
     tools: &ToolRegistry,
     comm: &Arc<dyn Communicator>,
-) -> Result<PathBuf> {
+) -> Result<(PathBuf, bool)> {
     let _lock = if comm.is_main() {
         Some(lock_run_dir(dir)?)
     } else {
@@ -354,7 +356,7 @@ fn sft_phase(
             if comm.is_main() {
                 eprintln!("cold start ({phase}): using {}", last.display());
             }
-            return Ok(last);
+            return Ok((last, false));
         }
     }
     let examples = builtin::expert_examples(&b.train, processor, tools, &cfg.rollout, &cfg.builtin)?;
@@ -381,6 +383,7 @@ fn sft_phase(
         resume,
         comm: comm.clone(),
     })
+    .map(|last| (last, true))
     .map_err(|e| with_last_good(e, dir))
 }
 

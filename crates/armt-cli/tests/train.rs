@@ -174,7 +174,7 @@ fn killed_and_resumed_run_matches_an_uninterrupted_one() {
         .skip(1)
         .map(|x| x.parse().unwrap())
         .collect();
-    assert_eq!(all[0], 60.0, "every held-out task is scored");
+    assert_eq!(all[0], 12.0, "every held-out task (builtin.val_tasks) is scored");
     assert!(
         (0.0..=1.0).contains(&all[1]) && (0.0..=1.5).contains(&all[4]),
         "{all:?}"
@@ -459,10 +459,20 @@ fn sigterm_lock_and_damage(root: &Path, reference: &HashMap<String, Tensor>) {
         err.contains("step-000004 is damaged") && err.contains("optimizer state") && err.contains("NaN"),
         "{err}"
     );
-    assert!(
-        err.contains("the last good checkpoint is") && err.contains("--resume="),
-        "{err}"
-    );
+    // The hint names the checkpoint before the damaged one, if the interrupt left one (the
+    // SIGTERM can land in the last step, whose checkpoint is then the damaged one).
+    let earlier = std::fs::read_dir(c.join("checkpoints"))
+        .unwrap()
+        .filter_map(|e| e.ok()?.file_name().into_string().ok())
+        .any(|n| n.starts_with("step-") && n.as_str() < "step-000004");
+    if earlier {
+        assert!(
+            err.contains("the last good checkpoint is") && err.contains("--resume="),
+            "{err}"
+        );
+    } else {
+        assert!(err.contains("no good checkpoint exists in"), "{err}");
+    }
 }
 
 fn armt_train_latest(run: &Path) -> Option<PathBuf> {

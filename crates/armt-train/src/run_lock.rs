@@ -61,10 +61,21 @@ fn holder_pid_alive_here(text: &str) -> bool {
     };
     let same_host = v["host"].as_str() == Some(hostname().as_str());
     match v["pid"].as_u64() {
-        Some(pid) if same_host && pid as u32 != std::process::id() => {
-            Path::new(&format!("/proc/{pid}")).exists()
-        }
+        Some(pid) if same_host && pid as u32 != std::process::id() => process_running(pid),
         _ => false,
+    }
+}
+
+/// Whether `pid` is a live process. A killed process stays in /proc as a zombie until its
+/// parent reaps it (a launcher killed with it may leave that to init, which can take a while):
+/// its state in `/proc/PID/stat` (the field after the parenthesised name) is then `Z` or `X`.
+fn process_running(pid: u64) -> bool {
+    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
+        Ok(stat) => stat
+            .rsplit_once(')')
+            .and_then(|(_, rest)| rest.trim_start().chars().next())
+            .is_none_or(|state| state != 'Z' && state != 'X'),
+        Err(_) => false,
     }
 }
 
@@ -221,6 +232,27 @@ mod tests {
             lock.stale
         );
         let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    /// A killed holder that its parent has not reaped yet (a zombie) holds nothing.
+    #[test]
+    fn an_unreaped_killed_holder_is_not_running() {
+        let mut child = std::process::Command::new("sleep").arg("30").spawn().unwrap();
+        let pid = child.id() as u64;
+        assert!(process_running(pid));
+        child.kill().unwrap();
+        // Not waited for yet: a zombie, still listed in /proc.
+        let started = std::time::Instant::now();
+        while process_running(pid) && started.elapsed() < std::time::Duration::from_secs(10) {
+            std::thread::sleep(std::time::Duration::from_millis(10));
+        }
+        assert!(
+            Path::new(&format!("/proc/{pid}")).exists(),
+            "reaped too early to test"
+        );
+        assert!(!process_running(pid));
+        child.wait().unwrap();
+        assert!(!process_running(pid));
     }
 
     #[test]
