@@ -8,7 +8,6 @@ use crate::forward::{parse_device, parse_dtype};
 use anyhow::{bail, Context, Result};
 use armt_model::Qwen25Vl;
 use armt_processing::Processor;
-use armt_rewards::RewardConfig;
 use armt_tools::ToolRegistry;
 use armt_train::validation::{evaluate, task_name, EvalReport, KindSummary};
 use armt_train::{builtin, checkpoint, TrainConfig};
@@ -106,7 +105,7 @@ pub fn run(args: CompareArgs) -> Result<()> {
     let no_tools = ToolRegistry::new();
     let device = parse_device(args.device.as_deref())?;
     let kind = parse_dtype(args.dtype.as_deref(), device)?;
-    let rewards = RewardConfig::default();
+    let rewards = cfg.reward.clone();
     let mut reports = Vec::new();
     for col in &columns {
         let started = Instant::now();

@@ -3,7 +3,7 @@
 //! checkpoint on its held-out task set.
 
 use anyhow::{bail, Context, Result};
-use armt_rewards::{routed_reward, stage1_reward, RewardConfig};
+use armt_rewards::{routed_reward, stage1_reward};
 use armt_rollout::{RolloutConfig, RolloutEnv, SamplingConfig};
 use armt_tools::ToolRegistry;
 use armt_train::{builtin, checkpoint, TrainConfig};
@@ -23,7 +23,7 @@ pub struct EvalArgs {
     /// Tool config YAML (default: the built-in default's tools).
     #[arg(long)]
     tools: Option<PathBuf>,
-    /// Rollout limits and sampling from this config's [rollout] (default: the tiny default's).
+    /// Rollout limits and sampling from this config's [rollout], scores with its [reward] (default: the tiny default's).
     #[arg(long)]
     config: Option<PathBuf>,
     /// Sampling temperature (0: greedy).
@@ -146,7 +146,8 @@ pub fn run(args: EvalArgs) -> Result<()> {
         config: &rollout,
         image_dir: None,
     };
-    let rewards = RewardConfig::default();
+    // Scored with the config's own [reward] (the tiny default's, or the run's via --config).
+    let rewards = cfg.reward.clone();
     let mut by_task: BTreeMap<String, [f64; 5]> = BTreeMap::new(); // n, correct, format, right tool, stage-2 reward
     let mut out = match &args.out {
         Some(p) => Some(std::io::BufWriter::new(

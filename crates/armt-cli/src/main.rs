@@ -14,6 +14,8 @@ mod serve;
 mod train;
 mod view;
 
+use std::process::ExitCode;
+
 use anyhow::Result;
 use clap::{Parser, Subcommand};
 
@@ -60,9 +62,40 @@ enum Command {
     Agent(agent::AgentArgs),
 }
 
-fn main() -> Result<()> {
+fn main() -> ExitCode {
     let cli = Cli::parse();
-    match cli.command {
+    let result = run(cli.command);
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("Error: {e:?}");
+            ExitCode::from(exit_status(&e))
+        }
+    }
+}
+
+/// 1 for a failure; for a run a stop signal ended (after saving what it could), 128 + the
+/// signal's number (130 for Ctrl-C, 143 for SIGTERM), the status a shell reports for a process the
+/// signal killed: launchers, schedulers and scripts then see a preemption, not a failed job.
+fn exit_status(e: &anyhow::Error) -> u8 {
+    let interrupted = e.chain().any(|cause| {
+        matches!(
+            cause.downcast_ref::<armt_train::TrainError>(),
+            Some(
+                armt_train::TrainError::Interrupted { .. }
+                    | armt_train::TrainError::InterruptedMidStep { .. }
+                    | armt_train::TrainError::InterruptedFirstStep { .. }
+            )
+        )
+    });
+    match armt_train::signals::stop_signal() {
+        Some(sig) if interrupted && (1..128).contains(&sig) => 128 + sig as u8,
+        _ => 1,
+    }
+}
+
+fn run(command: Command) -> Result<()> {
+    match command {
         Command::Forward(args) => forward::run(args),
         Command::Rollout(args) => rollout::run(args),
         Command::Train(args) => train::run(args),

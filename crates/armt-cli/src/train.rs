@@ -290,6 +290,7 @@ fn cold_start(
     if cfg.builtin.read_steps > 0 {
         let mut read_cfg = cfg.clone();
         read_cfg.sft.steps = cfg.builtin.read_steps;
+        read_cfg.sft.lr = cfg.builtin.read_lr;
         read_cfg.builtin.guess_traces = 0;
         weights = sft_phase(
             &read_cfg,

@@ -165,7 +165,7 @@ pub fn expert_script(sample: &Sample, style: ExpertStyle, seed: u64) -> Vec<Expe
             }
             let right = &candidates[gt_idx];
             debug_assert!(COLOURS.iter().any(|c| c.0 == right));
-            let seen = format!("The zoomed dot is {right}.");
+            let seen = tool_shows(right);
             turns.push(answer_turn(&compare_candidates(&seen, right, &candidates), &v));
         }
         TaskSpec::Document {
@@ -210,7 +210,7 @@ pub fn expert_script(sample: &Sample, style: ExpertStyle, seed: u64) -> Vec<Expe
             let value = |c: &str| c.split_whitespace().next().unwrap_or_default().to_string();
             let right = value(&candidates[gt_idx]);
             let values = [value(&candidates[0]), value(&candidates[1])];
-            let seen = format!("The page says {right}.");
+            let seen = tool_shows(&right);
             turns.push(answer_turn(&compare_candidates(&seen, &right, &values), &v));
         }
         TaskSpec::Instruction { constraint, .. } => {
@@ -236,30 +236,42 @@ pub fn expert_script(sample: &Sample, style: ExpertStyle, seed: u64) -> Vec<Expe
                     &args,
                 ));
             }
-            turns.push(answer_turn(&format!("The check result is {v}."), &v));
+            turns.push(answer_turn(&tool_shows(&v), &v));
         }
     }
     turns
 }
 
+/// How the expert states what the tool showed, the same words for every task kind ("The tool
+/// shows red." / "40." / "False."): the value is then the only thing the reasoning's first
+/// sentence depends on. With a sentence per kind ("The page says" for a document, "The check
+/// result is" for a validator), a seed's cold start took the document's text answer for a
+/// validator's for over a thousand steps and wrote "The check result is False." after a page.
+fn tool_shows(value: &str) -> String {
+    format!("The tool shows {value}.")
+}
+
 /// The expert's comparison of what the tool showed (`seen`, whose value is `value`) with each
-/// candidate in turn, stopping at the one that agrees: "Answer 1: blue vs red, different.
-/// Answer 2: red vs red, same, so Answer 2 is better." Each step is one a small model can take
-/// by looking back a fixed distance (the two values side by side, then the index of the answer
-/// just named), instead of matching every candidate against the tool's value at once.
+/// candidate in turn, stopping at the one that agrees: "Answer 1 is blue vs red, different.
+/// Answer 2 is red vs red, same, so Answer 2 is better." Each step is one a small model can take
+/// in one look: the candidate's value from its line in the prompt (one token, label and value:
+/// see [`crate::candidate_phrases`]), then the two values side by side as the same kind of token
+/// (so "same" is the equality of two tokens, not of a phrase token and a value), then the index
+/// of the answer just named; matching every candidate against the tool's value at once stayed at
+/// chance.
 fn compare_candidates<S: AsRef<str>>(seen: &str, value: &str, candidates: &[S]) -> String {
     let mut text = seen.to_string();
     for (k, c) in candidates.iter().enumerate() {
         let c = c.as_ref();
         if c == value {
             text.push_str(&format!(
-                " Answer {}: {c} vs {value}, same, so Answer {} is better.",
+                " Answer {} is {c} vs {value}, same, so Answer {} is better.",
                 k + 1,
                 k + 1
             ));
             break;
         }
-        text.push_str(&format!(" Answer {}: {c} vs {value}, different.", k + 1));
+        text.push_str(&format!(" Answer {} is {c} vs {value}, different.", k + 1));
     }
     text
 }

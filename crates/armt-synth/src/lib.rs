@@ -26,9 +26,9 @@ pub use model_files::{
     TinyModelSpec,
 };
 pub use tasks::{
-    generate_tasks, generate_tasks_with, task_spec, tools_used, value_words, Constraint, DocFact,
-    SynthConfig, TaskSpec, COLOURS, DOC_FACTS, DOC_NAMES, DOC_VALUES, FIXED_COT_PROMPT,
-    INSTRUCTION_VALIDATORS, QUADRANTS, QUADRANT_BBOXES, SHORT_COT_PROMPT,
+    candidate_phrases, generate_tasks, generate_tasks_with, task_spec, tools_used, value_words, Constraint,
+    DocFact, SynthConfig, TaskSpec, COLOURS, CORNER_DIVISOR, DOC_FACTS, DOC_NAMES, DOC_VALUES,
+    FIXED_COT_PROMPT, INSTRUCTION_VALIDATORS, QUADRANTS, QUADRANT_BBOXES, SHORT_COT_PROMPT,
 };
 pub use tokenizer::{
     build_tiny_tokenizer, build_tiny_tokenizer_opts, build_tiny_tokenizer_with,

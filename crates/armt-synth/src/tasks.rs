@@ -24,10 +24,11 @@ pub const FIXED_COT_PROMPT: &str = "**Important Requirement:**\nThe given image 
 /// Knobs of the generator. `Default` is what `generate_tasks` uses.
 #[derive(Debug, Clone)]
 pub struct SynthConfig {
-    /// Side of the square zoom image (pixels). With a processor `max_pixels` of 112², a 224
-    /// image is shown at half resolution, while a zoomed corner (56 px, upscaled ×2 by the zoom
-    /// tool) is shown at twice the original's: the dot is 4 px in the original as the model sees
-    /// it (a faint speck among three others) and 16 px in the zoom.
+    /// Side of the square zoom image (pixels). With a processor `max_pixels` of 112², a 448
+    /// image is shown at a quarter of its resolution, while a zoomed corner (an eighth of the
+    /// side, 56 px, upscaled ×2 by the zoom tool) is shown at twice it: the 32 px dot is 8 px in
+    /// the original as the model sees it (under a tenth of one 28 px image token, among three
+    /// other dots) and 64 px in the zoom, where whole image tokens are its colour.
     pub zoom_image_size: u32,
     /// Side of the coloured dot (pixels, in the original image).
     pub dot_size: u32,
@@ -43,8 +44,8 @@ pub struct SynthConfig {
 impl Default for SynthConfig {
     fn default() -> Self {
         Self {
-            zoom_image_size: 224,
-            dot_size: 8,
+            zoom_image_size: 448,
+            dot_size: 32,
             min_pages: 3,
             max_pages: 4,
             page_size: (112, 112),
@@ -55,14 +56,19 @@ impl Default for SynthConfig {
 
 /// The four corners the zoom question names, in the order of [`QUADRANT_BBOXES`].
 pub const QUADRANTS: [&str; 4] = ["top left", "top right", "bottom left", "bottom right"];
-/// The expert's `bbox_2d` (0..1000 relative coordinates) for each corner: a quarter of the side,
-/// so the zoom enlarges 4× (a quadrant would give 2×, too little to hide the dots' colours in
-/// the original while showing them in the zoom).
+/// How many corner boxes span the image's side: each corner box is an eighth of it.
+pub const CORNER_DIVISOR: u32 = 8;
+
+/// The expert's `bbox_2d` (0..1000 relative coordinates) for each corner: an eighth of the side
+/// ([`CORNER_DIVISOR`]), so the zoom shows the dot at 8× the scale the original is seen at (a
+/// quadrant would give 2×, too little to hide the dots' colours in the original while showing
+/// them plainly in the zoom: with a tiny vision tower trained from scratch, a dot that covers a
+/// third of one zoomed image token stayed unreadable, one that covers whole tokens is not).
 pub const QUADRANT_BBOXES: [[u32; 4]; 4] = [
-    [0, 0, 250, 250],
-    [750, 0, 1000, 250],
-    [0, 750, 250, 1000],
-    [750, 750, 1000, 1000],
+    [0, 0, 125, 125],
+    [875, 0, 1000, 125],
+    [0, 875, 125, 1000],
+    [875, 875, 1000, 1000],
 ];
 
 /// Dot colours: name and RGB.
@@ -77,9 +83,12 @@ pub const COLOURS: [(&str, [u8; 3]); 4] = [
 /// value, question, answer with `{}`, value range).
 pub type DocFact = (&'static str, &'static str, &'static str, &'static str, (u32, u32));
 
-/// The values a document fact takes: a small set of whole tens, so that each value is one token
-/// of the tiny tokenizer (see [`VALUE_WORDS`]) and the judge's check is "is this the page's value".
-pub const DOC_VALUES: [u32; 8] = [20, 30, 40, 50, 60, 70, 80, 90];
+/// The values a document fact takes: four whole tens, so that each value is one token of the
+/// tiny tokenizer (see [`value_words`]) and the judge's check ("is this candidate's value the
+/// page's?") is an equality between two of four tokens, as with the four colours. With eight
+/// values the tiny model read the page's value right every time after its cold start, yet still
+/// compared it with the candidates at chance on a quarter of the tasks.
+pub const DOC_VALUES: [u32; 4] = [20, 40, 60, 80];
 
 /// Document names: single words, each one token of the tiny tokenizer (see [`value_words`]), so
 /// that the judge copies the name into its tool call in one step instead of spelling out a
@@ -97,6 +106,24 @@ pub fn value_words() -> Vec<String> {
     v.extend(["True".to_string(), "False".to_string()]);
     v.extend(DOC_NAMES.iter().map(|n| n.to_string()));
     v
+}
+
+/// Each candidate's label with its value ("Answer 1: blue", "Answer 2: 40"), for every value a
+/// zoom or document candidate starts with. The tiny tokenizer keeps each one a single token in
+/// the prompt's list, so naming a candidate's value in the reasoning ("Answer 1 is blue vs red")
+/// is one attention step: find the prompt's token of that slot and read the value off it.
+/// With the label and the value as separate tokens, naming it is an induction (find the same
+/// label in the prompt, copy the token after it), a two-layer circuit that forms suddenly and
+/// late: by step 300-600 for seeds 1 and 3, not by step 1,200 for seed 2, which until then
+/// copied the value it had just read in place of the candidate's.
+pub fn candidate_phrases() -> Vec<String> {
+    let values = COLOURS
+        .iter()
+        .map(|c| c.0.to_string())
+        .chain(DOC_VALUES.iter().map(|v| v.to_string()));
+    values
+        .flat_map(|v| (1..=2).map(move |k| format!("Answer {k}: {v}")))
+        .collect()
 }
 
 /// The document facts; each page of a document states a different one. The value ranges are
@@ -517,8 +544,8 @@ fn zoom_image(rng: &mut ChaCha8Rng, cfg: &SynthConfig, colours: &[usize; 4]) -> 
             }
         }
     }
-    // Each dot lies inside its corner box (a quarter of the side), clear of the box's edges.
-    let corner = s / 4;
+    // Each dot lies inside its corner box (an eighth of the side), clear of the box's edges.
+    let corner = s / CORNER_DIVISOR;
     let d = cfg.dot_size;
     let margin = (corner - d) / 4;
     let mut boxes = [[0u32; 4]; 4];
@@ -576,7 +603,10 @@ pub fn generate_tasks_with(dir: &Path, n: usize, seed: u64, cfg: &SynthConfig) -
     if cfg.min_pages < 2 || cfg.max_pages < cfg.min_pages || cfg.max_pages > DOC_FACTS.len() {
         bail!("bad page range {}..={}", cfg.min_pages, cfg.max_pages);
     }
-    if cfg.zoom_image_size < 112 || cfg.dot_size == 0 || cfg.dot_size * 8 > cfg.zoom_image_size {
+    // The corner box must be a crop the zoom tool accepts (28 px at least), and the dot must
+    // fit inside it clear of its edges (at most two thirds of its side).
+    let corner = cfg.zoom_image_size / CORNER_DIVISOR;
+    if corner < 28 || cfg.dot_size == 0 || cfg.dot_size * 3 > corner * 2 {
         bail!(
             "bad zoom image size {} / dot size {}",
             cfg.zoom_image_size,

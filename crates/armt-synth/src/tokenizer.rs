@@ -170,19 +170,22 @@ pub fn build_tiny_tokenizer_opts(
     vocab_size: usize,
     split_words: bool,
 ) -> Result<Tokenizer> {
-    build_tiny_tokenizer_with_words(corpus, vocab_size, split_words, &[])
+    build_tiny_tokenizer_with_words(corpus, vocab_size, split_words, &[], &[])
 }
 
 /// As [`build_tiny_tokenizer_opts`], plus `words` as added tokens that match whole words only
-/// (after [`ADDED_TOKENS`]): each stays one token wherever it stands and is never merged with
-/// the text around it. Without this, a merging BPE folds a value into phrase tokens
-/// ("is red." in one place, " red\nAnswer" in another), and a tiny model cannot tell that the
-/// colour a tool showed is the colour a candidate names.
+/// and `phrases` as added tokens that match wherever they occur (after [`ADDED_TOKENS`]): each
+/// stays one token wherever it stands and is never merged with the text around it. Without
+/// this, a merging BPE folds a value into phrase tokens ("is red." in one place, " red\nAnswer"
+/// in another), and a tiny model cannot tell that the colour a tool showed is the colour a
+/// candidate names. A phrase may end in a space (a word token may not: it must end at a word's
+/// end), and decodes to exactly its text, so encoding round-trips.
 pub fn build_tiny_tokenizer_with_words(
     corpus: &[String],
     vocab_size: usize,
     split_words: bool,
     words: &[String],
+    phrases: &[String],
 ) -> Result<Tokenizer> {
     let alphabet = ByteLevel::alphabet().into_iter().collect();
     let mut trainer = BpeTrainerBuilder::new()
@@ -229,6 +232,11 @@ pub fn build_tiny_tokenizer_with_words(
         })
         .collect();
     tok.add_tokens(&words);
+    let phrases: Vec<AddedToken> = phrases
+        .iter()
+        .map(|p| AddedToken::from(p.as_str(), false).normalized(false))
+        .collect();
+    tok.add_tokens(&phrases);
     Ok(tok)
 }
 

@@ -459,24 +459,37 @@ fn value_words_stay_single_tokens_wherever_they_stand() {
     let d = tmp("tok-values");
     let samples = generate_tasks(&d, 30, 2).unwrap();
     let words = value_words();
-    let tok = build_tiny_tokenizer_with_words(&default_corpus(&samples), 1024, false, &words).unwrap();
+    let phrases = candidate_phrases();
+    let tok =
+        build_tiny_tokenizer_with_words(&default_corpus(&samples), 1024, false, &words, &phrases).unwrap();
     for text in [
-        "<think>The zoomed dot is red. Answer 1: blue vs red, different. Answer 2: red vs red, same, so Answer 2 is better.</think>",
+        "<think>The tool shows red. Answer 1 is blue vs red, different. Answer 2 is red vs red, same, so Answer 2 is better.</think>",
         "{\"filename\": \"journal\", \"query\": \"tower\"}",
         "Answer 1: yellow\nAnswer 2: green\nWhich answer is better?",
+        "Answer 1: 60 sailors\nAnswer 2: 40 sailors\nWhich answer is better?",
         "[Page 2]\nThe tower is 40 meters tall.",
         "Check result: False\nReason: x",
     ] {
         let enc = tok.encode(text, false).unwrap();
         assert_eq!(tok.decode(enc.get_ids(), false).unwrap(), text, "round trip");
         let toks = enc.get_tokens();
+        // Outside the candidate phrases (one token each, checked below), every value word is a
+        // token of its own.
+        let outside = phrases.iter().fold(text.to_string(), |t, p| t.replace(p.as_str(), " "));
         for w in &words {
-            let whole = text
+            let whole = outside
                 .split(|c: char| !c.is_alphanumeric())
                 .filter(|x| x == w)
                 .count();
             let single = toks.iter().filter(|t| *t == w).count();
             assert_eq!(single, whole, "{w} in {text}: {toks:?}");
+        }
+        // Each candidate line's label and value are one token (the same id) in the prompt's
+        // list and in the expert's comparison.
+        for phrase in &phrases {
+            let id = tok.token_to_id(phrase).expect("phrase is a token");
+            let n = enc.get_ids().iter().filter(|&&i| i == id).count();
+            assert_eq!(n, text.matches(phrase.as_str()).count(), "{phrase:?} in {text}: {toks:?}");
         }
     }
 }
@@ -501,7 +514,8 @@ fn expert_compares_candidates_one_by_one() {
         let lines: Vec<&str> = think.split(" Answer ").filter(|l| l.contains(" vs ")).collect();
         assert_eq!(lines.len(), gt, "{}: stops at the ground truth: {think}", s.id);
         for (k, line) in lines.iter().enumerate() {
-            let (_, rest) = line.split_once(": ").unwrap();
+            let (label, rest) = line.split_once(" is ").unwrap();
+            assert_eq!(label, (k + 1).to_string(), "{}: {line}", s.id);
             let (x, rest) = rest.split_once(" vs ").unwrap();
             let (v, verdict) = rest.split_once(", ").unwrap();
             assert_eq!(verdict.starts_with("same"), x == v, "{}: {line}", s.id);

@@ -29,10 +29,14 @@ pub const TOKENIZER_VOCAB: usize = 4096;
 /// and tiny model under the root belong to.
 const SEED_FILE: &str = "seed.txt";
 
+/// The synthetic task design's version: bumped when the generator draws other tasks for the
+/// same seed, so that a root prepared by an older binary is made again instead of reused.
+const TASK_DESIGN: u32 = 7;
+
 fn marker_text(seed: u64, section: &BuiltinSection) -> String {
     format!(
-        "{seed}\ntrain_tasks={} val_tasks={}\n",
-        section.train_tasks, section.val_tasks
+        "{seed}\ntrain_tasks={} val_tasks={} design={TASK_DESIGN} layers={} heads={} kv_heads={}\n",
+        section.train_tasks, section.val_tasks, section.layers, section.heads, section.kv_heads
     )
 }
 
@@ -44,16 +48,26 @@ pub struct Builtin {
     pub seed: u64,
 }
 
-/// The tiny model's shape: 4 layers, so that a copy of a value out of a tool's answer and its
-/// comparison with a candidate fit in the depth (induction needs two layers at least), and a
-/// rope base of 10⁴ instead of Qwen's 10⁶: with a head size of 32, 10⁶ leaves only two or three
-/// rotary frequencies that tell neighbouring positions apart, and the look-back-one-token heads
-/// that copying is built from then form late and at random.
-pub fn model_spec() -> armt_synth::TinyModelSpec {
+/// The tiny model's shape: `section`'s layers and heads (by default 4 layers, so that a copy of
+/// a value out of a tool's answer and its comparison with a candidate fit in the depth, and 4
+/// heads sharing 2 key/value heads; with 4 key/value heads, or 8 heads of 16, seed 2's copying
+/// heads had not formed by step 800 either, at an SFT lr of 2e-3), and a rope base of 10⁴
+/// instead of Qwen's 10⁶: with a head size of 32, 10⁶ leaves only two or three rotary
+/// frequencies that tell neighbouring positions apart, and the look-back-one-token heads that
+/// copying is built from then form late and at random.
+pub fn model_spec(section: &BuiltinSection) -> armt_synth::TinyModelSpec {
+    let base = armt_synth::TinyModelSpec::default();
+    // Qwen's split of the rotary pairs between time, height and width (16/24/24 of 64).
+    let half = base.hidden_size / section.heads.max(1) / 2;
+    let (time, rest) = (half / 4, half - half / 4);
+    let mrope_section = [time, rest / 2, rest - rest / 2];
     armt_synth::TinyModelSpec {
-        num_hidden_layers: 4,
+        num_hidden_layers: section.layers,
+        num_attention_heads: section.heads,
+        num_key_value_heads: section.kv_heads,
+        mrope_section,
         rope_theta: 10_000.0,
-        ..Default::default()
+        ..base
     }
 }
 
@@ -177,9 +191,10 @@ fn generate(root: &Path, seed: u64, section: &BuiltinSection) -> Result<(), Trai
         TOKENIZER_VOCAB,
         false,
         &armt_synth::value_words(),
+        &armt_synth::candidate_phrases(),
     )
     .map_err(synth_err)?;
-    armt_synth::tiny_model_files_with(&model_dir, &tokenizer, &model_spec()).map_err(synth_err)?;
+    armt_synth::tiny_model_files_with(&model_dir, &tokenizer, &model_spec(section)).map_err(synth_err)?;
     let config = armt_model::Qwen25VlConfig::from_file(&model_dir.join("config.json"))?;
     let mut model = Qwen25Vl::new(config, Device::Cpu, Kind::Float);
     model.init_random(0.02, base as i64);

@@ -183,11 +183,20 @@ pub struct BuiltinSection {
     /// with the guesses: copying a tool's value into the verdict is learnt in a sudden step
     /// (once heads that look back form), which comes much later when most traces use no tool.
     pub read_steps: usize,
+    /// Peak learning rate of the reading phase (the mixed phase uses `sft.lr`). Copying and
+    /// comparing are learnt in sudden steps whose time varies with the seed; a higher rate
+    /// brought the copying sooner but left the comparison half-learnt for two of three seeds.
+    pub read_lr: f64,
     /// Cold-start traces per training task that call the task's tool and read its answer.
     pub direct_traces: usize,
     /// Cold-start traces per training task that answer without a tool (a random verdict), so
     /// that the cold-start model has seen how to read the tools but mostly does not call them.
     pub guess_traces: usize,
+    /// The tiny model's decoder: layers, attention heads and key/value heads (hidden size 128;
+    /// `heads` must divide 128 into an even head size, `kv_heads` must divide `heads`).
+    pub layers: usize,
+    pub heads: usize,
+    pub kv_heads: usize,
 }
 
 impl Default for BuiltinSection {
@@ -196,8 +205,12 @@ impl Default for BuiltinSection {
             train_tasks: 3000,
             val_tasks: 90,
             read_steps: 2500,
+            read_lr: 2e-3,
             direct_traces: 2,
             guess_traces: 3,
+            layers: 4,
+            heads: 4,
+            kv_heads: 2,
         }
     }
 }

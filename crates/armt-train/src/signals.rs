@@ -28,6 +28,14 @@ pub fn request_stop() {
     STOP_REQUESTED.store(true, Ordering::SeqCst);
 }
 
+/// The number of the signal that requested the stop, if one did.
+pub fn stop_signal() -> Option<i32> {
+    match STOP_SIGNAL.load(Ordering::SeqCst) {
+        0 => None,
+        sig => Some(sig),
+    }
+}
+
 /// The name of the signal that requested the stop ("SIGTERM", …), or "a stop request" when it
 /// did not come from a signal.
 pub fn stop_reason() -> &'static str {
