@@ -64,12 +64,15 @@ pub const CORNER_DIVISOR: u32 = 8;
 /// quadrant would give 2×, too little to hide the dots' colours in the original while showing
 /// them plainly in the zoom: with a tiny vision tower trained from scratch, a dot that covers a
 /// third of one zoomed image token stayed unreadable, one that covers whole tokens is not).
-pub const QUADRANT_BBOXES: [[u32; 4]; 4] = [
-    [0, 0, 125, 125],
-    [875, 0, 1000, 125],
-    [0, 875, 125, 1000],
-    [875, 875, 1000, 1000],
-];
+pub const QUADRANT_BBOXES: [[u32; 4]; 4] = {
+    let c = 1000 / CORNER_DIVISOR;
+    [
+        [0, 0, c, c],
+        [1000 - c, 0, 1000, c],
+        [0, 1000 - c, c, 1000],
+        [1000 - c, 1000 - c, 1000, 1000],
+    ]
+};
 
 /// Dot colours: name and RGB.
 pub const COLOURS: [(&str, [u8; 3]); 4] = [
@@ -101,8 +104,7 @@ pub const DOC_NAMES: [&str; 8] = [
 /// document values and the validators' verdicts) and the document names it copies into a call. The tiny tokenizer keeps each one a single
 /// token (never merged with its neighbours), so copying it is one attention step.
 pub fn value_words() -> Vec<String> {
-    let mut v: Vec<String> = COLOURS.iter().map(|c| c.0.to_string()).collect();
-    v.extend(DOC_VALUES.iter().map(|n| n.to_string()));
+    let mut v: Vec<String> = candidate_values().collect();
     v.extend(["True".to_string(), "False".to_string()]);
     v.extend(DOC_NAMES.iter().map(|n| n.to_string()));
     v
@@ -117,13 +119,17 @@ pub fn value_words() -> Vec<String> {
 /// late: by step 300-600 for seeds 1 and 3, not by step 1,200 for seed 2, which until then
 /// copied the value it had just read in place of the candidate's.
 pub fn candidate_phrases() -> Vec<String> {
-    let values = COLOURS
-        .iter()
-        .map(|c| c.0.to_string())
-        .chain(DOC_VALUES.iter().map(|v| v.to_string()));
-    values
+    candidate_values()
         .flat_map(|v| (1..=2).map(move |k| format!("Answer {k}: {v}")))
         .collect()
+}
+
+/// The values a zoom or document candidate starts with: the colour names, then the page values.
+fn candidate_values() -> impl Iterator<Item = String> {
+    COLOURS
+        .iter()
+        .map(|c| c.0.to_string())
+        .chain(DOC_VALUES.iter().map(|v| v.to_string()))
 }
 
 /// The document facts; each page of a document states a different one. The value ranges are
