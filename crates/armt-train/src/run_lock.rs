@@ -55,15 +55,16 @@ fn describe_holder(text: &str) -> String {
     )
 }
 
-fn holder_pid_alive_here(text: &str) -> bool {
-    let Ok(v) = serde_json::from_str::<serde_json::Value>(text) else {
-        return false;
-    };
+/// The pid a record names, when it names a process on this host.
+fn holder_pid_here(text: &str) -> Option<u64> {
+    let v = serde_json::from_str::<serde_json::Value>(text).ok()?;
     let same_host = v["host"].as_str() == Some(hostname().as_str());
-    match v["pid"].as_u64() {
-        Some(pid) if same_host && pid as u32 != std::process::id() => process_running(pid),
-        _ => false,
-    }
+    v["pid"].as_u64().filter(|_| same_host)
+}
+
+/// Whether the record names another live process on this host.
+fn holder_pid_alive_here(text: &str) -> bool {
+    holder_pid_here(text).is_some_and(|pid| pid as u32 != std::process::id() && process_running(pid))
 }
 
 /// Whether `pid` is a live process. A killed process stays in /proc as a zombie until its
@@ -85,6 +86,43 @@ fn hostname() -> String {
         .unwrap_or_else(|_| "unknown-host".into())
 }
 
+/// How long a lock held with no live holder on record is waited for before it is reported.
+const TRANSIENT_HOLD: std::time::Duration = std::time::Duration::from_secs(2);
+
+enum LockAttempt {
+    /// Locked; the record left in the file (empty after a clean end).
+    Locked(String),
+    /// Held by another open file description; its record.
+    Held(String),
+}
+
+/// Takes the flock, or returns the holder's record. A lock that is held while its record names
+/// no live process here is a passing state, so it is retried for up to [`TRANSIENT_HOLD`]: a
+/// holder between locking and writing its record, or a released lock whose descriptor a child
+/// forked at that moment still shares until it execs (descriptors close on exec, not on fork).
+fn lock_or_read_holder(file: &mut File) -> std::io::Result<LockAttempt> {
+    let started = std::time::Instant::now();
+    loop {
+        // SAFETY: flock on a file descriptor we own.
+        let rc = unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) };
+        let err = (rc != 0).then(std::io::Error::last_os_error);
+        let mut record = String::new();
+        file.seek(SeekFrom::Start(0))?;
+        file.read_to_string(&mut record)?;
+        match err {
+            None => return Ok(LockAttempt::Locked(record)),
+            Some(e) if e.kind() != std::io::ErrorKind::WouldBlock => return Err(e),
+            Some(_)
+                if holder_pid_here(&record).is_some_and(process_running)
+                    || started.elapsed() >= TRANSIENT_HOLD =>
+            {
+                return Ok(LockAttempt::Held(record));
+            }
+            Some(_) => std::thread::sleep(std::time::Duration::from_millis(20)),
+        }
+    }
+}
+
 impl RunLock {
     /// Creates `run_dir` if needed and takes its lock, or says who holds it.
     pub fn acquire(run_dir: &Path) -> Result<Self, RunLockError> {
@@ -101,21 +139,17 @@ impl RunLock {
             .truncate(false)
             .open(&path)
             .map_err(io)?;
-        // SAFETY: flock on a file descriptor we own.
-        let rc = unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) };
-        let mut previous = String::new();
-        file.read_to_string(&mut previous).map_err(io)?;
-        if rc != 0 {
-            let err = std::io::Error::last_os_error();
-            if err.kind() != std::io::ErrorKind::WouldBlock {
-                return Err(io(err));
+        let previous = lock_or_read_holder(&mut file).map_err(io)?;
+        let previous = match previous {
+            LockAttempt::Locked(previous) => previous,
+            LockAttempt::Held(holder_record) => {
+                return Err(RunLockError::Held {
+                    run_dir: run_dir.to_path_buf(),
+                    lock: path,
+                    holder: describe_holder(&holder_record),
+                });
             }
-            return Err(RunLockError::Held {
-                run_dir: run_dir.to_path_buf(),
-                lock: path,
-                holder: describe_holder(&previous),
-            });
-        }
+        };
         // On a file system where flock is not enforced, a live holder on this host still shows.
         if holder_pid_alive_here(&previous) {
             return Err(RunLockError::Held {
@@ -231,6 +265,26 @@ mod tests {
             "{:?}",
             lock.stale
         );
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    /// A lock still held while its file records nobody (a holder that has not written its
+    /// record yet, or a descriptor a forked child shares until exec) is waited for, not refused.
+    #[test]
+    fn a_lock_held_with_no_record_is_waited_for() {
+        let dir = scratch("transient");
+        let first = RunLock::acquire(&dir).unwrap();
+        first.file.set_len(0).unwrap();
+        let release = std::thread::spawn(move || {
+            std::thread::sleep(std::time::Duration::from_millis(300));
+            drop(first);
+        });
+        let started = std::time::Instant::now();
+        let second = RunLock::acquire(&dir).unwrap();
+        assert!(started.elapsed() >= std::time::Duration::from_millis(250));
+        assert!(second.stale.is_none());
+        release.join().unwrap();
+        drop(second);
         let _ = std::fs::remove_dir_all(&dir);
     }
 
