@@ -198,7 +198,8 @@ pub fn run(mut args: TrainArgs) -> Result<()> {
     let resume = resume_path(&args.resume, &run_dir)?;
     let phase = format!("stage {}", cfg.stage);
     if let Some(ckpt) = &resume {
-        armt_train::resume_check::check(ckpt, &phase, &cfg, args.allow_config_change)?;
+        let data = armt_train::data_fingerprint::DataFingerprint::of_samples(&samples);
+        armt_train::resume_check::check(ckpt, &phase, &cfg, &data, args.allow_config_change)?;
     }
     // Every rank has looked at the run directory before rank 0 may clear it.
     comm.barrier()?;
@@ -452,7 +453,8 @@ pub fn run_sft(mut args: SftArgs) -> Result<()> {
     };
     let resume = resume_path(&args.resume, &run_dir)?;
     if let Some(ckpt) = &resume {
-        armt_train::resume_check::check(ckpt, "sft", &cfg, args.allow_config_change)?;
+        let data = armt_train::data_fingerprint::DataFingerprint::of_examples(&examples);
+        armt_train::resume_check::check(ckpt, "sft", &cfg, &data, args.allow_config_change)?;
     }
     let model = Qwen25Vl::load(resume.as_deref().unwrap_or(&args.model), device, kind)?;
     let pad_id = TemplateIds::from_tokenizer(processor.tokenizer())?.endoftext;

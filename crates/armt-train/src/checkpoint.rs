@@ -5,6 +5,7 @@
 //! (step, optimizer steps, data position, config). Written to a temporary directory and
 //! renamed, so a killed run never leaves a half-written checkpoint.
 
+use crate::data_fingerprint::DataFingerprint;
 use crate::optimizer::AdamW;
 use crate::{finite, DataLoader, MasterDtype, TrainConfig, TrainError, ZeroStage};
 use armt_dist::Communicator;
@@ -40,11 +41,22 @@ pub struct TrainerState {
     pub phase: String,
     /// The resolved config, as TOML.
     pub config: String,
+    /// The training data the loader position refers to (absent in checkpoints of armt before
+    /// it was recorded).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub data: Option<DataFingerprint>,
 }
 
 impl TrainerState {
     /// The state after `step` steps.
-    pub fn capture(step: usize, optimizer: &AdamW, loader: &DataLoader, phase: &str, config: String) -> Self {
+    pub fn capture(
+        step: usize,
+        optimizer: &AdamW,
+        loader: &DataLoader,
+        phase: &str,
+        config: String,
+        data: &DataFingerprint,
+    ) -> Self {
         Self {
             step,
             optimizer_steps: optimizer.steps,
@@ -52,6 +64,7 @@ impl TrainerState {
             data_index: loader.index,
             phase: phase.to_string(),
             config,
+            data: Some(data.clone()),
         }
     }
 }

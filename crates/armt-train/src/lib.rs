@@ -5,6 +5,7 @@ mod batch;
 pub mod builtin;
 pub mod checkpoint;
 mod config;
+pub mod data_fingerprint;
 pub mod data_parallel;
 pub mod finite;
 mod grpo_trainer;

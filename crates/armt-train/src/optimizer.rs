@@ -309,6 +309,28 @@ impl AdamW {
         Ok(norm)
     }
 
+    /// The end of one update of training step `train_step`: clip the gradients to
+    /// `max_norm`, refuse a non-finite norm (before anything changes), then [`Self::step`] at the
+    /// schedule's rate for this update. Returns the norm before clipping and the rate.
+    pub fn clip_and_step(
+        &mut self,
+        max_norm: f64,
+        schedule: &armt_grpo::LrSchedule,
+        train_step: usize,
+    ) -> Result<(f64, f64), TrainError> {
+        let norm = self.clip_grad_norm(max_norm)?;
+        if !norm.is_finite() {
+            return Err(TrainError::NonFinite {
+                step: train_step,
+                quantity: "the gradient norm".into(),
+                value: norm,
+            });
+        }
+        let lr = schedule.lr_at(self.steps as usize);
+        self.step(lr)?;
+        Ok((norm, lr))
+    }
+
     /// One step at learning rate `lr`, as torch.optim.AdamW computes it, on this rank's masters
     /// (every parameter steps, a missing gradient counting as zero):
     /// p ← p·(1 − lr·λ); m ← β₁m + (1−β₁)g; v ← β₂v + (1−β₂)g²;

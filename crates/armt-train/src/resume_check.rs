@@ -2,9 +2,11 @@
 //! the new run's, and settings that change what is trained (data, group size, batch sizes,
 //! rewards, seed, learning rate …) must be unchanged unless `--allow-config-change` says the
 //! change is meant. Settings that only change how long, where or how often (steps, save
-//! cadence, device, memory chunking) may change freely.
+//! cadence, device, memory chunking) may change freely. The training data's contents must be
+//! unchanged too, not only its path (see [`crate::data_fingerprint`]).
 
 use crate::checkpoint::read_state;
+use crate::data_fingerprint::DataFingerprint;
 use crate::{TrainConfig, TrainError};
 use std::collections::BTreeMap;
 use std::path::Path;
@@ -55,9 +57,16 @@ fn kind_of(phase: &str) -> String {
 }
 
 /// Checks that `ckpt` may be resumed by a run of `phase` ("sft", "stage 1", "stage 2") with
-/// config `new`; `allow_changes` lets meaning-changing differences through (they are still
-/// printed).
-pub fn check(ckpt: &Path, phase: &str, new: &TrainConfig, allow_changes: bool) -> Result<(), TrainError> {
+/// config `new` on training data `data`; `allow_changes` lets meaning-changing differences
+/// through (they are still printed). Changed data counts as such a difference: the loader
+/// resumes at a position that would now name other rows.
+pub fn check(
+    ckpt: &Path,
+    phase: &str,
+    new: &TrainConfig,
+    data: &DataFingerprint,
+    allow_changes: bool,
+) -> Result<(), TrainError> {
     let state = read_state(ckpt)?;
     if state.phase != phase {
         return Err(TrainError::ResumeOtherRun {
@@ -89,7 +98,10 @@ pub fn check(ckpt: &Path, phase: &str, new: &TrainConfig, allow_changes: bool) -
             })
         }
     };
-    let changed = meaningful_changes(&old, new, phase == "sft");
+    let mut changed = meaningful_changes(&old, new, phase == "sft");
+    if let Some(saved) = state.data.as_ref().filter(|saved| *saved != data) {
+        changed.push(format!("training data: {saved} → {data}"));
+    }
     if changed.is_empty() {
         return Ok(());
     }
@@ -164,6 +176,54 @@ mod tests {
 
     fn cfg(o: &[&str]) -> TrainConfig {
         TrainConfig::load(None, &o.iter().map(|s| s.to_string()).collect::<Vec<_>>()).unwrap()
+    }
+
+    /// A checkpoint directory holding only `trainer_state.json`.
+    fn checkpoint_with(
+        name: &str,
+        config: &TrainConfig,
+        data: Option<DataFingerprint>,
+    ) -> std::path::PathBuf {
+        let dir = std::env::temp_dir().join(format!("armt-resume-check-{name}-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let state = crate::checkpoint::TrainerState {
+            step: 2,
+            optimizer_steps: 2,
+            data_epoch: 0,
+            data_index: 4,
+            phase: "stage 1".into(),
+            config: config.to_toml(),
+            data,
+        };
+        std::fs::write(
+            dir.join("trainer_state.json"),
+            serde_json::to_string(&state).unwrap(),
+        )
+        .unwrap();
+        dir
+    }
+
+    #[test]
+    fn edited_training_data_is_a_change_and_old_checkpoints_without_a_record_pass() {
+        let config = cfg(&[]);
+        let fp = |rows, sha: &str| DataFingerprint {
+            rows,
+            sha256: sha.repeat(64 / sha.len()),
+        };
+        let ckpt = checkpoint_with("data", &config, Some(fp(4, "ab")));
+        check(&ckpt, "stage 1", &config, &fp(4, "ab"), false).unwrap();
+        let err = check(&ckpt, "stage 1", &config, &fp(5, "cd"), false).unwrap_err();
+        assert!(
+            matches!(&err, TrainError::ResumeChanged { changes, .. }
+                if changes == &["training data: 4 rows, sha256 abababababab → 5 rows, sha256 cdcdcdcdcdcd"]),
+            "{err}"
+        );
+        assert!(err.to_string().contains(ALLOW_FLAG), "{err}");
+        check(&ckpt, "stage 1", &config, &fp(5, "cd"), true).unwrap();
+        let old = checkpoint_with("no-data", &config, None);
+        check(&old, "stage 1", &config, &fp(5, "cd"), false).unwrap();
+        let _ = std::fs::remove_dir_all(&ckpt);
+        let _ = std::fs::remove_dir_all(&old);
     }
 
     #[test]

@@ -3,6 +3,7 @@
 
 use crate::batch::Example;
 use crate::checkpoint::{self, TrainerState};
+use crate::data_fingerprint::DataFingerprint;
 use crate::data_parallel::DataParallel;
 use crate::grpo_trainer::freeze_vision;
 use crate::policy_logprobs::policy_logprobs;
@@ -68,6 +69,7 @@ pub fn train_sft(mut run: SftRun) -> Result<PathBuf, TrainError> {
     if run.examples.is_empty() {
         return Err(TrainError::NothingToTrain { what: "SFT examples" });
     }
+    let data = DataFingerprint::of_examples(&run.examples);
     std::fs::create_dir_all(&run.run_dir).map_err(|e| TrainError::Io {
         path: run.run_dir.clone(),
         source: e,
@@ -137,16 +139,7 @@ pub fn train_sft(mut run: SftRun) -> Result<PathBuf, TrainError> {
         }
         dp.agree_finite(step + 1, "the SFT loss", bad_loss)?;
         let loss_sum = dp.sum(&[loss_sum])?[0];
-        let gn = optimizer.clip_grad_norm(cfg.optim.grad_clip)?;
-        if !gn.is_finite() {
-            return Err(TrainError::NonFinite {
-                step: step + 1,
-                quantity: "the gradient norm".into(),
-                value: gn,
-            });
-        }
-        let lr = schedule.lr_at(optimizer.steps as usize);
-        optimizer.step(lr)?;
+        let (gn, lr) = optimizer.clip_and_step(cfg.optim.grad_clip, &schedule, step + 1)?;
         step += 1;
         let dt = started.elapsed().as_secs_f64();
         let m = BTreeMap::from([
@@ -172,7 +165,7 @@ pub fn train_sft(mut run: SftRun) -> Result<PathBuf, TrainError> {
         bar.set_message(format!("loss {loss_sum:.3} lr {lr:.1e}"));
         let stop = dp.agree_stop(stop_requested())?;
         if step % cfg.train.save_every.max(1) == 0 || step == s.steps || stop {
-            let state = TrainerState::capture(step, &optimizer, &loader, "sft", cfg.to_toml());
+            let state = TrainerState::capture(step, &optimizer, &loader, "sft", cfg.to_toml(), &data);
             last = Some(checkpoint::save(
                 &run.run_dir,
                 &run.model,
