@@ -246,23 +246,8 @@ impl<'a> RolloutEnv<'a> {
     ) -> Result<RunOutcome, RolloutError> {
         let cfg = self.config;
         let ids = TemplateIds::from_tokenizer(self.processor.tokenizer())?;
-        if n == 0 || cfg.max_rows < n || cfg.max_response_tokens == 0 || cfg.max_turn_tokens == 0 {
-            return Err(RolloutError::Settings(format!(
-                "rollout: n = {n}, max_rows = {}, max_response_tokens = {}, max_turn_tokens = {}: \
-                 need n >= 1, max_rows >= n and non-zero token limits",
-                cfg.max_rows, cfg.max_response_tokens, cfg.max_turn_tokens
-            )));
-        }
-        if let Some(g) = groups {
-            if g.len() != samples.len() {
-                return Err(RolloutError::Settings(format!(
-                    "{} group indices for {} samples",
-                    g.len(),
-                    samples.len()
-                )));
-            }
-        }
-        // Phase 1: prompts (tokenized, images decoded once per sample), and which ones fit.
+        self.check_run_settings(n, samples.len(), groups)?;
+        // Prompts (tokenized, images decoded once per sample), and which ones fit.
         let (kept, skipped) = self.admissible_prompts(samples, n)?;
         if kept.is_empty() {
             return Ok(RunOutcome {
@@ -272,179 +257,60 @@ impl<'a> RolloutEnv<'a> {
         }
         let plan = self.cache_plan(&kept, n);
         generator.prepare(&plan)?;
-
-        // Phase 2: one record per row, group-major (row id = index).
-        let mut rows: Vec<Row> = Vec::with_capacity(kept.len() * n);
-        for (k, chunk, images) in &kept {
-            let sample = &samples[*k];
-            for g in 0..n {
-                let mut ctx = ToolContext::from_sample(sample);
-                let mut image_keys = Vec::new();
-                for (i, img) in images.iter().enumerate() {
-                    let key = if i == 0 {
-                        "original_image".to_string()
-                    } else {
-                        format!("original_image_{i}")
-                    };
-                    ctx.add_image(key.clone(), img.clone());
-                    image_keys.push((key, sample.images[i].clone()));
-                }
-                rows.push(Row {
-                    sample,
-                    sample_index: *k,
-                    group_index: g,
-                    ids: chunk.ids.clone(),
-                    prompt_len: chunk.ids.len(),
-                    mask: Vec::new(),
-                    logprobs: Vec::new(),
-                    turns: Vec::new(),
-                    ctx,
-                    image_keys,
-                    images: chunk.images.clone(),
-                    stop: None,
-                    forced_last: false,
-                    budget: 0,
-                    rewind: false,
-                });
-            }
-        }
-
-        // The generator names rows by sample index · n + j (stable whatever is skipped).
-        let row_id = |i: usize| kept[i / n].0 * n + i % n;
-        let index_of: std::collections::HashMap<usize, usize> =
-            (0..rows.len()).map(|i| (row_id(i), i)).collect();
-        let index_of_id = |id: usize| {
-            index_of
-                .get(&id)
-                .copied()
-                .ok_or_else(|| RolloutError::Invariant(format!("the generator returned unknown row {id}")))
+        let mut agents = AgentLoop {
+            env: self,
+            generator,
+            kept: &kept,
+            rows: rows_for(samples, &kept, n),
+            names: RowNames::new(&kept, n),
+            schedule: Schedule::new(kept.len(), plan.groups),
+            n,
+            step,
+            groups,
+            ids,
         };
-        // Phase 3: the loop. Decode windows; turns that end go to the tools (on their own
-        // threads, while the other rows keep decoding); tool turns come back as appends.
-        let stop_ids = [ids.im_end, ids.endoftext, ids.tool_call_end];
-        let mut queue: VecDeque<usize> = (0..kept.len()).collect();
-        let mut free_blocks: Vec<usize> = (0..plan.groups).rev().collect();
-        let mut block_of_group = vec![usize::MAX; kept.len()];
-        let mut rows_left = vec![0usize; plan.groups];
-        let mut finished = 0usize;
-        let mut decoding = 0usize;
-        let mut in_tools = 0usize;
+        // Decode windows; turns that end go to the tools (on their own threads, while the other
+        // rows keep decoding); tool turns come back as appends.
         std::thread::scope(|scope| -> Result<(), RolloutError> {
-            let (tx, rx) = mpsc::channel::<(usize, ToolResult, ToolContext)>();
+            let (tx, rx) = mpsc::channel::<ToolDone>();
+            let tools = self.tools;
+            let mut spawn_tool = |i: usize, call: armt_tools::ParsedToolCall, ctx: ToolContext| {
+                let tx = tx.clone();
+                scope.spawn(move || {
+                    let (res, ctx) = run_tool(tools, call, ctx);
+                    // The receiver outlives the scope's threads.
+                    let _ = tx.send((i, res, ctx));
+                });
+            };
             loop {
-                while let (Some(&k), Some(&block)) = (queue.front(), free_blocks.last()) {
-                    queue.pop_front();
-                    free_blocks.pop();
-                    block_of_group[k] = block;
-                    rows_left[block] = n;
-                    let (_, chunk, _) = &kept[k];
-                    let global = groups.map(|g| g[kept[k].0]).unwrap_or(kept[k].0 as u64);
-                    let members: Vec<(usize, RowRng)> = (0..n)
-                        .map(|j| {
-                            (
-                                row_id(k * n + j),
-                                RowRng::new(cfg.sampling.seed, step, global, j as u64),
-                            )
-                        })
-                        .collect();
-                    generator.add_group(block, chunk, &members)?;
-                    for j in 0..n {
-                        let row = k * n + j;
-                        rows[row].budget = self.turn_budget(&rows[row]);
-                        generator.begin_turn(row_id(row), rows[row].budget)?;
-                        decoding += 1;
-                    }
-                }
-                if finished == rows.len() {
+                agents.admit_waiting_groups()?;
+                if agents.schedule.finished == agents.rows.len() {
                     break;
                 }
-                let mut results: Vec<(usize, ToolResult, ToolContext)> = Vec::new();
-                let mut ended_rows = Vec::new();
-                if decoding > 0 {
-                    for (id, sampled) in generator.step(&stop_ids)? {
-                        let i = index_of_id(id)?;
-                        decoding -= 1;
-                        let budget = rows[i].budget;
-                        match self.record_turn(&mut rows[i], &sampled, budget, &ids)? {
-                            None => ended_rows.push(i),
-                            Some(parsed) => {
-                                let last = rows[i].turns.len() >= cfg.max_turns;
-                                let ctx = std::mem::take(&mut rows[i].ctx);
-                                match (last, parsed) {
-                                    (true, _) => results.push((i, ToolResult::LastTurn, ctx)),
-                                    (false, Err(e)) => {
-                                        results.push((i, ToolResult::Malformed(e.to_string()), ctx))
-                                    }
-                                    (false, Ok(call)) => {
-                                        in_tools += 1;
-                                        let tx = tx.clone();
-                                        let tools = self.tools;
-                                        scope.spawn(move || {
-                                            let (res, ctx) = run_tool(tools, call, ctx);
-                                            // The receiver outlives the scope's threads.
-                                            let _ = tx.send((i, res, ctx));
-                                        });
-                                    }
-                                }
-                            }
-                        }
-                    }
-                } else if in_tools > 0 {
+                let mut ends = TurnEnds::default();
+                if agents.schedule.decoding > 0 {
+                    agents.decode_window(&mut spawn_tool, &mut ends)?;
+                } else if agents.schedule.in_tools > 0 {
                     // Nothing to decode: wait for a tool.
-                    match rx.recv() {
-                        Ok(r) => {
-                            in_tools -= 1;
-                            results.push(r);
-                        }
-                        Err(_) => return Err(RolloutError::Invariant("a tool thread vanished".into())),
-                    }
-                } else if queue.is_empty() {
+                    let done = rx
+                        .recv()
+                        .map_err(|_| RolloutError::Invariant("a tool thread vanished".into()))?;
+                    agents.schedule.in_tools -= 1;
+                    ends.tool_done.push(done);
+                } else if agents.schedule.waiting.is_empty() {
                     return Err(RolloutError::Invariant("rows left with nothing to run".into()));
                 }
-                while let Ok(r) = rx.try_recv() {
-                    in_tools -= 1;
-                    results.push(r);
+                while let Ok(done) = rx.try_recv() {
+                    agents.schedule.in_tools -= 1;
+                    ends.tool_done.push(done);
                 }
-                // Tool turns become appends (one batched forward), or end their rows.
-                let (mut append_rows, mut append_chunks) = (Vec::new(), Vec::new());
-                results.sort_by_key(|(i, _, _)| *i);
-                for (i, res, ctx) in results {
-                    rows[i].ctx = ctx;
-                    match self.tool_turn(&mut rows[i], res)? {
-                        Some(chunk) => {
-                            append_rows.push(i);
-                            append_chunks.push(chunk);
-                        }
-                        None => ended_rows.push(i),
-                    }
-                }
-                if !append_rows.is_empty() {
-                    for &i in &append_rows {
-                        if std::mem::take(&mut rows[i].rewind) {
-                            generator.rewind_turn(row_id(i))?;
-                        }
-                    }
-                    let append_ids: Vec<usize> = append_rows.iter().map(|&i| row_id(i)).collect();
-                    generator.append(&append_ids, &append_chunks)?;
-                    for &i in &append_rows {
-                        rows[i].budget = self.turn_budget(&rows[i]);
-                        generator.begin_turn(row_id(i), rows[i].budget)?;
-                        decoding += 1;
-                    }
-                }
-                for i in ended_rows {
-                    generator.release(row_id(i));
-                    let block = block_of_group[i / n];
-                    rows_left[block] -= 1;
-                    if rows_left[block] == 0 {
-                        free_blocks.push(block);
-                    }
-                    finished += 1;
-                }
-                progress(finished);
+                agents.continue_after_tools(ends.tool_done, &mut ends.ended)?;
+                agents.retire(ends.ended);
+                progress(agents.schedule.finished);
             }
             Ok(())
         })?;
+        let mut rows = agents.rows;
 
         if cfg.retokenize_turns {
             // The last turn too, so the record holds every turn as a server hands it back.
@@ -458,6 +324,29 @@ impl<'a> RolloutEnv<'a> {
 
     /// The samples' prompts, and the indices of those that can never fit (prompt not below
     /// `max_context`, or one group over `max_batch_tokens`), which are skipped with a logged count.
+    fn check_run_settings(
+        &self,
+        n: usize,
+        samples: usize,
+        groups: Option<&[u64]>,
+    ) -> Result<(), RolloutError> {
+        let cfg = self.config;
+        if n == 0 || cfg.max_rows < n || cfg.max_response_tokens == 0 || cfg.max_turn_tokens == 0 {
+            return Err(RolloutError::Settings(format!(
+                "rollout: n = {n}, max_rows = {}, max_response_tokens = {}, max_turn_tokens = {}: \
+                 need n >= 1, max_rows >= n and non-zero token limits",
+                cfg.max_rows, cfg.max_response_tokens, cfg.max_turn_tokens
+            )));
+        }
+        match groups {
+            Some(g) if g.len() != samples => Err(RolloutError::Settings(format!(
+                "{} group indices for {samples} samples",
+                g.len()
+            ))),
+            _ => Ok(()),
+        }
+    }
+
     fn admissible_prompts(
         &self,
         samples: &[Sample],
@@ -732,6 +621,257 @@ fn tool_message(images: &[Arc<image::DynamicImage>], text: String) -> Message {
 /// one scratch position for decode writes past a finished turn.
 pub(crate) fn suffix_tokens(cfg: &RolloutConfig) -> usize {
     cfg.max_response_tokens.min(cfg.max_context) + 1
+}
+
+/// One record per row, group-major over the kept prompts (row index = prompt · n + j).
+fn rows_for<'s>(samples: &'s [Sample], kept: &[Prompt], n: usize) -> Vec<Row<'s>> {
+    let mut rows: Vec<Row> = Vec::with_capacity(kept.len() * n);
+    for (k, chunk, images) in kept {
+        let sample = &samples[*k];
+        for g in 0..n {
+            let mut ctx = ToolContext::from_sample(sample);
+            let mut image_keys = Vec::new();
+            for (i, img) in images.iter().enumerate() {
+                let key = if i == 0 {
+                    "original_image".to_string()
+                } else {
+                    format!("original_image_{i}")
+                };
+                ctx.add_image(key.clone(), img.clone());
+                image_keys.push((key, sample.images[i].clone()));
+            }
+            rows.push(Row {
+                sample,
+                sample_index: *k,
+                group_index: g,
+                ids: chunk.ids.clone(),
+                prompt_len: chunk.ids.len(),
+                mask: Vec::new(),
+                logprobs: Vec::new(),
+                turns: Vec::new(),
+                ctx,
+                image_keys,
+                images: chunk.images.clone(),
+                stop: None,
+                forced_last: false,
+                budget: 0,
+                rewind: false,
+            });
+        }
+    }
+    rows
+}
+
+/// A tool turn that has ended: the row, what the tool (or the loop, in its place) answered,
+/// and the row's tool context, back from the tool thread.
+type ToolDone = (usize, ToolResult, ToolContext);
+
+/// The two names of a row: the loop's (its index in `rows`) and the generator's (sample index
+/// · n + j, stable whatever prompts were skipped).
+struct RowNames {
+    n: usize,
+    kept_samples: Vec<usize>,
+    index_of: std::collections::HashMap<usize, usize>,
+}
+
+impl RowNames {
+    fn new(kept: &[Prompt], n: usize) -> Self {
+        let kept_samples: Vec<usize> = kept.iter().map(|p| p.0).collect();
+        let id = |i: usize| kept_samples[i / n] * n + i % n;
+        let index_of = (0..kept.len() * n).map(|i| (id(i), i)).collect();
+        Self {
+            n,
+            kept_samples,
+            index_of,
+        }
+    }
+
+    /// The generator's name of row `i`.
+    fn id(&self, i: usize) -> usize {
+        self.kept_samples[i / self.n] * self.n + i % self.n
+    }
+
+    /// The row the generator calls `id`.
+    fn index(&self, id: usize) -> Result<usize, RolloutError> {
+        self.index_of
+            .get(&id)
+            .copied()
+            .ok_or_else(|| RolloutError::Invariant(format!("the generator returned unknown row {id}")))
+    }
+}
+
+/// Where the rows are: groups waiting for a cache block, rows decoding, rows in their tools,
+/// rows finished. A group holds its block until all its rows are finished.
+struct Schedule {
+    waiting: VecDeque<usize>,
+    free_blocks: Vec<usize>,
+    block_of_group: Vec<usize>,
+    /// Unfinished rows per block.
+    rows_left: Vec<usize>,
+    finished: usize,
+    decoding: usize,
+    in_tools: usize,
+}
+
+impl Schedule {
+    fn new(prompts: usize, blocks: usize) -> Self {
+        Self {
+            waiting: (0..prompts).collect(),
+            free_blocks: (0..blocks).rev().collect(),
+            block_of_group: vec![usize::MAX; prompts],
+            rows_left: vec![0; blocks],
+            finished: 0,
+            decoding: 0,
+            in_tools: 0,
+        }
+    }
+}
+
+/// What one pass of the loop ended: turns whose tool answer is ready, and finished rows.
+#[derive(Default)]
+struct TurnEnds {
+    tool_done: Vec<ToolDone>,
+    ended: Vec<usize>,
+}
+
+/// The state of one [`RolloutEnv::run_keyed`] call, with one handler per thing that happens to
+/// a row: its group is admitted, a turn ends in decoding, its tool answers, it finishes.
+struct AgentLoop<'e, 'a, 's> {
+    env: &'e RolloutEnv<'a>,
+    generator: &'e mut dyn Generator,
+    kept: &'e [Prompt],
+    rows: Vec<Row<'s>>,
+    names: RowNames,
+    schedule: Schedule,
+    n: usize,
+    step: u64,
+    groups: Option<&'e [u64]>,
+    ids: TemplateIds,
+}
+
+impl AgentLoop<'_, '_, '_> {
+    /// Waiting groups take free cache blocks; each of their rows starts its first turn with its
+    /// own random stream.
+    fn admit_waiting_groups(&mut self) -> Result<(), RolloutError> {
+        let n = self.n;
+        while let (Some(&k), Some(&block)) = (self.schedule.waiting.front(), self.schedule.free_blocks.last())
+        {
+            self.schedule.waiting.pop_front();
+            self.schedule.free_blocks.pop();
+            self.schedule.block_of_group[k] = block;
+            self.schedule.rows_left[block] = n;
+            let (sample_index, chunk, _) = &self.kept[k];
+            let global = self
+                .groups
+                .map(|g| g[*sample_index])
+                .unwrap_or(*sample_index as u64);
+            let seed = self.env.config.sampling.seed;
+            let members: Vec<(usize, RowRng)> = (0..n)
+                .map(|j| {
+                    (
+                        self.names.id(k * n + j),
+                        RowRng::new(seed, self.step, global, j as u64),
+                    )
+                })
+                .collect();
+            self.generator.add_group(block, chunk, &members)?;
+            for j in 0..n {
+                self.begin_turn(k * n + j)?;
+            }
+        }
+        Ok(())
+    }
+
+    fn begin_turn(&mut self, i: usize) -> Result<(), RolloutError> {
+        self.rows[i].budget = self.env.turn_budget(&self.rows[i]);
+        self.generator.begin_turn(self.names.id(i), self.rows[i].budget)?;
+        self.schedule.decoding += 1;
+        Ok(())
+    }
+
+    /// One decode window. A turn that ends with an answer or a budget finishes its row; one that
+    /// ends in a tool call goes to `spawn_tool`, or, in the last allowed turn or malformed,
+    /// straight back as a refusal.
+    fn decode_window(
+        &mut self,
+        spawn_tool: &mut dyn FnMut(usize, armt_tools::ParsedToolCall, ToolContext),
+        ends: &mut TurnEnds,
+    ) -> Result<(), RolloutError> {
+        let stop_ids = [self.ids.im_end, self.ids.endoftext, self.ids.tool_call_end];
+        for (id, sampled) in self.generator.step(&stop_ids)? {
+            let i = self.names.index(id)?;
+            self.schedule.decoding -= 1;
+            let budget = self.rows[i].budget;
+            let Some(parsed) = self
+                .env
+                .record_turn(&mut self.rows[i], &sampled, budget, &self.ids)?
+            else {
+                ends.ended.push(i);
+                continue;
+            };
+            let last = self.rows[i].turns.len() >= self.env.config.max_turns;
+            let ctx = std::mem::take(&mut self.rows[i].ctx);
+            match (last, parsed) {
+                (true, _) => ends.tool_done.push((i, ToolResult::LastTurn, ctx)),
+                (false, Err(e)) => ends
+                    .tool_done
+                    .push((i, ToolResult::Malformed(e.to_string()), ctx)),
+                (false, Ok(call)) => {
+                    self.schedule.in_tools += 1;
+                    spawn_tool(i, call, ctx);
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Answered tool turns (in row order, so the result does not depend on thread timing)
+    /// become one batched append and a new turn each, or finish their rows (pushed to `ended`).
+    fn continue_after_tools(
+        &mut self,
+        mut tool_done: Vec<ToolDone>,
+        ended: &mut Vec<usize>,
+    ) -> Result<(), RolloutError> {
+        let (mut append_rows, mut append_chunks) = (Vec::new(), Vec::new());
+        tool_done.sort_by_key(|(i, _, _)| *i);
+        for (i, res, ctx) in tool_done {
+            self.rows[i].ctx = ctx;
+            match self.env.tool_turn(&mut self.rows[i], res)? {
+                Some(chunk) => {
+                    append_rows.push(i);
+                    append_chunks.push(chunk);
+                }
+                None => ended.push(i),
+            }
+        }
+        if append_rows.is_empty() {
+            return Ok(());
+        }
+        for &i in &append_rows {
+            if std::mem::take(&mut self.rows[i].rewind) {
+                self.generator.rewind_turn(self.names.id(i))?;
+            }
+        }
+        let append_ids: Vec<usize> = append_rows.iter().map(|&i| self.names.id(i)).collect();
+        self.generator.append(&append_ids, &append_chunks)?;
+        for &i in &append_rows {
+            self.begin_turn(i)?;
+        }
+        Ok(())
+    }
+
+    /// Finished rows leave the generator; a group's block is free once all its rows are.
+    fn retire(&mut self, ended: Vec<usize>) {
+        for i in ended {
+            self.generator.release(self.names.id(i));
+            let block = self.schedule.block_of_group[i / self.n];
+            self.schedule.rows_left[block] -= 1;
+            if self.schedule.rows_left[block] == 0 {
+                self.schedule.free_blocks.push(block);
+            }
+            self.schedule.finished += 1;
+        }
+    }
 }
 
 /// What [`RolloutEnv::run_keyed`] returns: the rollouts of the admitted prompts (group-major,
