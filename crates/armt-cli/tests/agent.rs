@@ -6,14 +6,12 @@
 //! tokenizer) fine-tuned for a few seconds on one zoom-in trajectory, so that its greedy turns
 //! call the tool, read the zoom and give a verdict.
 
-use serde_json::{json, Value};
-use std::io::{BufRead, BufReader};
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Output, Stdio};
+mod common;
 
-fn repo() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../..")
-}
+use common::{repo, serve, work_dir_with_red_dot, Server};
+use serde_json::{json, Value};
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
 
 fn armt(args: &[&str]) -> Output {
     let out = Command::new(env!("CARGO_BIN_EXE_armt"))
@@ -31,49 +29,37 @@ fn armt(args: &[&str]) -> Output {
     out
 }
 
-/// A running server, stopped when dropped.
-struct Server {
-    child: Child,
-    base: String,
+/// `armt serve --no-tool-loop` on `model`: the policy behind `armt eval --api-base`.
+fn serve_policy(model: &Path, config: &Path) -> Server {
+    serve(&[
+        "--no-tool-loop".as_ref(),
+        "--model".as_ref(),
+        model.as_os_str(),
+        "--config".as_ref(),
+        config.as_os_str(),
+    ])
 }
 
-impl Drop for Server {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-fn serve(model: &Path, config: &Path) -> Server {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_armt"))
-        .current_dir(repo())
-        .env("OMP_NUM_THREADS", "1")
-        .args([
-            "serve",
-            "--no-tool-loop",
-            "--port",
-            "0",
-            "--device",
-            "cpu",
-            "--model",
-        ])
-        .arg(model)
-        .arg("--config")
-        .arg(config)
-        .stdout(Stdio::piped())
-        .stderr(Stdio::inherit())
-        .spawn()
-        .unwrap();
-    let mut line = String::new();
-    BufReader::new(child.stdout.take().unwrap())
-        .read_line(&mut line)
-        .unwrap();
-    let addr = line
-        .trim()
-        .strip_prefix("armt serve: listening on ")
-        .unwrap_or_else(|| panic!("{line}"))
-        .to_string();
-    Server { child, base: addr }
+/// `armt eval` of `ckpt` on `tasks` with the zoom tool, trajectories to `out`.
+fn eval_args(ckpt: &Path, tasks: &Path, config: &Path, out: &Path) -> Vec<String> {
+    [
+        "eval",
+        "--model",
+        ckpt.to_str().unwrap(),
+        "--data",
+        tasks.to_str().unwrap(),
+        "--tools",
+        "configs/tools/zoom.yaml",
+        "--config",
+        config.to_str().unwrap(),
+        "--device",
+        "cpu",
+        "--out",
+        out.to_str().unwrap(),
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect()
 }
 
 const QUESTION: &str = "What colour is the small dot in the top-right corner?";
@@ -146,14 +132,7 @@ fn read_jsonl(p: &Path) -> Vec<Value> {
 
 #[test]
 fn eval_through_a_server_equals_in_process_eval() {
-    let dir = Path::new(env!("CARGO_TARGET_TMPDIR")).join("agent");
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(dir.join("images")).unwrap();
-    std::fs::copy(
-        repo().join("data/images/red_dot.png"),
-        dir.join("images/red_dot.png"),
-    )
-    .unwrap();
+    let dir = work_dir_with_red_dot("agent");
     let ckpt = judge_checkpoint(&dir);
     // The trained prompt (the model answers 1: right), the candidates swapped (it still
     // answers 1: wrong), and a question it was not trained on.
@@ -181,27 +160,8 @@ fn eval_through_a_server_equals_in_process_eval() {
         "[rollout]\nmax_turns = 3\nmax_turn_tokens = 64\nmax_response_tokens = 400\nmax_context = 8192\ncot_prompt = \"\"\n",
     )
     .unwrap();
-    let server = serve(&ckpt, &config);
-    let common = |out: &Path| -> Vec<String> {
-        [
-            "eval",
-            "--model",
-            ckpt.to_str().unwrap(),
-            "--data",
-            tasks.to_str().unwrap(),
-            "--tools",
-            "configs/tools/zoom.yaml",
-            "--config",
-            config.to_str().unwrap(),
-            "--device",
-            "cpu",
-            "--out",
-            out.to_str().unwrap(),
-        ]
-        .iter()
-        .map(|s| s.to_string())
-        .collect()
-    };
+    let server = serve_policy(&ckpt, &config);
+    let common = |out: &Path| eval_args(&ckpt, &tasks, &config, out);
     let (local_out, remote_out) = (dir.join("local.jsonl"), dir.join("remote.jsonl"));
     let mut local_args = common(&local_out);
     // In-process, each turn re-tokenized as the server re-renders it (the same here: this
@@ -353,7 +313,7 @@ fn single_turn_requests_follow_openai() {
     let config = dir.join("short.toml");
     std::fs::write(&config, "[rollout]\nmax_turn_tokens = 16\nmax_context = 8192\n").unwrap();
     let model = armt_testkit::refs_dir().join("model/tiny-hub/model");
-    let server = serve(&model, &config);
+    let server = serve_policy(&model, &config);
     let agent: ureq::Agent = ureq::Agent::config_builder()
         .http_status_as_error(false)
         .build()
@@ -513,14 +473,7 @@ fn split_turn_checkpoint(dir: &Path, sample: &armt_data::Sample) -> (PathBuf, us
 
 #[test]
 fn a_split_turn_matches_the_server_only_when_in_process_eval_retokenizes() {
-    let dir = Path::new(env!("CARGO_TARGET_TMPDIR")).join("agent-split");
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(dir.join("images")).unwrap();
-    std::fs::copy(
-        repo().join("data/images/red_dot.png"),
-        dir.join("images/red_dot.png"),
-    )
-    .unwrap();
+    let dir = work_dir_with_red_dot("agent-split");
     let row = json!({"id": "same", "task": "zoom", "prompt": prompt("It is red.", "It is blue."),
                      "images": ["images/red_dot.png"], "judgment": {"type": "pair", "candidates": 2},
                      "ground_truth": "1"});
@@ -534,26 +487,9 @@ fn a_split_turn_matches_the_server_only_when_in_process_eval_retokenizes() {
         "[rollout]\nmax_turns = 3\nmax_turn_tokens = 128\nmax_response_tokens = 400\nmax_context = 8192\ncot_prompt = \"\"\n",
     )
     .unwrap();
-    let server = serve(&ckpt, &config);
+    let server = serve_policy(&ckpt, &config);
     let eval = |out: &Path, extra: &[String]| {
-        let mut a: Vec<String> = [
-            "eval",
-            "--model",
-            ckpt.to_str().unwrap(),
-            "--data",
-            tasks.to_str().unwrap(),
-            "--tools",
-            "configs/tools/zoom.yaml",
-            "--config",
-            config.to_str().unwrap(),
-            "--device",
-            "cpu",
-            "--out",
-            out.to_str().unwrap(),
-        ]
-        .iter()
-        .map(|s| s.to_string())
-        .collect();
+        let mut a = eval_args(&ckpt, &tasks, &config, out);
         a.extend(extra.iter().cloned());
         let o = armt(&a.iter().map(String::as_str).collect::<Vec<_>>());
         (

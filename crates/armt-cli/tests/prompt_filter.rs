@@ -3,13 +3,12 @@
 //! `rollout.max_context`), and with `data.max_prompt_tokens` those longer than it; a data set with
 //! nothing left is an error. One GRPO step of the transformers tiny model on the CPU.
 
-use serde_json::json;
-use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
+mod common;
 
-fn repo() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../..")
-}
+use common::{repo, work_dir_with_red_dot};
+use serde_json::json;
+use std::path::Path;
+use std::process::{Command, Output};
 
 fn train(dir: &Path, name: &str, data: &str, rollout: &str) -> Output {
     let config = dir.join(format!("{name}.toml"));
@@ -36,14 +35,7 @@ fn train(dir: &Path, name: &str, data: &str, rollout: &str) -> Output {
 
 #[test]
 fn overlong_prompts_are_dropped_before_training_with_a_count() {
-    let dir = Path::new(env!("CARGO_TARGET_TMPDIR")).join("prompt-filter");
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(dir.join("images")).unwrap();
-    std::fs::copy(
-        repo().join("data/images/red_dot.png"),
-        dir.join("images/red_dot.png"),
-    )
-    .unwrap();
+    let dir = work_dir_with_red_dot("prompt-filter");
     // Two short prompts (a few hundred tokens with the tool schema and the image) and one of
     // about 1,300 tokens.
     let rows: Vec<String> = [

@@ -2,27 +2,12 @@
 //! endpoints under 8 concurrent clients, malformed requests and paths outside the image roots
 //! refused with 400 and the reason, a full queue answered with 429.
 
+mod common;
+
+use common::{repo, serve, Server};
 use serde_json::{json, Value};
-use std::io::{BufRead, BufReader};
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
-
-fn repo() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../..")
-}
-
-/// A running server, stopped when dropped.
-struct Server {
-    child: Child,
-    base: String,
-}
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
+use std::ffi::OsStr;
+use std::path::Path;
 
 fn start(extra: &[&str]) -> Server {
     let dir = Path::new(env!("CARGO_TARGET_TMPDIR")).join("serve");
@@ -33,37 +18,19 @@ fn start(extra: &[&str]) -> Server {
         "[rollout]\nmax_turns = 2\nmax_turn_tokens = 12\nmax_response_tokens = 24\nmax_context = 8192\n",
     )
     .unwrap();
-    let mut child = Command::new(env!("CARGO_BIN_EXE_armt"))
-        .current_dir(repo())
-        .args(["serve", "--model"])
-        .arg(armt_testkit::refs_dir().join("model/tiny-hub/model"))
-        .args([
-            "--tools",
-            "configs/tools/zoom.yaml",
-            "--port",
-            "0",
-            "--device",
-            "cpu",
-            "--image-root",
-            "data",
-            "--config",
-        ])
-        .arg(&config)
-        .args(extra)
-        .stdout(Stdio::piped())
-        .stderr(Stdio::inherit())
-        .spawn()
-        .unwrap();
-    let mut line = String::new();
-    BufReader::new(child.stdout.take().unwrap())
-        .read_line(&mut line)
-        .unwrap();
-    let addr = line
-        .trim()
-        .strip_prefix("armt serve: listening on ")
-        .unwrap_or_else(|| panic!("{line}"))
-        .to_string();
-    Server { child, base: addr }
+    let model = armt_testkit::refs_dir().join("model/tiny-hub/model");
+    let mut args: Vec<&OsStr> = vec![
+        "--model".as_ref(),
+        model.as_os_str(),
+        "--tools".as_ref(),
+        "configs/tools/zoom.yaml".as_ref(),
+        "--image-root".as_ref(),
+        "data".as_ref(),
+        "--config".as_ref(),
+        config.as_os_str(),
+    ];
+    args.extend(extra.iter().map(OsStr::new));
+    serve(&args)
 }
 
 fn post(base: &str, path: &str, body: &str) -> (u16, Value) {

@@ -2,48 +2,16 @@
 //! `rollout.tools_see_resized_images`) and the prompt-length filter the trainer applies before
 //! the first step, with a scripted policy and the real tools and template.
 
-use armt_data::{Judgment, Sample, StopReason, TaskKind};
-use armt_processing::Processor;
+mod common;
+
+use armt_data::StopReason;
 use armt_rollout::{RolloutConfig, RolloutEnv, ScriptedGenerator};
 use armt_tools::{ToolContext, ToolRegistry};
-use std::path::{Path, PathBuf};
+use common::{encode, processor, repo, zoom_sample, ANSWER, BAD_JSON};
+use std::path::Path;
 use std::sync::Arc;
 
-fn repo() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../..")
-}
-
-fn processor() -> Processor {
-    Processor::from_model_dir(&armt_testkit::refs_dir().join("model/tiny-hub/model")).unwrap()
-}
-
-fn zoom_sample(id: &str, image: &str, prompt: &str) -> Sample {
-    Sample {
-        id: id.into(),
-        task: TaskKind::Zoom,
-        prompt: prompt.into(),
-        images: vec![repo().join("tests/fixtures/chats/images").join(image)],
-        document: None,
-        response: None,
-        judgment: Judgment::Pair { candidates: 2 },
-        ground_truth: "1".into(),
-        source: None,
-    }
-}
-
-fn encode(p: &Processor, text: &str) -> Vec<i64> {
-    p.tokenizer()
-        .encode(text, false)
-        .unwrap()
-        .get_ids()
-        .iter()
-        .map(|&i| i as i64)
-        .collect()
-}
-
 const ZOOM_CALL: &str = "<think>Look closer.</think>\n<tool_call>\n{\"name\": \"image_zoom_in_tool\", \"arguments\": {\"image\": \"original_image\", \"bbox_2d\": [100, 150, 700, 800]}}\n</tool_call>";
-const BAD_JSON: &str = "<think>Again.</think>\n<tool_call>\n{\"name\": \"image_zoom_in_tool\", \"arguments\": {bad}\n</tool_call>";
-const ANSWER: &str = "<think>Done.</think><answer>Overall Judgment: Answer 1 is better</answer><|im_end|>";
 
 fn zoom_tools() -> ToolRegistry {
     ToolRegistry::from_yaml_file(repo().join("configs/tools/zoom.yaml")).unwrap()

@@ -4,54 +4,26 @@
 //! in one go — what a chat server (vLLM, `armt serve`) builds from the messages; and the model
 //! generator's rewind continues exactly as if the replaced turn had been the prompt.
 
-use armt_data::{Judgment, Sample, TaskKind};
+mod common;
+
 use armt_model::Qwen25Vl;
-use armt_processing::{render_chat, Content, Message, Processor};
+use armt_processing::{render_chat, Content, Message};
 use armt_rollout::{
     CachePlan, Chunk, Generator, ModelGenerator, RolloutConfig, RolloutEnv, RowRng, SamplingConfig,
     ScriptedGenerator, TemplateIds,
 };
 use armt_tools::ToolRegistry;
-use std::path::{Path, PathBuf};
+use common::{encode, processor, repo, tiny_model_dir, zoom_sample, ANSWER};
 use tch::{Device, Kind};
-
-fn repo() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../..")
-}
-
-fn model_dir() -> PathBuf {
-    armt_testkit::refs_dir().join("model/tiny-hub/model")
-}
-
-fn encode(p: &Processor, text: &str) -> Vec<i64> {
-    p.tokenizer()
-        .encode(text, false)
-        .unwrap()
-        .get_ids()
-        .iter()
-        .map(|&i| i as i64)
-        .collect()
-}
 
 const THOUGHT: &str = "<think>Again, more carefully.</think>\n";
 const BAD_CALL: &str = "<tool_call>\n{\"name\": \"image_zoom_in_tool\", \"arguments\": {bad}\n</tool_call>";
-const ANSWER: &str = "<think>Done.</think><answer>Overall Judgment: Answer 1 is better</answer><|im_end|>";
 
 #[test]
 fn a_non_canonical_turn_is_replaced_by_its_text_tokenized() {
-    let processor = Processor::from_model_dir(&model_dir()).unwrap();
+    let processor = processor();
     let tools = ToolRegistry::from_yaml_file(repo().join("configs/tools/zoom.yaml")).unwrap();
-    let sample = Sample {
-        id: "r".into(),
-        task: TaskKind::Zoom,
-        prompt: "Which answer is better?".into(),
-        images: vec![repo().join("tests/fixtures/chats/images/rgb_97x61.png")],
-        document: None,
-        response: None,
-        judgment: Judgment::Pair { candidates: 2 },
-        ground_truth: "1".into(),
-        source: None,
-    };
+    let sample = zoom_sample("r", "rgb_97x61.png", "Which answer is better?");
     // The thought one character per token: decodes to the same text, tokenizes otherwise.
     let split: Vec<i64> = THOUGHT
         .chars()
@@ -118,8 +90,8 @@ fn a_non_canonical_turn_is_replaced_by_its_text_tokenized() {
 
 #[test]
 fn a_rewound_turn_continues_as_if_it_had_never_been_sampled() {
-    let processor = Processor::from_model_dir(&model_dir()).unwrap();
-    let model = Qwen25Vl::load(&model_dir(), Device::Cpu, Kind::Float).unwrap();
+    let processor = processor();
+    let model = Qwen25Vl::load(&tiny_model_dir(), Device::Cpu, Kind::Float).unwrap();
     let ids = TemplateIds::from_tokenizer(processor.tokenizer()).unwrap();
     let greedy = SamplingConfig {
         temperature: 0.0,

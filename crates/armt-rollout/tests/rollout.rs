@@ -1,7 +1,9 @@
 //! The rollout engine: multi-turn tool flows with a scripted policy (real tools, real template),
 //! and the batched KV-cache sampler on a tiny Qwen2.5-VL checked against full forwards.
 
-use armt_data::{Judgment, Sample, StopReason, TaskKind};
+mod common;
+
+use armt_data::{Sample, StopReason};
 use armt_model::Qwen25Vl;
 use armt_processing::{render_chat, Content, ContentPart, ImageSource, Message, Processor};
 use armt_rollout::{
@@ -9,47 +11,21 @@ use armt_rollout::{
     ScriptedGenerator, LAST_TURN_MESSAGE,
 };
 use armt_tools::ToolRegistry;
+use common::{encode, repo, tiny_model_dir, ANSWER, BAD_JSON};
 use std::collections::BTreeMap;
-use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use tch::{Device, Kind, Tensor};
 
-fn repo() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../..")
-}
-
-fn tiny_model_dir() -> PathBuf {
-    armt_testkit::refs_dir().join("model/tiny-hub/model")
-}
-
 fn zoom_sample(id: &str) -> Sample {
-    Sample {
-        id: id.into(),
-        task: TaskKind::Zoom,
-        prompt: "Which answer describes the picture better?\nAnswer 1: red.\nAnswer 2: blue.".into(),
-        images: vec![repo().join("tests/fixtures/chats/images/rgb_97x61.png")],
-        document: None,
-        response: None,
-        judgment: Judgment::Pair { candidates: 2 },
-        ground_truth: "1".into(),
-        source: None,
-    }
-}
-
-fn encode(p: &Processor, text: &str) -> Vec<i64> {
-    p.tokenizer()
-        .encode(text, false)
-        .unwrap()
-        .get_ids()
-        .iter()
-        .map(|&i| i as i64)
-        .collect()
+    common::zoom_sample(
+        id,
+        "rgb_97x61.png",
+        "Which answer describes the picture better?\nAnswer 1: red.\nAnswer 2: blue.",
+    )
 }
 
 const ZOOM_CALL: &str = "<think>Look closer.</think>\n<tool_call>\n{\"name\": \"image_zoom_in_tool\", \"arguments\": {\"image\": \"original_image\", \"bbox_2d\": [0, 0, 500, 500]}}\n</tool_call>";
-const BAD_JSON: &str = "<think>Again.</think>\n<tool_call>\n{\"name\": \"image_zoom_in_tool\", \"arguments\": {bad}\n</tool_call>";
 const UNKNOWN: &str = "<think>Search.</think>\n<tool_call>\n{\"name\": \"web_search\", \"arguments\": {\"query\": \"x\"}}\n</tool_call>";
-const ANSWER: &str = "<think>Done.</think><answer>Overall Judgment: Answer 1 is better</answer><|im_end|>";
 
 #[test]
 fn scripted_multi_turn_flows_tools_errors_and_limits() {
