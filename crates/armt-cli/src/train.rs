@@ -127,104 +127,18 @@ pub fn run(mut args: TrainArgs) -> Result<()> {
     let (device, kind) = device_kind(&cfg)?;
     let run_dir = cfg.train.run_dir.clone();
     let builtin_mode = cfg.model.path.is_none() && cfg.data.train.is_none();
-
-    let (start_dir, samples, tools) = if builtin_mode {
-        builtin::limit_threads();
-        let root = run_dir
-            .parent()
-            .filter(|p| !p.as_os_str().is_empty())
-            .unwrap_or(Path::new("."))
-            .to_path_buf();
-        // Stage 1 makes (or reuses) the task set of train.seed (rank 0 first, the others then
-        // read it); stage 2 continues that run.
-        let b = if cfg.stage == 1 {
-            main_first(&comm, || {
-                Ok(builtin::prepare(&root, cfg.train.seed, &cfg.builtin)?)
-            })?
-        } else {
-            let b = builtin::open(&root)?;
-            if b.seed != cfg.train.seed {
-                bail!(
-                    "{} holds the built-in default of train.seed={}, not {}: run `armt train --stage 1 train.seed={}` first",
-                    root.display(),
-                    b.seed,
-                    cfg.train.seed,
-                    cfg.train.seed
-                );
-            }
-            b
-        };
-        if cfg.data.val.is_none() {
-            // Validation during training (train.val_every) runs on the held-out tasks.
-            cfg.data.val = Some(root.join("data/val/tasks.jsonl"));
-        }
-        let tools = builtin::tools()?;
-        let origin = root.join("data/train/tasks.jsonl");
-        armt_train::validate::check_dataset(&cfg, &b.train, &origin, &tools, "the built-in tools")?;
-        let start = if cfg.stage == 1 {
-            cold_start(&cfg, &root, &b, &tools, &comm)?
-        } else {
-            let stage1 = root.join("stage1");
-            checkpoint::latest(&stage1).with_context(|| {
-                format!("stage 2 starts from stage 1's result, but {} has no checkpoint: run `armt train --stage 1` first", stage1.display())
-            })?
-        };
-        (start, b.train, tools)
+    let StartingPoint {
+        start_dir,
+        samples,
+        tools,
+    } = if builtin_mode {
+        builtin_start(&mut cfg, &run_dir, &comm)?
     } else {
-        let start = match &cfg.model.path {
-            Some(p) => p.clone(),
-            None if cfg.stage == 2 => {
-                let stage1 = run_dir.parent().unwrap_or(Path::new(".")).join("stage1");
-                checkpoint::latest(&stage1).with_context(|| {
-                    format!("model.path is not set and {} has no stage-1 checkpoint to start stage 2 from", stage1.display())
-                })?
-            }
-            None => bail!("model.path is not set (give a checkpoint directory, or no data.train for the built-in default)"),
-        };
-        let data = cfg.data.train.clone().context("data.train is not set")?;
-        let samples = armt_data::read_dataset(&data, &cfg.data.formats)?;
-        let tools = ToolRegistry::from_yaml_file(&cfg.tools.config)?;
-        let origin = cfg.tools.config.display().to_string();
-        armt_train::validate::check_dataset(&cfg, &samples, &data, &tools, &origin)?;
-        (start, samples, tools)
+        dataset_start(&cfg, &run_dir)?
     };
-
-    // One run per directory: rank 0 holds the lock for the whole group.
-    let _lock = if comm.is_main() {
-        Some(lock_run_dir(&run_dir)?)
-    } else {
-        None
-    };
-    let resume = resume_path(&args.resume, &run_dir)?;
     let phase = format!("stage {}", cfg.stage);
-    if let Some(ckpt) = &resume {
-        let data = armt_train::data_fingerprint::DataFingerprint::of_samples(&samples);
-        armt_train::resume_check::check(ckpt, &phase, &cfg, &data, args.allow_config_change)?;
-    }
-    // Every rank has looked at the run directory before rank 0 may clear it.
-    comm.barrier()?;
-    if resume.is_none() {
-        if let Some(old) = checkpoint::latest(&run_dir) {
-            if builtin_mode {
-                // The built-in default's run directories are its own scratch space.
-                if comm.is_main() {
-                    eprintln!(
-                        "armt train: starting over; removing the earlier run in {}",
-                        run_dir.display()
-                    );
-                    armt_train::run_lock::clear_run_dir(&run_dir)
-                        .with_context(|| format!("removing {}", run_dir.display()))?;
-                }
-            } else {
-                bail!(
-                    "{} already holds a run (latest checkpoint {}): pass --resume to continue it, or set another train.run_dir",
-                    run_dir.display(),
-                    old.display()
-                );
-            }
-        }
-    }
-    comm.barrier()?;
+    let (_lock, resume) = claim_run_dir(&cfg, &args, &phase, &samples, builtin_mode, &comm)?;
+
     let weights_dir = resume.clone().unwrap_or_else(|| start_dir.clone());
     if comm.is_main() {
         eprintln!(
@@ -274,6 +188,144 @@ pub fn run(mut args: TrainArgs) -> Result<()> {
         run_dir.display()
     );
     Ok(())
+}
+
+/// Where a GRPO stage starts: the model directory, the training rows and the tools.
+struct StartingPoint {
+    start_dir: PathBuf,
+    samples: Vec<armt_data::Sample>,
+    tools: ToolRegistry,
+}
+
+/// The built-in default (no `model.path`, no `data.train`): stage 1 makes (or reuses) the task
+/// set of `train.seed` and runs the cold start; stage 2 continues from stage 1's checkpoint.
+/// Validation runs on the held-out tasks unless `data.val` says otherwise.
+fn builtin_start(
+    cfg: &mut TrainConfig,
+    run_dir: &Path,
+    comm: &Arc<dyn Communicator>,
+) -> Result<StartingPoint> {
+    builtin::limit_threads();
+    let root = run_dir
+        .parent()
+        .filter(|p| !p.as_os_str().is_empty())
+        .unwrap_or(Path::new("."))
+        .to_path_buf();
+    // Rank 0 makes the task set first; the others then read it.
+    let b = if cfg.stage == 1 {
+        main_first(comm, || {
+            Ok(builtin::prepare(&root, cfg.train.seed, &cfg.builtin)?)
+        })?
+    } else {
+        let b = builtin::open(&root)?;
+        if b.seed != cfg.train.seed {
+            bail!(
+                "{} holds the built-in default of train.seed={}, not {}: run `armt train --stage 1 train.seed={}` first",
+                root.display(),
+                b.seed,
+                cfg.train.seed,
+                cfg.train.seed
+            );
+        }
+        b
+    };
+    if cfg.data.val.is_none() {
+        // Validation during training (train.val_every) runs on the held-out tasks.
+        cfg.data.val = Some(root.join("data/val/tasks.jsonl"));
+    }
+    let tools = builtin::tools()?;
+    let origin = root.join("data/train/tasks.jsonl");
+    armt_train::validate::check_dataset(cfg, &b.train, &origin, &tools, "the built-in tools")?;
+    let start_dir = if cfg.stage == 1 {
+        cold_start(cfg, &root, &b, &tools, comm)?
+    } else {
+        let stage1 = root.join("stage1");
+        checkpoint::latest(&stage1).with_context(|| {
+            format!("stage 2 starts from stage 1's result, but {} has no checkpoint: run `armt train --stage 1` first", stage1.display())
+        })?
+    };
+    Ok(StartingPoint {
+        start_dir,
+        samples: b.train,
+        tools,
+    })
+}
+
+/// A run on the user's data: `model.path` (stage 2 without it: the sibling `stage1` run's last
+/// checkpoint), `data.train` read and validated against `tools.config`.
+fn dataset_start(cfg: &TrainConfig, run_dir: &Path) -> Result<StartingPoint> {
+    let start_dir = match &cfg.model.path {
+        Some(p) => p.clone(),
+        None if cfg.stage == 2 => {
+            let stage1 = run_dir.parent().unwrap_or(Path::new(".")).join("stage1");
+            checkpoint::latest(&stage1).with_context(|| {
+                format!(
+                    "model.path is not set and {} has no stage-1 checkpoint to start stage 2 from",
+                    stage1.display()
+                )
+            })?
+        }
+        None => bail!(
+            "model.path is not set (give a checkpoint directory, or no data.train for the built-in default)"
+        ),
+    };
+    let data = cfg.data.train.clone().context("data.train is not set")?;
+    let samples = armt_data::read_dataset(&data, &cfg.data.formats)?;
+    let tools = ToolRegistry::from_yaml_file(&cfg.tools.config)?;
+    let origin = cfg.tools.config.display().to_string();
+    armt_train::validate::check_dataset(cfg, &samples, &data, &tools, &origin)?;
+    Ok(StartingPoint {
+        start_dir,
+        samples,
+        tools,
+    })
+}
+
+/// Takes the run directory for this run: rank 0 locks it for the whole group; a resume is
+/// checked against its checkpoint (kind, settings, data); a fresh start refuses a directory
+/// that holds a run, except the built-in default's, which it empties. Returns the lock (rank 0)
+/// and the checkpoint to resume from.
+fn claim_run_dir(
+    cfg: &TrainConfig,
+    args: &TrainArgs,
+    phase: &str,
+    samples: &[armt_data::Sample],
+    builtin_mode: bool,
+    comm: &Arc<dyn Communicator>,
+) -> Result<(Option<armt_train::run_lock::RunLock>, Option<PathBuf>)> {
+    let run_dir = &cfg.train.run_dir;
+    let lock = if comm.is_main() {
+        Some(lock_run_dir(run_dir)?)
+    } else {
+        None
+    };
+    let resume = resume_path(&args.resume, run_dir)?;
+    if let Some(ckpt) = &resume {
+        let data = armt_train::data_fingerprint::DataFingerprint::of_samples(samples);
+        armt_train::resume_check::check(ckpt, phase, cfg, &data, args.allow_config_change)?;
+    }
+    // Every rank has looked at the run directory before rank 0 may clear it.
+    comm.barrier()?;
+    if let (None, Some(old)) = (&resume, checkpoint::latest(run_dir)) {
+        if !builtin_mode {
+            bail!(
+                "{} already holds a run (latest checkpoint {}): pass --resume to continue it, or set another train.run_dir",
+                run_dir.display(),
+                old.display()
+            );
+        }
+        // The built-in default's run directories are its own scratch space.
+        if comm.is_main() {
+            eprintln!(
+                "armt train: starting over; removing the earlier run in {}",
+                run_dir.display()
+            );
+            armt_train::run_lock::clear_run_dir(run_dir)
+                .with_context(|| format!("removing {}", run_dir.display()))?;
+        }
+    }
+    comm.barrier()?;
+    Ok((lock, resume))
 }
 
 /// The built-in default's cold start, in two phases, each skipped if it already finished:
