@@ -676,14 +676,13 @@ struct RowNames {
 
 impl RowNames {
     fn new(kept: &[Prompt], n: usize) -> Self {
-        let kept_samples: Vec<usize> = kept.iter().map(|p| p.0).collect();
-        let id = |i: usize| kept_samples[i / n] * n + i % n;
-        let index_of = (0..kept.len() * n).map(|i| (id(i), i)).collect();
-        Self {
+        let mut names = Self {
             n,
-            kept_samples,
-            index_of,
-        }
+            kept_samples: kept.iter().map(|p| p.0).collect(),
+            index_of: Default::default(),
+        };
+        names.index_of = (0..kept.len() * n).map(|i| (names.id(i), i)).collect();
+        names
     }
 
     /// The generator's name of row `i`.
